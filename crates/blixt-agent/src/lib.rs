@@ -1,0 +1,1 @@
+//! Blixt node agent.

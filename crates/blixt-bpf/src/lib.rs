@@ -1,0 +1,2 @@
+//! Blixt's eBPF dataplane: loader, shared structs and map handles.
+pub mod testing;

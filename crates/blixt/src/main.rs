@@ -1,0 +1,2 @@
+//! The blixt command.
+fn main() {}
