@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Maps of the load-balancer program. Sizes are defaults; the loader overrides max_entries. */
+#ifndef BLIXT_MAPS_H
+#define BLIXT_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "blixt_shared.h"
+
+#define BLIXT_DEFAULT_MAX_FRONTENDS 256
+#define BLIXT_DEFAULT_MAX_BACKENDS 16384
+#define BLIXT_DEFAULT_RING_SIZE 16381
+/* Two rings per frontend: the new table is written beside the live one, then flipped. */
+#define BLIXT_DEFAULT_RINGS (2 * BLIXT_DEFAULT_MAX_FRONTENDS)
+#define BLIXT_DEFAULT_CT_ENTRIES 262144
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct blixt_frontend_key);
+	__type(value, struct blixt_frontend);
+	__uint(max_entries, BLIXT_DEFAULT_MAX_FRONTENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} blixt_frontends SEC(".maps");
+
+/* rings * ring_size slots; slot = backend id or BLIXT_SLOT_REJECT. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, BLIXT_DEFAULT_RINGS * BLIXT_DEFAULT_RING_SIZE);
+	__uint(map_flags, BPF_F_MMAPABLE); /* the agent writes whole rings through mmap */
+} blixt_rings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct blixt_backend);
+	__uint(max_entries, BLIXT_DEFAULT_MAX_BACKENDS);
+} blixt_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct blixt_flow_key);
+	__type(value, struct blixt_ct_entry);
+	__uint(max_entries, BLIXT_DEFAULT_CT_ENTRIES);
+} blixt_conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct blixt_config);
+	__uint(max_entries, 1);
+} blixt_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct blixt_counters);
+	__uint(max_entries, BLIXT_DEFAULT_MAX_FRONTENDS);
+} blixt_frontend_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct blixt_counters);
+	__uint(max_entries, BLIXT_DEFAULT_MAX_BACKENDS);
+} blixt_backend_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, BLIXT_STAT_MAX);
+} blixt_stats SEC(".maps");
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&blixt_stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+#endif

@@ -1,0 +1,251 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Packet parsing: Ethernet (one 802.1Q/802.1ad tag), IPv4 (any IHL), IPv6 (hop-by-hop, routing,
+ * destination options and fragment headers skipped), TCP, UDP, ICMP, ICMPv6. Every read is
+ * bounds-checked against data_end; anything the parser does not understand is PARSE_PASS.
+ */
+#ifndef BLIXT_PARSE_H
+#define BLIXT_PARSE_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/icmpv6.h>
+#include <bpf/bpf_endian.h>
+#include "blixt_shared.h"
+
+/* <linux/icmp.h> drags in libc socket headers; the few bits needed are defined here. */
+struct icmphdr {
+	__u8 type;
+	__u8 code;
+	__u16 checksum;
+	__u32 rest;
+};
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+#ifndef ETH_P_8021AD
+#define ETH_P_8021AD 0x88A8
+#endif
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1FFF
+/* Extension headers walked before giving up (RFC 8200 recommends a small chain). */
+#define IPV6_MAX_EXT 4
+
+enum parse_result {
+	PARSE_OK = 0,
+	PARSE_PASS,      /* not ours: hand to the kernel untouched */
+	PARSE_FRAGMENT,  /* IP fragment: no L4 ports to look at */
+	PARSE_ICMP_ERR,  /* ICMP/ICMPv6 error quoting a packet: inner tuple parsed */
+};
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+struct pkt {
+	__u32 l3_off;       /* offset of the IP header from data */
+	__u32 l4_off;       /* offset of the TCP/UDP/ICMP header */
+	__u32 inner_l3_off; /* ICMP errors: offset of the quoted IP header */
+	__u32 inner_l4_off; /* ICMP errors: offset of the quoted L4 header */
+	__u32 len;          /* bytes from data to data_end */
+	__u8 family;
+	__u8 proto;     /* L4 protocol of the packet (or of the quoted packet for ICMP errors) */
+	__u8 tcp_flags; /* byte 13 of the TCP header */
+	__u8 icmp_v6;   /* ICMP error is ICMPv6 */
+	struct blixt_flow_key key; /* 5-tuple as it arrives (ICMP errors: the quoted packet's) */
+};
+
+#define TCPF_FIN 0x01
+#define TCPF_SYN 0x02
+#define TCPF_RST 0x04
+#define TCPF_ACK 0x10
+
+static __always_inline int ipv6_skip_ext(void *data, void *data_end, __u32 *off, __u8 *nexthdr,
+					 int *is_frag)
+{
+#pragma unroll
+	for (int i = 0; i < IPV6_MAX_EXT; i++) {
+		__u8 nh = *nexthdr;
+		if (*off > 0x3ff)
+			return -1;
+		if (nh != IPPROTO_HOPOPTS && nh != IPPROTO_ROUTING && nh != IPPROTO_DSTOPTS &&
+		    nh != IPPROTO_FRAGMENT)
+			return 0;
+		/* every extension header begins with next-header and a length byte */
+		__u8 *h = data + (*off & 0x3ff);
+		if ((void *)(h + 8) > data_end)
+			return -1;
+		if (nh == IPPROTO_FRAGMENT) {
+			__u16 frag = bpf_ntohs(*(__u16 *)(h + 2));
+			/* offset != 0 or more-fragments: a real fragment (atomic ones are fine) */
+			if ((frag & 0xfff8) || (frag & 1))
+				*is_frag = 1;
+			*nexthdr = h[0];
+			*off += 8;
+		} else {
+			*nexthdr = h[0];
+			*off += ((__u32)h[1] + 1) * 8;
+		}
+	}
+	return -1; /* chain longer than we walk */
+}
+
+static __always_inline int parse_l4_ports(void *data, void *data_end, struct pkt *p, __u32 off,
+					  __u8 proto, int need_full)
+{
+	if (off > 0x3ff)
+		return -1;
+	void *l4 = data + (off & 0x3ff);
+	if (proto == IPPROTO_TCP) {
+		if (need_full) {
+			struct tcphdr *th = l4;
+			if ((void *)(th + 1) > data_end)
+				return -1;
+			p->tcp_flags = ((__u8 *)th)[13];
+		} else if (l4 + 8 > data_end) {
+			return -1;
+		}
+	} else if (proto == IPPROTO_UDP) {
+		if (l4 + sizeof(struct udphdr) > data_end)
+			return -1;
+	} else {
+		return -1;
+	}
+	p->key.sport = *(__u16 *)l4;
+	p->key.dport = *(__u16 *)(l4 + 2);
+	p->key.proto = proto;
+	return 0;
+}
+
+/*
+ * Parses the quoted packet of an ICMP error starting at `off`: an IP header of `family` and at
+ * least the first 8 bytes of its TCP/UDP header (all RFC 792 guarantees).
+ */
+static __always_inline int parse_inner(void *data, void *data_end, struct pkt *p, __u32 off)
+{
+	if (off > 0x3ff)
+		return -1;
+	off &= 0x3ff;
+	p->inner_l3_off = off;
+	if (p->family == BLIXT_FAMILY_V4) {
+		struct iphdr *ih = data + off;
+		if ((void *)(ih + 1) > data_end)
+			return -1;
+		if (ih->ihl < 5 || ih->version != 4)
+			return -1;
+		__builtin_memcpy(p->key.src, &ih->saddr, 4);
+		__builtin_memcpy(p->key.dst, &ih->daddr, 4);
+		p->inner_l4_off = off + ih->ihl * 4;
+		return parse_l4_ports(data, data_end, p, p->inner_l4_off, ih->protocol, 0);
+	}
+	struct ipv6hdr *ih6 = data + off;
+	if ((void *)(ih6 + 1) > data_end)
+		return -1;
+	__builtin_memcpy(p->key.src, &ih6->saddr, 16);
+	__builtin_memcpy(p->key.dst, &ih6->daddr, 16);
+	p->inner_l4_off = off + sizeof(struct ipv6hdr);
+	return parse_l4_ports(data, data_end, p, p->inner_l4_off, ih6->nexthdr, 0);
+}
+
+static __always_inline int is_icmp4_error(__u8 type)
+{
+	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB;
+}
+
+static __always_inline int is_icmp6_error(__u8 type)
+{
+	return type == ICMPV6_DEST_UNREACH || type == ICMPV6_PKT_TOOBIG ||
+	       type == ICMPV6_TIME_EXCEED || type == ICMPV6_PARAMPROB;
+}
+
+static __always_inline enum parse_result parse_packet(void *data, void *data_end, struct pkt *p)
+{
+	struct ethhdr *eth = data;
+	__u32 off = sizeof(*eth);
+	if ((void *)(eth + 1) > data_end)
+		return PARSE_PASS;
+	__u16 proto = eth->h_proto;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_hdr *vh = data + off;
+		if ((void *)(vh + 1) > data_end)
+			return PARSE_PASS;
+		proto = vh->proto;
+		off += sizeof(*vh);
+	}
+	p->l3_off = off;
+	p->len = data_end - data;
+
+	__u8 l4proto;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph = data + off;
+		if ((void *)(iph + 1) > data_end)
+			return PARSE_PASS;
+		if (iph->version != 4 || iph->ihl < 5)
+			return PARSE_PASS;
+		p->family = BLIXT_FAMILY_V4;
+		__builtin_memcpy(p->key.src, &iph->saddr, 4);
+		__builtin_memcpy(p->key.dst, &iph->daddr, 4);
+		l4proto = iph->protocol;
+		if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
+			p->key.proto = l4proto;
+			return PARSE_FRAGMENT;
+		}
+		off += iph->ihl * 4;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + off;
+		int is_frag = 0;
+		if ((void *)(ip6 + 1) > data_end)
+			return PARSE_PASS;
+		if (ip6->version != 6)
+			return PARSE_PASS;
+		p->family = BLIXT_FAMILY_V6;
+		__builtin_memcpy(p->key.src, &ip6->saddr, 16);
+		__builtin_memcpy(p->key.dst, &ip6->daddr, 16);
+		l4proto = ip6->nexthdr;
+		off += sizeof(*ip6);
+		if (ipv6_skip_ext(data, data_end, &off, &l4proto, &is_frag) < 0)
+			return PARSE_PASS;
+		if (is_frag) {
+			p->key.proto = l4proto;
+			return PARSE_FRAGMENT;
+		}
+	} else {
+		return PARSE_PASS;
+	}
+	if (off > 0x3ff)
+		return PARSE_PASS;
+	p->key.family = p->family;
+	p->l4_off = off;
+
+	if (l4proto == IPPROTO_ICMP && p->family == BLIXT_FAMILY_V4) {
+		struct icmphdr *ic = data + (off & 0x3ff);
+		if ((void *)(ic + 1) > data_end || !is_icmp4_error(ic->type))
+			return PARSE_PASS;
+		p->icmp_v6 = 0;
+		if (parse_inner(data, data_end, p, off + sizeof(*ic)) < 0)
+			return PARSE_PASS;
+		return PARSE_ICMP_ERR;
+	}
+	if (l4proto == IPPROTO_ICMPV6 && p->family == BLIXT_FAMILY_V6) {
+		struct icmp6hdr *ic6 = data + (off & 0x3ff);
+		if ((void *)(ic6 + 1) > data_end || !is_icmp6_error(ic6->icmp6_type))
+			return PARSE_PASS;
+		p->icmp_v6 = 1;
+		if (parse_inner(data, data_end, p, off + sizeof(*ic6)) < 0)
+			return PARSE_PASS;
+		return PARSE_ICMP_ERR;
+	}
+	if (parse_l4_ports(data, data_end, p, off, l4proto, 1) < 0)
+		return PARSE_PASS;
+	return PARSE_OK;
+}
+
+#endif
