@@ -1,1 +1,6 @@
-//! Blixt node agent.
+//! Blixt's node agent: applies dataplane Snapshots to the BPF maps atomically, sweeps
+//! conntrack and reads counters.
+
+pub mod reconciler;
+
+pub use reconciler::{ApplyError, ApplyReport, NodeConfig, Reconciler};
