@@ -245,7 +245,10 @@ impl Reconciler {
                 .map_err(map_err("blixt_backends"))?;
             backend_gen[id as usize] = be.gen;
             if be.flags & BE_F_ACTIVE != 0 {
-                by_frontend.entry(be.frontend_id).or_default().push((id, be));
+                by_frontend
+                    .entry(be.frontend_id)
+                    .or_default()
+                    .push((id, be));
             }
         }
         let mut frontends = BTreeMap::new();
@@ -304,7 +307,9 @@ impl Reconciler {
             free_frontend_ids: (0..opts.max_frontends)
                 .filter(|i| !used_fe.contains(i))
                 .collect(),
-            free_rings: (0..opts.rings()).filter(|i| !used_rings.contains(i)).collect(),
+            free_rings: (0..opts.rings())
+                .filter(|i| !used_rings.contains(i))
+                .collect(),
             dp,
             node: None,
             frontends,
@@ -652,9 +657,7 @@ impl Reconciler {
                     backends: f
                         .backends
                         .iter()
-                        .map(|(a, b)| {
-                            (*a, b.id, b.state, per_id.get(&b.id).copied().unwrap_or(0))
-                        })
+                        .map(|(a, b)| (*a, b.id, b.state, per_id.get(&b.id).copied().unwrap_or(0)))
                         .collect(),
                     reject_slots,
                 }
@@ -704,10 +707,14 @@ impl Reconciler {
             };
             u64::from(s) * 1_000_000_000
         };
-        let entries: Vec<(FlowKey, CtEntry)> =
-            self.dp.maps.conntrack.iter().filter_map(Result::ok).collect();
-        let index: std::collections::HashMap<FlowKey, CtEntry> =
-            entries.iter().copied().collect();
+        let entries: Vec<(FlowKey, CtEntry)> = self
+            .dp
+            .maps
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .collect();
+        let index: std::collections::HashMap<FlowKey, CtEntry> = entries.iter().copied().collect();
         let mut report = SweepReport {
             scanned: entries.len(),
             expired: 0,

@@ -381,10 +381,11 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct pkt *p, struct bl
 	if (rs == 0)
 		return XDP_DROP;
 	__u32 idx = fe->ring * rs + hash % rs;
-	__u32 *slot = bpf_map_lookup_elem(&blixt_rings, &idx);
-	if (!slot)
+	__u32 pair = idx / 2;
+	__u64 *slots = bpf_map_lookup_elem(&blixt_rings, &pair);
+	if (!slots)
 		return XDP_DROP;
-	__u32 be_id = *slot;
+	__u32 be_id = ((__u32 *)slots)[idx & 1];
 	if (be_id == BLIXT_SLOT_REJECT)
 		return reject(ctx, p, fe, BLIXT_STAT_REJECT_SHARE);
 	struct blixt_backend *be = bpf_map_lookup_elem(&blixt_backends, &be_id);

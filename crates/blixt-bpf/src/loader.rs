@@ -119,7 +119,11 @@ impl DataplaneOptions {
             return bad("max_backends", 0, "must be at least 1");
         }
         if self.conntrack_entries < 16 {
-            return bad("conntrack_entries", self.conntrack_entries, "must be at least 16");
+            return bad(
+                "conntrack_entries",
+                self.conntrack_entries,
+                "must be at least 16",
+            );
         }
         if u64::from(self.rings()) * u64::from(self.ring_size) > u64::from(u32::MAX / 4) {
             return bad(
@@ -149,7 +153,8 @@ unsafe impl Send for Rings {}
 
 impl Rings {
     fn new(map: MapData, slots: usize, ring_size: usize) -> Result<Self, DataplaneError> {
-        let bytes = slots * 4;
+        // two 32-bit slots per 8-byte element (see maps.h)
+        let bytes = slots.div_ceil(2) * 8;
         // SAFETY: mmap of a BPF array fd created with BPF_F_MMAPABLE; length within the map.
         let ptr = unsafe {
             libc::mmap(
@@ -176,7 +181,10 @@ impl Rings {
     pub fn write(&mut self, ring: u32, slots: &[u32]) {
         assert_eq!(slots.len(), self.ring_size, "ring length");
         let start = ring as usize * self.ring_size;
-        assert!(start + self.ring_size <= self.len, "ring {ring} out of range");
+        assert!(
+            start + self.ring_size <= self.len,
+            "ring {ring} out of range"
+        );
         // SAFETY: bounds checked above; the mapping lives as long as self.
         let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), self.ring_size) };
         dst.copy_from_slice(slots);
@@ -185,7 +193,10 @@ impl Rings {
     /// Reads ring `ring`.
     pub fn read(&self, ring: u32) -> &[u32] {
         let start = ring as usize * self.ring_size;
-        assert!(start + self.ring_size <= self.len, "ring {ring} out of range");
+        assert!(
+            start + self.ring_size <= self.len,
+            "ring {ring} out of range"
+        );
         // SAFETY: bounds checked above; the mapping lives as long as self.
         unsafe { std::slice::from_raw_parts(self.ptr.add(start), self.ring_size) }
     }
@@ -199,7 +210,7 @@ impl Drop for Rings {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what new() mapped.
         unsafe {
-            libc::munmap(self.ptr.cast(), self.len * 4);
+            libc::munmap(self.ptr.cast(), self.len.div_ceil(2) * 8);
         }
     }
 }
@@ -264,7 +275,7 @@ impl Dataplane {
             .map_max_entries("blixt_frontends", options.max_frontends)
             .map_max_entries("blixt_vips", options.max_frontends)
             .map_max_entries("blixt_frontend_stats", options.max_frontends)
-            .map_max_entries("blixt_rings", slots)
+            .map_max_entries("blixt_rings", slots.div_ceil(2))
             .map_max_entries("blixt_backends", options.max_backends)
             .map_max_entries("blixt_backend_stats", options.max_backends)
             .map_max_entries("blixt_conntrack", options.conntrack_entries)
@@ -327,8 +338,7 @@ impl Dataplane {
                 .map_err(map_err("blixt_backend_stats"))?,
             stats: PerCpuArray::try_from(take(&mut lb, "blixt_stats")?)
                 .map_err(map_err("blixt_stats"))?,
-            vips: HashMap::try_from(take(&mut lb, "blixt_vips")?)
-                .map_err(map_err("blixt_vips"))?,
+            vips: HashMap::try_from(take(&mut lb, "blixt_vips")?).map_err(map_err("blixt_vips"))?,
         };
         Ok(Dataplane {
             lb,
@@ -373,7 +383,10 @@ impl Dataplane {
             Some(path) => {
                 let fd_link = adopt_link(path)?;
                 prog.attach_to_link(XdpLink::try_from(fd_link).map_err(|e| {
-                    iface_err(format!("pinned XDP link {} is not XDP: {e}", path.display()))
+                    iface_err(format!(
+                        "pinned XDP link {} is not XDP: {e}",
+                        path.display()
+                    ))
                 })?)
                 .map_err(|e| iface_err(format!("replacing the XDP program: {e}")))?
             }

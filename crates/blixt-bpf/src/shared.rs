@@ -188,7 +188,16 @@ pub struct VipKey {
     pub pad: [u8; 3],
 }
 
-pod!(FrontendKey, FrontendValue, BackendValue, FlowKey, CtEntry, Config, Counters, VipKey);
+pod!(
+    FrontendKey,
+    FrontendValue,
+    BackendValue,
+    FlowKey,
+    CtEntry,
+    Config,
+    Counters,
+    VipKey
+);
 
 impl FlowKey {
     pub fn new(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> Self {
@@ -219,7 +228,9 @@ impl FlowKey {
         b[34..36].copy_from_slice(&self.dport.to_ne_bytes());
         b[36] = self.proto;
         b[37] = self.family;
-        std::array::from_fn(|i| u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]))
+        std::array::from_fn(|i| {
+            u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+        })
     }
 
     /// The dataplane's flow hash (`flow_hash()` in lb_xdp.bpf.c): MurmurHash3 x86_32 over the
@@ -227,7 +238,10 @@ impl FlowKey {
     pub fn hash(&self) -> u32 {
         let mut h: u32 = 0x3b1a_7e11;
         for w in self.words() {
-            let c = w.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+            let c = w
+                .wrapping_mul(0xcc9e_2d51)
+                .rotate_left(15)
+                .wrapping_mul(0x1b87_3593);
             h ^= c;
             h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
         }

@@ -52,7 +52,9 @@ impl fmt::Display for FrontendKey {
 }
 
 /// Whether a backend takes new flows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendState {
     /// Takes new flows in proportion to its weight.
@@ -295,13 +297,19 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert!(matches!(err, SnapshotError::OutOfRange { ref field, .. } if field == "backends[0].weight"));
+        assert!(
+            matches!(err, SnapshotError::OutOfRange { ref field, .. } if field == "backends[0].weight")
+        );
     }
 
     #[test]
     fn eligible_skips_weight_zero_and_terminating() {
         let mut f = fe("a", "10.0.0.1", 80);
-        f.backends = vec![be("10.0.1.1", 1, 1), be("10.0.1.2", 1, 0), be("10.0.1.3", 1, 5)];
+        f.backends = vec![
+            be("10.0.1.1", 1, 1),
+            be("10.0.1.2", 1, 0),
+            be("10.0.1.3", 1, 5),
+        ];
         f.backends[2].state = BackendState::Terminating;
         let e: Vec<_> = f.eligible_backends().collect();
         assert_eq!(e.len(), 1);

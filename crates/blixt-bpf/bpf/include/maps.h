@@ -22,12 +22,16 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } blixt_frontends SEC(".maps");
 
-/* rings * ring_size slots; slot = backend id or BLIXT_SLOT_REJECT. */
+/*
+ * rings * ring_size slots of 32 bits (backend id or BLIXT_SLOT_REJECT), two per element: the
+ * kernel rounds array elements up to 8 bytes, and the agent writes the array through mmap as a
+ * flat u32 array, so slot n is 32-bit word n&1 of element n/2 (in memory order).
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
-	__type(value, __u32);
-	__uint(max_entries, BLIXT_DEFAULT_RINGS * BLIXT_DEFAULT_RING_SIZE);
+	__type(value, __u64);
+	__uint(max_entries, BLIXT_DEFAULT_RINGS * BLIXT_DEFAULT_RING_SIZE / 2 + 1);
 	__uint(map_flags, BPF_F_MMAPABLE); /* the agent writes whole rings through mmap */
 } blixt_rings SEC(".maps");
 

@@ -190,6 +190,9 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 			return PARSE_PASS;
 		if (iph->version != 4 || iph->ihl < 5)
 			return PARSE_PASS;
+		/* shorter than the header says: truncated, not ours to forward */
+		if (off + bpf_ntohs(iph->tot_len) > p->len)
+			return PARSE_PASS;
 		p->family = BLIXT_FAMILY_V4;
 		__builtin_memcpy(p->key.src, &iph->saddr, 4);
 		__builtin_memcpy(p->key.dst, &iph->daddr, 4);
@@ -205,6 +208,8 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 		if ((void *)(ip6 + 1) > data_end)
 			return PARSE_PASS;
 		if (ip6->version != 6)
+			return PARSE_PASS;
+		if (off + sizeof(*ip6) + bpf_ntohs(ip6->payload_len) > p->len)
 			return PARSE_PASS;
 		p->family = BLIXT_FAMILY_V6;
 		__builtin_memcpy(p->key.src, &ip6->saddr, 16);

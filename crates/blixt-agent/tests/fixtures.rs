@@ -1,0 +1,987 @@
+//! Packet fixtures through BPF_PROG_TEST_RUN: the XDP program as the reconciler programs it,
+//! fed packets built by `blixt_bpf::testing`, checked for verdict and exact output bytes (with
+//! every checksum recomputed independently by the test parser).
+//!
+//! Each test runs in a network namespace of its own with two veths and permanent neighbour
+//! entries, so the program's FIB lookups resolve to known MACs and interfaces:
+//! `fx0` faces clients (10.0.0.0/24, fd00::/64), `fx1` faces backends (10.1.0.0/24, fd01::/64).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use blixt_agent::{NodeConfig, Reconciler};
+use blixt_bpf::shared::{self, FlowKey, CT_CLOSING, CT_ESTABLISHED};
+use blixt_bpf::testing::{diff, Packet, ParsedPacket, TcpFlags};
+use blixt_bpf::{Dataplane, DataplaneOptions};
+use blixt_core::snapshot::{
+    Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot,
+};
+use blixt_lab::netns::NetNs;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const FX0_MAC: [u8; 6] = [2, 0, 0, 0, 0xa, 0];
+const FX1_MAC: [u8; 6] = [2, 0, 0, 0, 0xb, 0];
+const RING: u32 = 1021; // small prime: fixtures stay fast
+
+fn backend_mac(i: u8) -> [u8; 6] {
+    [2, 0, 0, 0, 1, i]
+}
+
+fn client4() -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, 2)
+}
+fn client6() -> Ipv6Addr {
+    "fd00::2".parse().unwrap()
+}
+fn vip4() -> Ipv4Addr {
+    Ipv4Addr::new(10, 200, 0, 10)
+}
+fn vip6() -> Ipv6Addr {
+    "fd00:200::10".parse().unwrap()
+}
+fn snat4() -> Ipv4Addr {
+    Ipv4Addr::new(10, 1, 0, 254)
+}
+fn snat6() -> Ipv6Addr {
+    "fd01::fe".parse().unwrap()
+}
+fn be4(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 1, 0, i)
+}
+fn be6(i: u8) -> Ipv6Addr {
+    format!("fd01::{i}").parse().unwrap()
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("needs root (BPF, network namespaces): run as root, as `make test` does");
+    }
+}
+
+struct Fx {
+    rec: Reconciler,
+    fx0: u32,
+    fx1: u32,
+}
+
+fn node(port_min: u16, port_max: u16) -> NodeConfig {
+    NodeConfig {
+        snat_v4: Some(snat4().into()),
+        snat_v6: Some(snat6().into()),
+        port_min,
+        port_max,
+        ..NodeConfig::default()
+    }
+}
+
+fn frontend(
+    name: &str,
+    vip: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    backends: &[(u8, u32)],
+) -> Frontend {
+    Frontend {
+        name: name.into(),
+        key: FrontendKey {
+            vip,
+            port,
+            protocol,
+        },
+        backends: backends
+            .iter()
+            .map(|&(i, weight)| Backend {
+                addr: BackendAddr {
+                    addr: match vip {
+                        IpAddr::V4(_) => be4(i).into(),
+                        IpAddr::V6(_) => be6(i).into(),
+                    },
+                    port: 8080,
+                },
+                weight,
+                state: BackendState::Active,
+            })
+            .collect(),
+        reject_weight: 0,
+    }
+}
+
+/// The usual snapshot: TCP and UDP on both families, backend 1 only.
+fn one_backend() -> Snapshot {
+    Snapshot {
+        generation: 1,
+        frontends: vec![
+            frontend("t4", vip4().into(), 80, Protocol::Tcp, &[(1, 1)]),
+            frontend("u4", vip4().into(), 53, Protocol::Udp, &[(1, 1)]),
+            frontend("t6", vip6().into(), 80, Protocol::Tcp, &[(1, 1)]),
+            frontend("u6", vip6().into(), 53, Protocol::Udp, &[(1, 1)]),
+        ],
+    }
+}
+
+/// Runs `f` in a fresh namespace with the fixture network and a dataplane programmed with
+/// `snap` and `node`.
+fn with_fixture(snap: &Snapshot, node: NodeConfig, f: impl FnOnce(&mut Fx) + Send) {
+    require_root();
+    let ns = NetNs::new("blxfx").expect("fixture netns");
+    let mut lines: Vec<String> = vec![
+        "link set lo up".into(),
+        "link add fx0 address 02:00:00:00:0a:00 type veth peer name fx1 address 02:00:00:00:0b:00"
+            .into(),
+        "link set fx0 up".into(),
+        "link set fx1 up".into(),
+        "addr add 10.0.0.1/24 dev fx0".into(),
+        "addr add fd00::1/64 dev fx0 nodad".into(),
+        "addr add 10.1.0.254/24 dev fx1".into(),
+        "addr add fd01::fe/64 dev fx1 nodad".into(),
+        "neigh add 10.0.0.2 lladdr 02:00:00:00:00:02 dev fx0 nud permanent".into(),
+        "neigh add fd00::2 lladdr 02:00:00:00:00:02 dev fx0 nud permanent".into(),
+    ];
+    for i in 1..=3 {
+        lines.push(format!(
+            "neigh add 10.1.0.{i} lladdr 02:00:00:00:01:0{i} dev fx1 nud permanent"
+        ));
+        lines.push(format!(
+            "neigh add fd01::{i} lladdr 02:00:00:00:01:0{i} dev fx1 nud permanent"
+        ));
+    }
+    ns.ip_batch(&lines).expect("fixture network");
+    ns.sysctl_set("net.ipv4.ip_forward", "1").unwrap();
+    ns.sysctl_set("net.ipv6.conf.all.forwarding", "1").unwrap();
+    ns.run_in(move || {
+        let dp = Dataplane::load(DataplaneOptions {
+            max_frontends: 16,
+            max_backends: 64,
+            ring_size: RING,
+            conntrack_entries: 1024,
+            pin_dir: None,
+        })
+        .expect("load dataplane");
+        let mut rec = Reconciler::new(dp).expect("reconciler");
+        rec.set_node_config(&node).expect("node config");
+        rec.apply(snap).expect("apply snapshot");
+        let idx = |n: &str| {
+            let c = std::ffi::CString::new(n).unwrap();
+            // SAFETY: valid C string.
+            unsafe { libc::if_nametoindex(c.as_ptr()) }
+        };
+        let mut fx = Fx {
+            rec,
+            fx0: idx("fx0"),
+            fx1: idx("fx1"),
+        };
+        assert!(fx.fx0 != 0 && fx.fx1 != 0, "fixture interfaces");
+        f(&mut fx);
+    });
+}
+
+impl Fx {
+    /// One BPF_PROG_TEST_RUN of the XDP program on `pkt` arriving on `ifindex`.
+    fn run(&mut self, pkt: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress
+        let ctx: [u32; 6] = [0, pkt.len() as u32, 0, ifindex, 0, 0];
+        let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut out = vec![0u8; pkt.len() + 512];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(pkt);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx_bytes);
+        let res = self
+            .rec
+            .dataplane()
+            .lb_program()
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn ct(&mut self, key: &FlowKey) -> Option<shared::CtEntry> {
+        self.rec.dataplane().maps.conntrack.get(key, 0).ok()
+    }
+
+    fn stat(&self, idx: u32) -> u64 {
+        self.rec.global_counters().unwrap()[idx as usize]
+    }
+
+    /// Runs and asserts verdict and exact output, with checksums verified independently.
+    fn expect(&mut self, what: &str, pkt: &[u8], ifindex: u32, verdict: u32, expected: &[u8]) {
+        let (v, out) = self.run(pkt, ifindex);
+        assert_eq!(
+            v,
+            verdict,
+            "{what}: verdict (output: {})",
+            diff(expected, &out)
+        );
+        assert_eq!(
+            out,
+            expected,
+            "{what}: output differs:\n{}",
+            diff(expected, &out)
+        );
+        if verdict != XDP_DROP {
+            ParsedPacket::parse(&out)
+                .unwrap_or_else(|e| panic!("{what}: output does not parse: {e}"))
+                .verify_checksums()
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+    }
+}
+
+/// The SNAT source port the program picks first for a flow (lb_xdp.bpf.c new_flow()).
+fn first_port(key: &FlowKey, be_id: u32, pmin: u16, pmax: u16) -> u16 {
+    let range = u32::from(pmax - pmin) + 1;
+    let start = (key.hash().wrapping_mul(0x9e37_79b1) ^ be_id) % range;
+    pmin + start as u16
+}
+
+fn backend_id(fx: &Fx, name: &str, i: u8) -> u32 {
+    let view = fx.rec.view();
+    let f = view.iter().find(|f| f.name == name).expect("frontend");
+    f.backends
+        .iter()
+        .find(|b| match b.0.addr {
+            IpAddr::V4(a) => a == be4(i),
+            IpAddr::V6(a) => a == be6(i),
+        })
+        .map(|b| b.1)
+        .expect("backend")
+}
+
+#[test]
+fn tcp_v4_flow_lifecycle() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        let syn = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .tcp(40000, 80)
+            .flags(TcpFlags::SYN)
+            .seq(1000)
+            .window(64240)
+            .options(&[2, 4, 5, 0xb4, 1, 1, 4, 2])
+            .build();
+        let key = FlowKey::new(client4().into(), 40000, vip4().into(), 80, 6);
+        let id = backend_id(fx, "t4", 1);
+        let port = first_port(&key, id, 1024, 32767);
+        let want = Packet::eth(FX1_MAC, backend_mac(1))
+            .ipv4(snat4(), be4(1))
+            .tcp(port, 8080)
+            .flags(TcpFlags::SYN)
+            .seq(1000)
+            .window(64240)
+            .options(&[2, 4, 5, 0xb4, 1, 1, 4, 2])
+            .build();
+        fx.expect(
+            "SYN to VIP: full-NAT to the backend",
+            &syn,
+            fx.fx0,
+            XDP_REDIRECT,
+            &want,
+        );
+        let fwd = fx.ct(&key).expect("forward conntrack entry");
+        assert_eq!(u16::from_be(fwd.nsport), port);
+        let rkey = FlowKey::new(be4(1).into(), 8080, snat4().into(), port, 6);
+        assert!(fx.ct(&rkey).is_some(), "reply conntrack entry");
+
+        // reply from the backend: reverse NAT to VIP -> client, out of the client side
+        let synack = Packet::eth(backend_mac(1), FX1_MAC)
+            .ipv4(be4(1), snat4())
+            .tcp(8080, port)
+            .flags(TcpFlags::SYN | TcpFlags::ACK)
+            .seq(5000)
+            .ack(1001)
+            .build();
+        let want = Packet::eth(FX0_MAC, CLIENT_MAC)
+            .ipv4(vip4(), client4())
+            .tcp(80, 40000)
+            .flags(TcpFlags::SYN | TcpFlags::ACK)
+            .seq(5000)
+            .ack(1001)
+            .build();
+        fx.expect(
+            "SYN-ACK reply: reverse NAT",
+            &synack,
+            fx.fx1,
+            XDP_REDIRECT,
+            &want,
+        );
+
+        // established data segment
+        let data = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .tcp(40000, 80)
+            .flags(TcpFlags::ACK | TcpFlags::PSH)
+            .seq(1001)
+            .ack(5001)
+            .payload(b"GET / HTTP/1.0\r\n\r\n")
+            .build();
+        let want = Packet::eth(FX1_MAC, backend_mac(1))
+            .ipv4(snat4(), be4(1))
+            .tcp(port, 8080)
+            .flags(TcpFlags::ACK | TcpFlags::PSH)
+            .seq(1001)
+            .ack(5001)
+            .payload(b"GET / HTTP/1.0\r\n\r\n")
+            .build();
+        fx.expect("established data", &data, fx.fx0, XDP_REDIRECT, &want);
+        assert_eq!(fx.ct(&key).unwrap().state, CT_ESTABLISHED);
+
+        // FIN moves the flow to closing, still forwarded
+        let fin = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .tcp(40000, 80)
+            .flags(TcpFlags::ACK | TcpFlags::FIN)
+            .seq(1019)
+            .ack(5001)
+            .build();
+        let want = Packet::eth(FX1_MAC, backend_mac(1))
+            .ipv4(snat4(), be4(1))
+            .tcp(port, 8080)
+            .flags(TcpFlags::ACK | TcpFlags::FIN)
+            .seq(1019)
+            .ack(5001)
+            .build();
+        fx.expect("FIN", &fin, fx.fx0, XDP_REDIRECT, &want);
+        assert_eq!(fx.ct(&key).unwrap().state, CT_CLOSING);
+
+        // RST from the backend: forwarded, its entry closing
+        let rst = Packet::eth(backend_mac(1), FX1_MAC)
+            .ipv4(be4(1), snat4())
+            .tcp(8080, port)
+            .flags(TcpFlags::RST)
+            .seq(5001)
+            .build();
+        let want = Packet::eth(FX0_MAC, CLIENT_MAC)
+            .ipv4(vip4(), client4())
+            .tcp(80, 40000)
+            .flags(TcpFlags::RST)
+            .seq(5001)
+            .build();
+        fx.expect("RST reply", &rst, fx.fx1, XDP_REDIRECT, &want);
+        assert_eq!(fx.ct(&rkey).unwrap().state, CT_CLOSING);
+
+        // a new SYN on the closed tuple is a new connection (fresh entry, state NEW)
+        let (v, _) = fx.run(&syn, fx.fx0);
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(fx.ct(&key).unwrap().state, shared::CT_NEW);
+
+        let c = fx.rec.backend_counters(id).unwrap();
+        assert_eq!(c.new_flows, 2, "{c:?}");
+        assert_eq!(c.packets, 6, "{c:?}");
+    });
+}
+
+#[test]
+fn tcp_v6_with_extension_headers_and_reply() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        let syn = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv6(client6(), vip6())
+            .ext_hop_by_hop()
+            .ext_dest_opts()
+            .tcp(40001, 80)
+            .flags(TcpFlags::SYN)
+            .seq(7)
+            .build();
+        let key = FlowKey::new(client6().into(), 40001, vip6().into(), 80, 6);
+        let id = backend_id(fx, "t6", 1);
+        let port = first_port(&key, id, 1024, 32767);
+        let want = Packet::eth(FX1_MAC, backend_mac(1))
+            .ipv6(snat6(), be6(1))
+            .ext_hop_by_hop()
+            .ext_dest_opts()
+            .tcp(port, 8080)
+            .flags(TcpFlags::SYN)
+            .seq(7)
+            .build();
+        fx.expect("v6 SYN with ext headers", &syn, fx.fx0, XDP_REDIRECT, &want);
+        let reply = Packet::eth(backend_mac(1), FX1_MAC)
+            .ipv6(be6(1), snat6())
+            .tcp(8080, port)
+            .flags(TcpFlags::SYN | TcpFlags::ACK)
+            .seq(9)
+            .ack(8)
+            .build();
+        let want = Packet::eth(FX0_MAC, CLIENT_MAC)
+            .ipv6(vip6(), client6())
+            .tcp(80, 40001)
+            .flags(TcpFlags::SYN | TcpFlags::ACK)
+            .seq(9)
+            .ack(8)
+            .build();
+        fx.expect("v6 reply", &reply, fx.fx1, XDP_REDIRECT, &want);
+    });
+}
+
+#[test]
+fn udp_v4_and_v6_new_established_reply() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        for v6 in [false, true] {
+            let (c, vip, snat, be): (IpAddr, IpAddr, IpAddr, IpAddr) = if v6 {
+                (
+                    client6().into(),
+                    vip6().into(),
+                    snat6().into(),
+                    be6(1).into(),
+                )
+            } else {
+                (
+                    client4().into(),
+                    vip4().into(),
+                    snat4().into(),
+                    be4(1).into(),
+                )
+            };
+            let name = if v6 { "u6" } else { "u4" };
+            let key = FlowKey::new(c, 5353, vip, 53, 17);
+            let port = first_port(&key, backend_id(fx, name, 1), 1024, 32767);
+            let build =
+                |src: IpAddr, dst: IpAddr, sp, dp, smac, dmac, payload: &[u8]| match (src, dst) {
+                    (IpAddr::V4(s), IpAddr::V4(d)) => Packet::eth(smac, dmac)
+                        .ipv4(s, d)
+                        .udp(sp, dp)
+                        .payload(payload)
+                        .build(),
+                    (IpAddr::V6(s), IpAddr::V6(d)) => Packet::eth(smac, dmac)
+                        .ipv6(s, d)
+                        .udp(sp, dp)
+                        .payload(payload)
+                        .build(),
+                    _ => unreachable!(),
+                };
+            for (what, payload) in [
+                ("UDP new", &b"query-1"[..]),
+                ("UDP established", &b"query-2"[..]),
+            ] {
+                let pkt = build(c, vip, 5353, 53, CLIENT_MAC, FX0_MAC, payload);
+                let want = build(snat, be, port, 8080, FX1_MAC, backend_mac(1), payload);
+                fx.expect(
+                    &format!("{what} v6={v6}"),
+                    &pkt,
+                    fx.fx0,
+                    XDP_REDIRECT,
+                    &want,
+                );
+            }
+            let reply = build(be, snat, 8080, port, backend_mac(1), FX1_MAC, b"answer");
+            let want = build(vip, c, 53, 5353, FX0_MAC, CLIENT_MAC, b"answer");
+            fx.expect(
+                &format!("UDP reply v6={v6}"),
+                &reply,
+                fx.fx1,
+                XDP_REDIRECT,
+                &want,
+            );
+            assert_eq!(fx.ct(&key).unwrap().state, shared::CT_NEW, "forward entry");
+        }
+        // IPv4 UDP without checksum keeps none
+        let key = FlowKey::new(client4().into(), 6000, vip4().into(), 53, 17);
+        let port = first_port(&key, backend_id(fx, "u4", 1), 1024, 32767);
+        let pkt = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .udp(6000, 53)
+            .zero_checksum()
+            .payload(b"x")
+            .build();
+        let want = Packet::eth(FX1_MAC, backend_mac(1))
+            .ipv4(snat4(), be4(1))
+            .udp(port, 8080)
+            .zero_checksum()
+            .payload(b"x")
+            .build();
+        fx.expect("UDP v4 zero checksum", &pkt, fx.fx0, XDP_REDIRECT, &want);
+    });
+}
+
+#[test]
+fn vlan_tagged_and_ipv4_options() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        let id = backend_id(fx, "t4", 1);
+        let key = FlowKey::new(client4().into(), 41000, vip4().into(), 80, 6);
+        let port = first_port(&key, id, 1024, 32767);
+        let syn = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .vlan(100)
+            .ipv4(client4(), vip4())
+            .tcp(41000, 80)
+            .flags(TcpFlags::SYN)
+            .build();
+        let want = Packet::eth(FX1_MAC, backend_mac(1))
+            .vlan(100)
+            .ipv4(snat4(), be4(1))
+            .tcp(port, 8080)
+            .flags(TcpFlags::SYN)
+            .build();
+        fx.expect(
+            "VLAN-tagged SYN keeps its tag",
+            &syn,
+            fx.fx0,
+            XDP_REDIRECT,
+            &want,
+        );
+
+        let key = FlowKey::new(client4().into(), 41001, vip4().into(), 80, 6);
+        let port = first_port(&key, id, 1024, 32767);
+        let opts = [0x94, 4, 0, 0, 1, 1, 1, 0]; // router alert, NOP, NOP, NOP, EOL
+        let syn = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .options(&opts)
+            .tcp(41001, 80)
+            .flags(TcpFlags::SYN)
+            .build();
+        let want = Packet::eth(FX1_MAC, backend_mac(1))
+            .ipv4(snat4(), be4(1))
+            .options(&opts)
+            .tcp(port, 8080)
+            .flags(TcpFlags::SYN)
+            .build();
+        fx.expect("IPv4 with options", &syn, fx.fx0, XDP_REDIRECT, &want);
+    });
+}
+
+#[test]
+fn non_vip_traffic_passes_unchanged() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        let other_port = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .tcp(40000, 81)
+            .flags(TcpFlags::SYN)
+            .build();
+        let other_addr = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), Ipv4Addr::new(10, 0, 0, 1))
+            .tcp(40000, 22)
+            .flags(TcpFlags::SYN)
+            .build();
+        let v6 = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv6(client6(), "fd00::1".parse().unwrap())
+            .udp(1, 2)
+            .payload(b"x")
+            .build();
+        let ping = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .icmp_echo_request(1, 1)
+            .build();
+        let arp = Packet::eth(CLIENT_MAC, [0xff; 6]).build_raw(0x0806, &[0u8; 28]);
+        for (what, p) in [
+            ("other port", other_port),
+            ("other address", other_addr),
+            ("v6 non-VIP", v6),
+            ("ICMP echo", ping),
+            ("ARP", arp),
+        ] {
+            fx.expect(what, &p, fx.fx0, XDP_PASS, &p);
+        }
+    });
+}
+
+#[test]
+fn truncated_packets_pass_untouched_and_create_no_state() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        let tcp = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .tcp(42000, 80)
+            .flags(TcpFlags::SYN)
+            .payload(b"hello")
+            .build();
+        let udp = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv6(client6(), vip6())
+            .udp(42001, 53)
+            .payload(b"hello")
+            .build();
+        let tcp6 = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .vlan(7)
+            .ipv6(client6(), vip6())
+            .ext_routing()
+            .tcp(42002, 80)
+            .flags(TcpFlags::SYN)
+            .build();
+        for full in [tcp, udp, tcp6] {
+            for len in 14..full.len() {
+                let cut = &full[..len];
+                let (v, out) = fx.run(cut, fx.fx0);
+                assert_eq!(v, XDP_PASS, "truncated to {len} of {}", full.len());
+                assert_eq!(out, cut, "truncated to {len}: modified");
+            }
+        }
+        assert_eq!(
+            fx.rec.dataplane().maps.conntrack.keys().count(),
+            0,
+            "no state for truncated packets"
+        );
+    });
+}
+
+#[test]
+fn icmp_errors_for_tracked_and_unknown_flows() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        // establish a v4 TCP flow
+        let syn = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .tcp(43000, 80)
+            .flags(TcpFlags::SYN)
+            .seq(1)
+            .build();
+        let (v, out) = fx.run(&syn, fx.fx0);
+        assert_eq!(v, XDP_REDIRECT);
+        let port = ParsedPacket::parse(&out).unwrap().src_port().unwrap();
+
+        // a router on the backend side says the forwarded packet was too big
+        let quoted = Packet::ipv4(snat4(), be4(1))
+            .tcp(port, 8080)
+            .flags(TcpFlags::ACK)
+            .seq(2)
+            .payload(&[0u8; 100])
+            .build();
+        let err = Packet::eth(backend_mac(2), FX1_MAC)
+            .ipv4(be4(2), snat4())
+            .icmp_frag_needed(1400, &quoted, 28 + 20)
+            .build();
+        let quoted_client = Packet::ipv4(client4(), vip4())
+            .tcp(43000, 80)
+            .flags(TcpFlags::ACK)
+            .seq(2)
+            .payload(&[0u8; 100])
+            .build();
+        let want = Packet::eth(FX0_MAC, CLIENT_MAC)
+            .ipv4(vip4(), client4())
+            .icmp_frag_needed(1400, &quoted_client, 28 + 20)
+            .build();
+        fx.expect(
+            "ICMP frag-needed translated to the client",
+            &err,
+            fx.fx1,
+            XDP_REDIRECT,
+            &want,
+        );
+        assert_eq!(fx.stat(shared::STAT_ICMP_TRANSLATED), 1);
+
+        // v6: packet too big about a reply we sent to the client, from a client-side router
+        let syn6 = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv6(client6(), vip6())
+            .udp(43001, 53)
+            .payload(b"q")
+            .build();
+        let (v, out) = fx.run(&syn6, fx.fx0);
+        assert_eq!(v, XDP_REDIRECT);
+        let port6 = ParsedPacket::parse(&out).unwrap().src_port().unwrap();
+        let quoted = Packet::ipv6(vip6(), client6())
+            .udp(53, 43001)
+            .payload(&[1u8; 64])
+            .build();
+        let err = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv6("fd00::9".parse().unwrap(), vip6())
+            .icmpv6_packet_too_big(1280, &quoted, quoted.len())
+            .build();
+        let quoted_be = Packet::ipv6(be6(1), snat6())
+            .udp(8080, port6)
+            .payload(&[1u8; 64])
+            .build();
+        let want = Packet::eth(FX1_MAC, backend_mac(1))
+            .ipv6(snat6(), be6(1))
+            .icmpv6_packet_too_big(1280, &quoted_be, quoted_be.len())
+            .build();
+        fx.expect(
+            "ICMPv6 packet-too-big translated to the backend",
+            &err,
+            fx.fx0,
+            XDP_REDIRECT,
+            &want,
+        );
+
+        // an error about a flow nobody tracks passes untouched
+        let quoted = Packet::ipv4(snat4(), be4(3))
+            .udp(9999, 8080)
+            .payload(b"zz")
+            .build();
+        let err = Packet::eth(backend_mac(3), FX1_MAC)
+            .ipv4(be4(3), snat4())
+            .icmp_dest_unreachable(3, &quoted, quoted.len())
+            .build();
+        fx.expect(
+            "ICMP error for an unknown flow",
+            &err,
+            fx.fx1,
+            XDP_PASS,
+            &err,
+        );
+        assert_eq!(fx.stat(shared::STAT_ICMP_UNKNOWN), 1);
+    });
+}
+
+#[test]
+fn all_invalid_frontend_resets_tcp_and_drops_udp() {
+    let mut snap = one_backend();
+    for f in &mut snap.frontends {
+        f.backends.clear();
+        f.reject_weight = 1;
+    }
+    with_fixture(&snap, node(1024, 32767), |fx| {
+        let syn = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .ttl(50)
+            .tcp(44000, 80)
+            .flags(TcpFlags::SYN)
+            .seq(100)
+            .options(&[2, 4, 5, 0xb4])
+            .payload(b"data")
+            .build();
+        let rst = Packet::eth(FX0_MAC, CLIENT_MAC)
+            .ipv4(vip4(), client4())
+            .ttl(64)
+            .tcp(80, 44000)
+            .flags(TcpFlags::RST | TcpFlags::ACK)
+            .seq(0)
+            .ack(100 + 1 + 4)
+            .window(0)
+            .build();
+        fx.expect(
+            "SYN to an all-invalid frontend gets a RST",
+            &syn,
+            fx.fx0,
+            XDP_TX,
+            &rst,
+        );
+        let syn6 = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv6(client6(), vip6())
+            .tcp(44001, 80)
+            .flags(TcpFlags::SYN)
+            .seq(5)
+            .build();
+        let rst6 = Packet::eth(FX0_MAC, CLIENT_MAC)
+            .ipv6(vip6(), client6())
+            .hop_limit(64)
+            .tcp(80, 44001)
+            .flags(TcpFlags::RST | TcpFlags::ACK)
+            .seq(0)
+            .ack(6)
+            .window(0)
+            .build();
+        fx.expect("v6 SYN gets a RST", &syn6, fx.fx0, XDP_TX, &rst6);
+        let udp = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .udp(44002, 53)
+            .payload(b"q")
+            .build();
+        let (v, _) = fx.run(&udp, fx.fx0);
+        assert_eq!(v, XDP_DROP, "UDP to an all-invalid frontend is dropped");
+        assert_eq!(fx.stat(shared::STAT_REJECT_NO_BACKEND), 3);
+        assert_eq!(fx.rec.dataplane().maps.conntrack.keys().count(), 0);
+    });
+}
+
+fn syn_from(sport: u16) -> Vec<u8> {
+    Packet::eth(CLIENT_MAC, FX0_MAC)
+        .ipv4(client4(), vip4())
+        .tcp(sport, 80)
+        .flags(TcpFlags::SYN)
+        .build()
+}
+
+fn dst_of(out: &[u8]) -> IpAddr {
+    ParsedPacket::parse(out).unwrap().dst_ip().unwrap()
+}
+
+#[test]
+fn weights_zero_weight_and_reject_share() {
+    let mut snap = Snapshot {
+        generation: 1,
+        frontends: vec![frontend(
+            "t4",
+            vip4().into(),
+            80,
+            Protocol::Tcp,
+            &[(1, 3), (2, 1), (3, 0)],
+        )],
+    };
+    snap.frontends[0].reject_weight = 1;
+    with_fixture(&snap, node(1024, 32767), |fx| {
+        let mut counts = std::collections::BTreeMap::new();
+        let n = 2000u16;
+        for sport in 10000..10000 + n {
+            let (v, out) = fx.run(&syn_from(sport), fx.fx0);
+            let k = match v {
+                XDP_REDIRECT => dst_of(&out).to_string(),
+                XDP_TX => "reset".to_string(),
+                other => panic!("unexpected verdict {other}"),
+            };
+            *counts.entry(k).or_insert(0u32) += 1;
+        }
+        assert!(
+            !counts.contains_key(&be4(3).to_string()),
+            "weight-0 backend picked: {counts:?}"
+        );
+        let share = |k: &str| f64::from(counts.get(k).copied().unwrap_or(0)) / f64::from(n);
+        for (k, w) in [
+            (be4(1).to_string(), 0.6),
+            (be4(2).to_string(), 0.2),
+            ("reset".to_string(), 0.2),
+        ] {
+            assert!(
+                (share(&k) - w).abs() < 0.05,
+                "{k}: {} vs {w} ({counts:?})",
+                share(&k)
+            );
+        }
+    });
+}
+
+#[test]
+fn conntrack_full_falls_back_to_stateless_forwarding() {
+    // one SNAT port: the second flow to the backend finds no free source port
+    with_fixture(&one_backend(), node(2000, 2000), |fx| {
+        let (v, out) = fx.run(&syn_from(45000), fx.fx0);
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(ParsedPacket::parse(&out).unwrap().src_port(), Some(2000));
+        let (v, out) = fx.run(&syn_from(45001), fx.fx0);
+        assert_eq!(v, XDP_REDIRECT, "still forwarded");
+        assert_eq!(dst_of(&out), IpAddr::from(be4(1)));
+        assert_eq!(fx.stat(shared::STAT_CT_INSERT_FAILED), 1);
+        let key = FlowKey::new(client4().into(), 45001, vip4().into(), 80, 6);
+        assert!(fx.ct(&key).is_none(), "no state for the overflowing flow");
+    });
+}
+
+#[test]
+fn fragments_to_a_vip_are_dropped_others_pass() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        let frags = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .id(9)
+            .udp(46000, 53)
+            .payload(&[7u8; 64])
+            .build_fragments(32);
+        assert!(frags.len() >= 2);
+        for f in &frags {
+            let (v, _) = fx.run(f, fx.fx0);
+            assert_eq!(v, XDP_DROP, "v4 fragment to a VIP");
+        }
+        let frag6 = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv6(client6(), vip6())
+            .ext_fragment(0, true, 77)
+            .udp(46001, 53)
+            .payload(&[1u8; 16])
+            .build();
+        assert_eq!(fx.run(&frag6, fx.fx0).0, XDP_DROP, "v6 fragment to a VIP");
+        let other = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), Ipv4Addr::new(10, 0, 0, 1))
+            .id(3)
+            .udp(1, 2)
+            .payload(&[0u8; 64])
+            .build_fragments(32);
+        for f in &other {
+            fx.expect("fragment to a non-VIP", f, fx.fx0, XDP_PASS, f);
+        }
+        assert_eq!(fx.stat(shared::STAT_FRAGMENT_DROP), frags.len() as u64 + 1);
+        // an atomic fragment (offset 0, no more fragments) is an ordinary packet
+        let atomic = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv6(client6(), vip6())
+            .ext_fragment(0, false, 78)
+            .tcp(46002, 80)
+            .flags(TcpFlags::SYN)
+            .build();
+        assert_eq!(fx.run(&atomic, fx.fx0).0, XDP_REDIRECT, "atomic fragment");
+    });
+}
+
+#[test]
+fn removed_backend_resets_terminating_keeps_flows() {
+    let snap = Snapshot {
+        generation: 1,
+        frontends: vec![frontend(
+            "t4",
+            vip4().into(),
+            80,
+            Protocol::Tcp,
+            &[(1, 1), (2, 1)],
+        )],
+    };
+    with_fixture(&snap, node(1024, 32767), |fx| {
+        // find one flow on each backend
+        let mut on = std::collections::BTreeMap::new();
+        for sport in 20000..20100u16 {
+            let (v, out) = fx.run(&syn_from(sport), fx.fx0);
+            assert_eq!(v, XDP_REDIRECT);
+            on.entry(dst_of(&out)).or_insert(sport);
+        }
+        let s1 = on[&IpAddr::from(be4(1))];
+        let s2 = on[&IpAddr::from(be4(2))];
+        let ack = |sport: u16| {
+            Packet::eth(CLIENT_MAC, FX0_MAC)
+                .ipv4(client4(), vip4())
+                .tcp(sport, 80)
+                .flags(TcpFlags::ACK)
+                .seq(50)
+                .ack(60)
+                .build()
+        };
+
+        // backend 1 terminating, backend 2 removed
+        let mut next = snap.clone();
+        next.generation = 2;
+        next.frontends[0].backends[0].state = BackendState::Terminating;
+        next.frontends[0].backends.remove(1);
+        fx.rec.apply(&next).unwrap();
+
+        let (v, out) = fx.run(&ack(s1), fx.fx0);
+        assert_eq!(
+            (v, dst_of(&out)),
+            (XDP_REDIRECT, be4(1).into()),
+            "terminating backend keeps its flow"
+        );
+        let want = Packet::eth(FX0_MAC, CLIENT_MAC)
+            .ipv4(vip4(), client4())
+            .ttl(64)
+            .tcp(80, s2)
+            .flags(TcpFlags::RST)
+            .seq(60)
+            .window(0)
+            .build();
+        fx.expect(
+            "flow of a removed backend is reset",
+            &ack(s2),
+            fx.fx0,
+            XDP_TX,
+            &want,
+        );
+        assert_eq!(fx.stat(shared::STAT_BACKEND_GONE), 1);
+        // no active backend left: new flows are rejected
+        let (v, _) = fx.run(&syn_from(30000), fx.fx0);
+        assert_eq!(v, XDP_TX, "no new flow to the terminating backend");
+    });
+}
+
+#[test]
+fn refused_snapshot_keeps_previous_state() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        let before = fx.rec.view().len();
+        let mut bad = one_backend();
+        bad.generation = 2;
+        bad.frontends.push(bad.frontends[0].clone());
+        bad.frontends[4].name = "dup".into();
+        let err = fx.rec.apply(&bad).unwrap_err().to_string();
+        assert!(err.contains("\"dup\"") && err.contains("\"t4\""), "{err}");
+        let mut big = one_backend();
+        big.frontends[0].backends = (1..=70)
+            .map(|i| Backend {
+                addr: BackendAddr {
+                    addr: Ipv4Addr::new(10, 1, 1, i).into(),
+                    port: 80,
+                },
+                weight: 1,
+                state: BackendState::Active,
+            })
+            .collect();
+        let err = fx.rec.apply(&big).unwrap_err().to_string();
+        assert!(
+            err.contains("\"t4\"") && err.contains("max_backends"),
+            "{err}"
+        );
+        assert_eq!(fx.rec.view().len(), before);
+        assert_eq!(fx.rec.generation(), Some(1));
+        let (v, _) = fx.run(&syn_from(47000), fx.fx0);
+        assert_eq!(v, XDP_REDIRECT, "still serving the previous snapshot");
+    });
+}
