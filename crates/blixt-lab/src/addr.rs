@@ -27,7 +27,11 @@ impl Prefix {
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
             }
             IpAddr::V6(a) => {
-                let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
                 IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
             }
         };
@@ -53,7 +57,9 @@ impl Prefix {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
-                Prefix::new(ip, self.len).map(|p| p.addr == self.addr).unwrap_or(false)
+                Prefix::new(ip, self.len)
+                    .map(|p| p.addr == self.addr)
+                    .unwrap_or(false)
             }
             _ => false,
         }
@@ -86,7 +92,9 @@ impl FromStr for Prefix {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         let (addr, len) = s.split_once('/').context("prefix needs a /length")?;
-        let addr: IpAddr = addr.parse().with_context(|| format!("bad address in {s}"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .with_context(|| format!("bad address in {s}"))?;
         let len: u8 = len.parse().with_context(|| format!("bad length in {s}"))?;
         Prefix::new(addr, len)
     }

@@ -191,7 +191,12 @@ impl EchoServer {
         let c = &self.shared.counters;
         EchoStats {
             tcp_accepted: c.tcp_accepted.load(Ordering::Relaxed),
-            tcp_open: self.shared.conns.lock().map(|m| m.len() as u64).unwrap_or(0),
+            tcp_open: self
+                .shared
+                .conns
+                .lock()
+                .map(|m| m.len() as u64)
+                .unwrap_or(0),
             tcp_requests: c.tcp_requests.load(Ordering::Relaxed),
             udp_datagrams: c.udp_datagrams.load(Ordering::Relaxed),
         }
@@ -224,7 +229,12 @@ impl EchoServer {
         // Connection threads unregister themselves once their socket is shut down.
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline
-            && self.shared.conns.lock().map(|m| !m.is_empty()).unwrap_or(false)
+            && self
+                .shared
+                .conns
+                .lock()
+                .map(|m| !m.is_empty())
+                .unwrap_or(false)
         {
             thread::sleep(Duration::from_millis(5));
         }
@@ -344,7 +354,12 @@ fn udp_loop(socket: UdpSocket, shared: Arc<Shared>) {
     while !shared.stop.load(Ordering::SeqCst) {
         let (n, from) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 continue
             }
             Err(_) => {
@@ -366,7 +381,10 @@ fn udp_loop(socket: UdpSocket, shared: Arc<Shared>) {
         };
         if let Ok(out) = serde_json::to_vec(&reply) {
             if socket.send_to(&out, from).is_ok() {
-                shared.counters.udp_datagrams.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .udp_datagrams
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }

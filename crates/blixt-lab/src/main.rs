@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use blixt_lab::{
-    tcp_burst, udp_flows, EchoConfig, EchoReady, EchoServer, Lab, LabSpec, LongLived,
-    UdpOptions, DEFAULT_PREFIX,
+    tcp_burst, udp_flows, EchoConfig, EchoReady, EchoServer, Lab, LabSpec, LongLived, UdpOptions,
+    DEFAULT_PREFIX,
 };
 use clap::{Parser, Subcommand};
 

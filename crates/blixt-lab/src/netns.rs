@@ -191,6 +191,11 @@ impl NetNs {
         })
     }
 
+    /// Pids of the processes inside the namespace (`ip netns pids`).
+    pub fn pids(&self) -> Result<Vec<u32>> {
+        Ok(netns_pids(&self.name))
+    }
+
     /// Sets a sysctl of this namespace, e.g. `sysctl_set("net.ipv4.ip_forward", "1")`.
     ///
     /// Written through `/proc/sys` from a thread inside the namespace: the `net.*` tree there
@@ -219,6 +224,16 @@ impl Drop for NetNs {
             eprintln!("blixt-lab: deleting netns {}: {e:#}", self.name);
         }
     }
+}
+
+fn netns_pids(name: &str) -> Vec<u32> {
+    run_ip(&["netns", "pids", name])
+        .map(|out| {
+            out.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn sysctl_path(key: &str) -> PathBuf {
@@ -290,7 +305,9 @@ pub(crate) fn owner_pid(prefix: &str, name: &str) -> Option<u32> {
     if pid.is_empty()
         || !pid.bytes().all(|b| b.is_ascii_digit())
         || counter.is_empty()
-        || !counter.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        || !counter
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
     {
         return None;
     }
@@ -319,12 +336,10 @@ pub fn cleanup_stale(prefix: &str) -> Result<Vec<String>> {
         }
         // Processes left inside (echo servers of a killed test) would keep the namespace
         // alive after its name is gone.
-        if let Ok(pids) = run_ip(&["netns", "pids", &name]) {
-            for p in pids.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
-                // Its whole group if it leads one, else just itself.
-                let _ = sys::kill_group(p, libc::SIGKILL);
-                let _ = sys::kill_pid(p, libc::SIGKILL);
-            }
+        for p in netns_pids(&name) {
+            // Its whole group if it leads one, else just itself.
+            let _ = sys::kill_group(p, libc::SIGKILL);
+            let _ = sys::kill_pid(p, libc::SIGKILL);
         }
         let _guard = NETNS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         run_ip(&["netns", "del", &name]).with_context(|| format!("deleting stale netns {name}"))?;

@@ -116,9 +116,9 @@ impl LabProcess {
     /// Waits up to `timeout` for the process to exit by itself and returns its status and
     /// all stdout lines not read yet.
     pub fn wait_output(mut self, timeout: Duration) -> Result<(ExitStatus, Vec<String>)> {
-        let status = self.wait_timeout(timeout)?.ok_or_else(|| {
-            anyhow!("{} did not exit within {timeout:?}", self.label)
-        })?;
+        let status = self
+            .wait_timeout(timeout)?
+            .ok_or_else(|| anyhow!("{} did not exit within {timeout:?}", self.label))?;
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }

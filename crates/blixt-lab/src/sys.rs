@@ -28,16 +28,22 @@ fn ns_identity(path: &str) -> io::Result<(u64, u64)> {
     Ok((meta.dev(), meta.ino()))
 }
 
-/// Whether the calling thread is in the network namespace of PID 1 (the host's, or the
-/// container's outermost one). Unknown counts as yes, so callers err on the side of refusing.
-pub(crate) fn in_host_netns() -> bool {
-    match (
-        ns_identity("/proc/thread-self/ns/net"),
-        ns_identity("/proc/1/ns/net"),
-    ) {
-        (Ok(me), Ok(init)) => me == init,
-        _ => true,
-    }
+/// Whether the calling thread is in a named network namespace (one under `/run/netns`, as
+/// `ip netns add` creates). The host's own namespace is not named, and `/proc/1/ns/net` cannot
+/// be relied on to identify it (sandboxes often deny reading it). Unknown counts as no, so
+/// callers err on the side of refusing.
+pub(crate) fn in_named_netns() -> bool {
+    let Ok(me) = ns_identity("/proc/thread-self/ns/net") else {
+        return false;
+    };
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        std::fs::metadata(e.path())
+            .map(|m| (m.dev(), m.ino()) == me)
+            .unwrap_or(false)
+    })
 }
 
 /// Identity of the calling thread's network namespace, for tests and diagnostics.
@@ -61,6 +67,22 @@ pub(crate) fn kill_group(pgid: u32, signal: i32) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (best effort): traffic clients may
+/// hold thousands of sockets at once.
+pub(crate) fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill and setrlimit to read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }
 

@@ -336,12 +336,20 @@ impl Lab {
 
         let mut veths = Vec::with_capacity(1 + spec.backends);
         let mut lb_script = Vec::new();
-        let peers = std::iter::once((&client_ns, &client_plan, true))
-            .chain(backend_ns.iter().zip(&backend_plans).map(|(n, p)| (n, p, false)));
+        let peers = std::iter::once((&client_ns, &client_plan, true)).chain(
+            backend_ns
+                .iter()
+                .zip(&backend_plans)
+                .map(|(n, p)| (n, p, false)),
+        );
         for (ns, plan, is_client) in peers {
             veths.push(Veth::create(&lb, &plan.lb_ifname, ns, PEER_IFNAME)?);
-            ns.ip_batch(&peer_script(plan, is_client.then_some((vip_v4, vip_v6)), &spec))
-                .with_context(|| format!("configuring {}", ns.name()))?;
+            ns.ip_batch(&peer_script(
+                plan,
+                is_client.then_some((vip_v4, vip_v6)),
+                &spec,
+            ))
+            .with_context(|| format!("configuring {}", ns.name()))?;
             lb_script.extend(lb_script_for(plan, &spec));
         }
         lb.ip_batch(&lb_script).context("configuring the lb")?;
@@ -539,7 +547,12 @@ fn set_offloads(ns: &NetNs, spec: &LabSpec) -> (Option<bool>, Option<bool>) {
         .map_err(|e| eprintln!("blixt-lab: GRO on {PEER_IFNAME} in {}: {e}", ns.name()))
         .ok();
     let csum = csum
-        .map_err(|e| eprintln!("blixt-lab: tx checksum on {PEER_IFNAME} in {}: {e}", ns.name()))
+        .map_err(|e| {
+            eprintln!(
+                "blixt-lab: tx checksum on {PEER_IFNAME} in {}: {e}",
+                ns.name()
+            )
+        })
         .ok();
     (gro, csum)
 }

@@ -2,8 +2,8 @@
 //!
 //! All of them open their sockets in the calling thread's network namespace (and their worker
 //! threads inherit it), so call them inside [`NetNs::run_in`](crate::NetNs::run_in). As a
-//! guard against test traffic leaving the machine, they refuse any non-loopback target when
-//! called from the host's own namespace.
+//! guard against test traffic leaving the machine, they refuse any non-loopback target unless
+//! called from inside a named (`ip netns`) namespace.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
@@ -23,15 +23,16 @@ use crate::sys;
 const WORKER_STACK: usize = 256 * 1024;
 
 /// Fails unless traffic to `ip` stays on this machine: loopback targets are always fine,
-/// anything else only from a thread that is not in the host's network namespace.
+/// anything else only from a thread inside a named network namespace (`/run/netns/*`, which
+/// is where the lab's namespaces live), never from the host's own namespace.
 pub fn check_lab_target(ip: IpAddr) -> Result<()> {
     if ip.to_canonical().is_loopback() {
         return Ok(());
     }
-    if sys::in_host_netns() {
+    if !sys::in_named_netns() {
         bail!(
-            "refusing to send test traffic to {ip} from the host network namespace: lab \
-             traffic must stay inside lab namespaces (use NetNs::run_in or `ip netns exec`)"
+            "refusing to send test traffic to {ip} from outside a lab namespace: lab traffic \
+             must stay inside the lab (use NetNs::run_in or `ip netns exec`)"
         );
     }
     Ok(())
@@ -52,6 +53,8 @@ pub struct FlowResult {
     pub wrong_source: Option<SocketAddr>,
     /// Datagrams sent (UDP, retries included) or 1 (TCP).
     pub attempts: u32,
+    /// Datagrams re-sent after a timeout (UDP).
+    pub retries: u32,
     /// Whether answers within the flow named different backends.
     pub backend_changed: bool,
     /// Round-trip time of the first answered request, in microseconds.
@@ -103,7 +106,7 @@ impl Report {
             ..Report::default()
         };
         for f in &flows {
-            r.retries += f.attempts.saturating_sub(1) as usize;
+            r.retries += f.retries as usize;
             if f.wrong_source.is_some() {
                 r.wrong_source += 1;
             }
@@ -205,6 +208,7 @@ pub fn tcp_burst(
     timeout: Duration,
 ) -> Result<Report> {
     check_lab_target(target.ip())?;
+    sys::raise_nofile_limit();
     let t0 = Instant::now();
     let flows = run_pool(conns, concurrency, |i| tcp_once(target, i, timeout));
     Ok(Report::from_flows("tcp", target, flows, t0))
@@ -287,8 +291,8 @@ impl LineConn {
         if n == 0 {
             return Err("read: eof".into());
         }
-        let reply: EchoReply =
-            serde_json::from_str(self.line.trim_end()).map_err(|_| "reply: not json".to_string())?;
+        let reply: EchoReply = serde_json::from_str(self.line.trim_end())
+            .map_err(|_| "reply: not json".to_string())?;
         if reply.echo != request {
             return Err("reply: wrong echo".into());
         }
@@ -321,15 +325,22 @@ impl Default for UdpOptions {
     }
 }
 
-/// Runs `flows` UDP flows to `target`, each from its own socket (its own source port). Each
-/// flow sends `datagrams_per_flow` datagrams one after the other and waits for each answer,
+/// Runs `flows` UDP flows to `target`, each from its own socket. Every socket stays open until
+/// the whole batch is done, so all flows have distinct source ports (distinct 5-tuples for a
+/// load balancer's conntrack) even when run one after another. Each flow sends `datagrams_per_flow` datagrams one after the other and waits for each answer,
 /// re-sending on timeout. An answer whose source (from `recv_from`) is not `target` counts
 /// as `wrong_source` and fails the flow.
 pub fn udp_flows(target: SocketAddr, flows: usize, opts: &UdpOptions) -> Result<Report> {
     check_lab_target(target.ip())?;
+    sys::raise_nofile_limit();
     let t0 = Instant::now();
-    let results = run_pool(flows, opts.concurrency, |i| udp_flow(target, i, opts));
-    Ok(Report::from_flows("udp", target, results, t0))
+    let (results, sockets): (Vec<FlowResult>, Vec<Option<UdpSocket>>) =
+        run_pool(flows, opts.concurrency, |i| udp_flow(target, i, opts))
+            .into_iter()
+            .unzip();
+    let report = Report::from_flows("udp", target, results, t0);
+    drop(sockets);
+    Ok(report)
 }
 
 fn unspecified_like(target: SocketAddr) -> SocketAddr {
@@ -339,22 +350,37 @@ fn unspecified_like(target: SocketAddr) -> SocketAddr {
     }
 }
 
-fn udp_flow(target: SocketAddr, i: usize, opts: &UdpOptions) -> FlowResult {
+/// One flow; returns its socket too, to be closed only when the batch ends.
+fn udp_flow(target: SocketAddr, i: usize, opts: &UdpOptions) -> (FlowResult, Option<UdpSocket>) {
     let mut f = FlowResult::default();
     let socket = match UdpSocket::bind(unspecified_like(target)) {
         Ok(s) => s,
         Err(e) => {
             f.error = Some(err_kind("bind", &e));
-            return f;
+            return (f, None);
         }
     };
+    udp_flow_on(&socket, &mut f, target, i, opts);
+    (f, Some(socket))
+}
+
+fn udp_flow_on(
+    socket: &UdpSocket,
+    f: &mut FlowResult,
+    target: SocketAddr,
+    i: usize,
+    opts: &UdpOptions,
+) {
     let mut buf = vec![0u8; MAX_MESSAGE];
     for d in 0..opts.datagrams_per_flow.max(1) {
         let request = format!("flow {i} datagram {d}");
         let mut answered = None;
         let t = Instant::now();
-        for _ in 0..=opts.retries {
+        for attempt in 0..=opts.retries {
             f.attempts += 1;
+            if attempt > 0 {
+                f.retries += 1;
+            }
             if let Err(e) = socket.send_to(request.as_bytes(), target) {
                 f.error = Some(err_kind("send", &e));
                 // ICMP errors surface on the next call; give the network a moment.
@@ -364,14 +390,14 @@ fn udp_flow(target: SocketAddr, i: usize, opts: &UdpOptions) -> FlowResult {
             if f.local.is_none() {
                 f.local = socket.local_addr().ok().map(canonical);
             }
-            match recv_answer(&socket, &mut buf, &request, opts.timeout) {
+            match recv_answer(socket, &mut buf, &request, opts.timeout) {
                 Ok((from, reply)) => {
                     if canonical(from) != canonical(target) {
                         f.wrong_source = Some(canonical(from));
                         f.backend = Some(reply.backend);
                         f.peer_seen = Some(reply.peer);
                         f.error = Some("recv: wrong source".into());
-                        return f;
+                        return;
                     }
                     answered = Some(reply);
                     break;
@@ -380,7 +406,7 @@ fn udp_flow(target: SocketAddr, i: usize, opts: &UdpOptions) -> FlowResult {
             }
         }
         let Some(reply) = answered else {
-            return f;
+            return;
         };
         if f.rtt_us.is_none() {
             f.rtt_us = Some(t.elapsed().as_micros() as u64);
@@ -398,7 +424,6 @@ fn udp_flow(target: SocketAddr, i: usize, opts: &UdpOptions) -> FlowResult {
     } else {
         f.ok = true;
     }
-    f
 }
 
 /// Waits up to `timeout` for the answer to `request`, skipping late answers to earlier
@@ -471,14 +496,14 @@ pub struct LongLivedReport {
 impl LongLivedReport {
     /// A one-line summary for assertion messages.
     pub fn summary(&self) -> String {
-        let errors: BTreeMap<&str, usize> =
-            self.results
-                .iter()
-                .filter_map(|r| r.error.as_deref())
-                .fold(BTreeMap::new(), |mut m, e| {
-                    *m.entry(e).or_default() += 1;
-                    m
-                });
+        let errors: BTreeMap<&str, usize> = self
+            .results
+            .iter()
+            .filter_map(|r| r.error.as_deref())
+            .fold(BTreeMap::new(), |mut m, e| {
+                *m.entry(e).or_default() += 1;
+                m
+            });
         format!(
             "{:?}: {} conns, {} broken, {} messages, backends {:?}, errors {:?}",
             self.target, self.conns, self.broken, self.messages, self.backends, errors
@@ -521,6 +546,7 @@ impl LongLived {
         timeout: Duration,
     ) -> Result<Self> {
         check_lab_target(target.ip())?;
+        sys::raise_nofile_limit();
         let shared = Arc::new(LongShared {
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -697,7 +723,10 @@ fn long_lived_conn(
                     }
                     Some(b) if *b != reply.backend => {
                         r.backend_changed = true;
-                        fail(&mut r, format!("reply: backend changed to {}", reply.backend));
+                        fail(
+                            &mut r,
+                            format!("reply: backend changed to {}", reply.backend),
+                        );
                         return r;
                     }
                     Some(_) => {}
@@ -743,6 +772,7 @@ mod tests {
             ok("be0"),
             FlowResult {
                 attempts: 4,
+                retries: 3,
                 error: Some("recv: timeout".into()),
                 ..FlowResult::default()
             },
@@ -777,7 +807,7 @@ mod tests {
         // Unit tests run in the host namespace (or wherever cargo runs): loopback is fine.
         assert!(check_lab_target("127.0.0.1".parse().unwrap()).is_ok());
         assert!(check_lab_target("::1".parse().unwrap()).is_ok());
-        if sys::in_host_netns() {
+        if !sys::in_named_netns() {
             assert!(check_lab_target("10.99.0.1".parse().unwrap()).is_err());
         }
     }
