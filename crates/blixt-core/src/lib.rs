@@ -1,6 +1,8 @@
 //! Blixt's domain core: the dataplane [`snapshot::Snapshot`], the weighted Maglev builder and
-//! (later) the Gateway API translator. Pure code: no Kubernetes client, no sockets, no BPF.
+//! the Gateway API [`translator`]. Pure code: no Kubernetes client, no sockets, no BPF.
 #![forbid(unsafe_code)]
 
 pub mod maglev;
 pub mod snapshot;
+pub mod tls;
+pub mod translator;

@@ -1,0 +1,792 @@
+//! The Gateway API translator: objects in, dataplane [`Snapshot`] and statuses out.
+//!
+//! A pure function ([`translate`]) holds all of Blixt's Gateway API semantics: GatewayClass
+//! acceptance, listener validity and conflicts, Gateway addresses, route attachment
+//! (parentRef sectionName/port, allowedRoutes, hostname intersection), ReferenceGrants,
+//! backend resolution through Service and EndpointSlice, weights, the oldest-route-wins rule,
+//! and every condition. `docs/translator.md` describes the rules and the choices made.
+//!
+//! Statuses are returned in the generated Gateway API status types, holding only what Blixt
+//! owns (its conditions; its own `status.parents` entries), ready for a server-side apply with
+//! Blixt's field manager. Conditions keep their `lastTransitionTime` while type, status and
+//! reason are unchanged, so translating the same objects twice yields identical statuses.
+
+pub mod conditions;
+pub mod config;
+
+mod addresses;
+mod backends;
+mod hostname;
+mod listeners;
+mod objects;
+mod routes;
+mod selector;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use blixt_gateway_api::gatewayclasses::GatewayClassStatusSupportedFeatures;
+use blixt_gateway_api::gateways::{
+    GatewayStatusAddresses, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
+};
+use blixt_gateway_api::tcproutes::{TcpRouteStatusParents, TcpRouteStatusParentsParentRef};
+use blixt_gateway_api::tlsroutes::{TlsRouteStatusParents, TlsRouteStatusParentsParentRef};
+use blixt_gateway_api::udproutes::{UdpRouteStatusParents, UdpRouteStatusParentsParentRef};
+use blixt_gateway_api::{
+    Gateway, GatewayClass, GatewayClassStatus, GatewayStatus, TcpRouteStatus, TlsRouteStatus,
+    UdpRouteStatus, GROUP,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::snapshot::{Frontend, FrontendKey, Protocol, Snapshot};
+use crate::tls::{precedence, SniRoute, TlsFrontend};
+
+use self::addresses::{AddressOutcome, AddressRequest, Claimant, IP_ADDRESS_TYPE};
+use self::backends::ResolvedRef;
+use self::conditions::{condition_type as ct, reason, stamp, Cond};
+use self::listeners::{ListenerEval, ListenerProtocol};
+use self::objects::{age_key, Lookup, RouteKind, RouteView};
+use self::routes::{FullParentRef, ParentOutcome};
+
+pub use self::config::{
+    IpNet, TranslatorConfig, CONTROLLER_NAME, GATEWAY_EXISTS_FINALIZER, SUPPORTED_FEATURES,
+};
+pub use self::objects::{ObjectIndex, ObjectKey};
+
+/// What [`translate`] produces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translation {
+    /// TCP and UDP frontends. `generation` is 0: the caller numbers snapshots.
+    pub snapshot: Snapshot,
+    /// SNI tables of TLS passthrough listeners, one per Gateway address and port.
+    pub tls: Vec<TlsFrontend>,
+    pub statuses: Statuses,
+}
+
+/// The status Blixt writes for every object it owns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Statuses {
+    /// Every GatewayClass naming Blixt's controller, by name.
+    pub gateway_classes: BTreeMap<String, GatewayClassOutcome>,
+    /// Every Gateway of those classes.
+    pub gateways: BTreeMap<ObjectKey, GatewayStatus>,
+    /// Routes with a parentRef to a Blixt Gateway, or with a stale Blixt entry to clear.
+    /// `parents` holds Blixt's entries only; entries of other controllers must be kept by the
+    /// writer.
+    pub tcp_routes: BTreeMap<ObjectKey, TcpRouteStatus>,
+    pub udp_routes: BTreeMap<ObjectKey, UdpRouteStatus>,
+    pub tls_routes: BTreeMap<ObjectKey, TlsRouteStatus>,
+}
+
+/// A GatewayClass's status, and whether it must carry [`GATEWAY_EXISTS_FINALIZER`] (some
+/// Gateway uses it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GatewayClassOutcome {
+    pub status: GatewayClassStatus,
+    pub finalizer: bool,
+}
+
+/// One Gateway of a Blixt GatewayClass, through the rules.
+#[derive(Debug)]
+struct GatewayEval<'a> {
+    obj: &'a Gateway,
+    key: ObjectKey,
+    generation: i64,
+    class_accepted: bool,
+    listeners: Vec<ListenerEval>,
+    request: AddressRequest,
+    accepted: Cond,
+    addresses: AddressOutcome,
+    programmed: Cond,
+}
+
+/// One route, resolved.
+#[derive(Debug)]
+struct RouteEval<'a> {
+    view: RouteView<'a>,
+    /// Resolved backendRefs, per rule.
+    rules: Vec<Vec<ResolvedRef>>,
+    parents: Vec<ParentOutcome>,
+}
+
+/// Builds one kind's `status.parents` from (parentRef, conditions) pairs.
+macro_rules! route_parents {
+    ($parents:expr, $controller:expr, $entry:ident, $pref:ident) => {
+        $parents
+            .iter()
+            .map(|(p, conditions)| $entry {
+                conditions: conditions.clone(),
+                controller_name: $controller.to_string(),
+                parent_ref: $pref {
+                    group: Some(p.group.clone()),
+                    kind: Some(p.kind.clone()),
+                    namespace: Some(p.namespace.clone()),
+                    name: p.name.clone(),
+                    section_name: p.section_name.clone(),
+                    port: p.port,
+                },
+            })
+            .collect()
+    };
+}
+
+/// Translates `objects` into the dataplane state and statuses. `now` stamps conditions whose
+/// status or reason changed.
+pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -> Translation {
+    let lookup = Lookup::new(objects);
+
+    // GatewayClasses.
+    let mut classes: BTreeMap<&str, (&GatewayClass, Cond)> = BTreeMap::new();
+    for gc in &objects.gateway_classes {
+        let name = gc.metadata.name.as_deref().unwrap_or("");
+        if gc.spec.controller_name != config.controller_name || classes.contains_key(name) {
+            continue;
+        }
+        classes.insert(name, (gc, class_condition(gc, name, config)));
+    }
+
+    // Gateways of those classes, oldest first.
+    let mut seen = BTreeSet::new();
+    let mut gws: Vec<&Gateway> = objects
+        .gateways
+        .iter()
+        .filter(|g| classes.contains_key(g.spec.gateway_class_name.as_str()))
+        .filter(|g| seen.insert(ObjectKey::of(&g.metadata)))
+        .collect();
+    gws.sort_by_key(|g| age_key(&g.metadata));
+    let mut gateways: Vec<GatewayEval<'_>> = gws
+        .into_iter()
+        .map(|g| {
+            let class_accepted = classes[g.spec.gateway_class_name.as_str()].1.is_true();
+            let listeners = listeners::evaluate(g, config, &lookup);
+            let request = addresses::request(g, config);
+            let accepted = gateway_accepted(g, class_accepted, &listeners, &request);
+            GatewayEval {
+                obj: g,
+                key: ObjectKey::of(&g.metadata),
+                generation: g.metadata.generation.unwrap_or(0),
+                class_accepted,
+                listeners,
+                request,
+                accepted,
+                addresses: AddressOutcome::default(),
+                programmed: Cond::new(ct::PROGRAMMED, false, reason::PENDING, ""),
+            }
+        })
+        .collect();
+
+    // Addresses, for accepted Gateways only: a rejected one must not hold pool addresses.
+    let claimants: Vec<Claimant<'_>> = gateways
+        .iter()
+        .filter(|g| g.accepted.is_true())
+        .map(|g| Claimant {
+            key: g.key.clone(),
+            request: &g.request,
+            previous: g
+                .obj
+                .status
+                .iter()
+                .flat_map(|s| s.addresses.iter().flatten())
+                .filter_map(|a| a.value.parse::<IpAddr>().ok())
+                .collect(),
+        })
+        .collect();
+    let mut assigned = addresses::assign(&claimants, config);
+    let mut frontends_used = 0usize;
+    for g in &mut gateways {
+        g.addresses = assigned.remove(&g.key).unwrap_or_default();
+        g.programmed = gateway_programmed(g, config, &mut frontends_used);
+    }
+    let gateway_index: BTreeMap<ObjectKey, usize> = gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.key.clone(), i))
+        .collect();
+
+    // Routes.
+    let mut routes: Vec<RouteEval<'_>> = Vec::new();
+    let mut route_keys = BTreeSet::new();
+    let views = objects
+        .tcp_routes
+        .iter()
+        .map(RouteView::tcp)
+        .chain(objects.udp_routes.iter().map(RouteView::udp))
+        .chain(objects.tls_routes.iter().map(RouteView::tls));
+    for view in views {
+        if !route_keys.insert((view.kind, view.key.clone())) {
+            continue;
+        }
+        let rules = view
+            .rules
+            .iter()
+            .map(|r| backends::resolve_rule(&view, r, &lookup))
+            .collect();
+        let problem = routes::route_problem(&view);
+        let mut parents: Vec<ParentOutcome> = Vec::new();
+        for p in &view.parent_refs {
+            let full = FullParentRef::new(p, &view.key.namespace);
+            let Some(&gi) = full
+                .is_gateway()
+                .then(|| {
+                    gateway_index.get(&ObjectKey::new(full.namespace.clone(), full.name.clone()))
+                })
+                .flatten()
+            else {
+                continue; // Not a Blixt Gateway: another controller's business.
+            };
+            if parents.iter().any(|o| o.parent_ref == full) {
+                continue;
+            }
+            let g = &gateways[gi];
+            parents.push(routes::attach(
+                &view,
+                full,
+                gi,
+                &g.key.namespace,
+                &g.listeners,
+                problem.as_deref(),
+                &lookup,
+            ));
+        }
+        routes.push(RouteEval {
+            view,
+            rules,
+            parents,
+        });
+    }
+
+    // attachedRoutes: a route counts once per listener, however many parentRefs lead there.
+    let mut attached: BTreeSet<(usize, usize, usize)> = BTreeSet::new();
+    for (ri, r) in routes.iter().enumerate() {
+        for p in &r.parents {
+            for a in &p.attachments {
+                attached.insert((p.gateway, a.listener, ri));
+            }
+        }
+    }
+    for &(gi, li, _) in &attached {
+        gateways[gi].listeners[li].attached_routes += 1;
+    }
+
+    // Dataplane.
+    let mut frontends = Vec::new();
+    let mut tls = Vec::new();
+    for (gi, g) in gateways.iter().enumerate() {
+        if !g.programmed.is_true() {
+            continue;
+        }
+        let on_listener = |li: usize| routes_on(&routes, gi, li);
+        for &vip in &g.addresses.assigned {
+            let mut tls_ports: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+            for (li, l) in g.listeners.iter().enumerate() {
+                let (true, Some(port)) = (l.usable(), l.port) else {
+                    continue;
+                };
+                let protocol = match l.protocol {
+                    ListenerProtocol::Tcp => Protocol::Tcp,
+                    ListenerProtocol::Udp => Protocol::Udp,
+                    ListenerProtocol::Tls => {
+                        tls_ports.entry(port).or_default().push(li);
+                        continue;
+                    }
+                    ListenerProtocol::Unsupported => continue,
+                };
+                // Several routes on one TCP/UDP listener: only the oldest carries traffic.
+                let (backends, reject_weight) = on_listener(li)
+                    .first()
+                    .and_then(|(r, _)| r.rules.first())
+                    .map(|refs| backends::weigh(refs, vip.is_ipv4()))
+                    .unwrap_or_default();
+                frontends.push(Frontend {
+                    name: format!("{}/{}", g.key, l.name),
+                    key: FrontendKey {
+                        vip,
+                        port,
+                        protocol,
+                    },
+                    backends,
+                    reject_weight,
+                });
+            }
+            for (port, lis) in tls_ports {
+                tls.push(tls_frontend(g, gi, vip, port, &lis, &routes));
+            }
+        }
+    }
+    frontends.sort_by_key(|f| f.key);
+    tls.sort_by_key(|t| (t.vip, t.port));
+
+    // Statuses.
+    let mut statuses = Statuses::default();
+    for (name, (gc, cond)) in &classes {
+        let accepted = cond.is_true();
+        let mut features: Vec<String> = config.supported_features.clone();
+        features.sort();
+        features.dedup();
+        statuses.gateway_classes.insert(
+            name.to_string(),
+            GatewayClassOutcome {
+                status: GatewayClassStatus {
+                    conditions: Some(stamp(
+                        vec![cond.clone()],
+                        gc.metadata.generation.unwrap_or(0),
+                        gc.status.as_ref().and_then(|s| s.conditions.as_deref()),
+                        now,
+                    )),
+                    supported_features: accepted.then(|| {
+                        features
+                            .into_iter()
+                            .map(|name| GatewayClassStatusSupportedFeatures { name })
+                            .collect()
+                    }),
+                },
+                finalizer: objects
+                    .gateways
+                    .iter()
+                    .any(|g| g.spec.gateway_class_name == *name),
+            },
+        );
+    }
+    for g in &gateways {
+        statuses
+            .gateways
+            .insert(g.key.clone(), gateway_status(g, now));
+    }
+    for r in &routes {
+        let controller = config.controller_name.as_str();
+        let had_entry = r
+            .view
+            .previous
+            .iter()
+            .any(|p| p.controller_name == controller);
+        if r.parents.is_empty() && !had_entry {
+            continue;
+        }
+        let resolved = backends::resolved_refs_condition(&r.rules.concat());
+        let parents: Vec<(FullParentRef, Vec<Condition>)> = r
+            .parents
+            .iter()
+            .map(|p| {
+                let previous = r
+                    .view
+                    .previous
+                    .iter()
+                    .find(|prev| {
+                        prev.controller_name == controller
+                            && FullParentRef::new(&prev.parent_ref, &r.view.key.namespace)
+                                == p.parent_ref
+                    })
+                    .map(|prev| prev.conditions.as_slice());
+                let conds = vec![p.accepted.clone(), resolved.clone()];
+                (
+                    p.parent_ref.clone(),
+                    stamp(conds, r.view.generation, previous, now),
+                )
+            })
+            .collect();
+        let key = r.view.key.clone();
+        match r.view.kind {
+            RouteKind::Tcp => {
+                statuses.tcp_routes.insert(
+                    key,
+                    TcpRouteStatus {
+                        parents: route_parents!(
+                            parents,
+                            controller,
+                            TcpRouteStatusParents,
+                            TcpRouteStatusParentsParentRef
+                        ),
+                    },
+                );
+            }
+            RouteKind::Udp => {
+                statuses.udp_routes.insert(
+                    key,
+                    UdpRouteStatus {
+                        parents: route_parents!(
+                            parents,
+                            controller,
+                            UdpRouteStatusParents,
+                            UdpRouteStatusParentsParentRef
+                        ),
+                    },
+                );
+            }
+            RouteKind::Tls => {
+                statuses.tls_routes.insert(
+                    key,
+                    TlsRouteStatus {
+                        parents: route_parents!(
+                            parents,
+                            controller,
+                            TlsRouteStatusParents,
+                            TlsRouteStatusParentsParentRef
+                        ),
+                    },
+                );
+            }
+        }
+    }
+
+    Translation {
+        snapshot: Snapshot {
+            generation: 0,
+            frontends,
+        },
+        tls,
+        statuses,
+    }
+}
+
+fn class_condition(gc: &GatewayClass, name: &str, config: &TranslatorConfig) -> Cond {
+    if let Some(allowed) = &config.gateway_class_names {
+        if !allowed.contains(name) {
+            return Cond::new(
+                ct::ACCEPTED,
+                false,
+                reason::UNSUPPORTED,
+                format!(
+                    "GatewayClass {name:?} is not one this controller serves ({})",
+                    allowed.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+    }
+    if let Some(p) = &gc.spec.parameters_ref {
+        return Cond::new(
+            ct::ACCEPTED,
+            false,
+            reason::INVALID_PARAMETERS,
+            format!(
+                "parametersRef {}/{} {:?}: Blixt defines no GatewayClass parameters kind yet",
+                p.group, p.kind, p.name
+            ),
+        );
+    }
+    Cond::new(
+        ct::ACCEPTED,
+        true,
+        reason::ACCEPTED,
+        "GatewayClass accepted by Blixt",
+    )
+}
+
+fn gateway_accepted(
+    g: &Gateway,
+    class_accepted: bool,
+    listeners: &[ListenerEval],
+    request: &AddressRequest,
+) -> Cond {
+    if !class_accepted {
+        return Cond::unknown(
+            ct::ACCEPTED,
+            reason::PENDING,
+            format!(
+                "waiting for GatewayClass {:?} to be accepted",
+                g.spec.gateway_class_name
+            ),
+        );
+    }
+    if let Some(p) = g
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+    {
+        return Cond::new(
+            ct::ACCEPTED,
+            false,
+            reason::INVALID_PARAMETERS,
+            format!(
+                "infrastructure.parametersRef {}/{} {:?}: Blixt defines no Gateway parameters kind",
+                p.group, p.kind, p.name
+            ),
+        );
+    }
+    if !request.unsupported.is_empty() {
+        return Cond::new(
+            ct::ACCEPTED,
+            false,
+            reason::UNSUPPORTED_ADDRESS,
+            request.unsupported.join("; "),
+        );
+    }
+    let invalid: Vec<&str> = listeners
+        .iter()
+        .filter(|l| !l.usable())
+        .map(|l| l.name.as_str())
+        .collect();
+    if listeners.is_empty() {
+        Cond::new(
+            ct::ACCEPTED,
+            false,
+            reason::LISTENERS_NOT_VALID,
+            "the Gateway has no listeners",
+        )
+    } else if invalid.len() == listeners.len() {
+        Cond::new(
+            ct::ACCEPTED,
+            false,
+            reason::LISTENERS_NOT_VALID,
+            format!("no valid listener: {} are invalid", invalid.join(", ")),
+        )
+    } else if !invalid.is_empty() {
+        Cond::new(
+            ct::ACCEPTED,
+            true,
+            reason::LISTENERS_NOT_VALID,
+            format!(
+                "listener(s) {} are invalid; the others are served",
+                invalid.join(", ")
+            ),
+        )
+    } else {
+        Cond::new(ct::ACCEPTED, true, reason::ACCEPTED, "Gateway accepted")
+    }
+}
+
+/// The Gateway's Programmed condition; reserves its frontends in `used` when it fits.
+fn gateway_programmed(g: &GatewayEval<'_>, config: &TranslatorConfig, used: &mut usize) -> Cond {
+    let not = |r, m: String| Cond::new(ct::PROGRAMMED, false, r, m);
+    if !g.class_accepted {
+        return not(
+            reason::PENDING,
+            "waiting for the GatewayClass to be accepted".into(),
+        );
+    }
+    if !g.accepted.is_true() {
+        return not(reason::INVALID, "the Gateway is not accepted".into());
+    }
+    let a = &g.addresses;
+    if !a.unusable.is_empty() {
+        return not(reason::ADDRESS_NOT_USABLE, a.unusable.join("; "));
+    }
+    if a.assigned.is_empty() || a.missing_requested {
+        let why = if a.missing.is_empty() {
+            "no address requested and the address pool is empty".to_string()
+        } else {
+            a.missing.join("; ")
+        };
+        return not(reason::ADDRESS_NOT_ASSIGNED, why);
+    }
+    let per_address = g
+        .listeners
+        .iter()
+        .filter(|l| {
+            l.usable() && matches!(l.protocol, ListenerProtocol::Tcp | ListenerProtocol::Udp)
+        })
+        .count()
+        + g.listeners
+            .iter()
+            .filter(|l| l.usable() && l.protocol == ListenerProtocol::Tls)
+            .filter_map(|l| l.port)
+            .collect::<BTreeSet<_>>()
+            .len();
+    let needed = per_address * a.assigned.len();
+    if let Some(max) = config.max_frontends {
+        if *used + needed > max {
+            return not(
+                reason::NO_RESOURCES,
+                format!(
+                    "the Gateway needs {needed} frontends, {} of {max} are free",
+                    max.saturating_sub(*used)
+                ),
+            );
+        }
+    }
+    *used += needed;
+    let mut msg = format!(
+        "programmed on {}",
+        a.assigned
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if !a.missing.is_empty() {
+        msg.push_str(&format!(" ({})", a.missing.join("; ")));
+    }
+    Cond::new(ct::PROGRAMMED, true, reason::PROGRAMMED, msg)
+}
+
+/// The SNI table of one Gateway's TLS listeners on `vip:port`.
+///
+/// Listener isolation: a name belongs to the most specific listener hostname matching it. So a
+/// route entry of a listener is dropped when a more specific listener's hostname covers it,
+/// and every listener hostname gets an entry (rejecting, when no route provides one) so its
+/// names cannot fall through to a less specific listener. For one hostname on one listener,
+/// the oldest route wins.
+fn tls_frontend(
+    g: &GatewayEval<'_>,
+    gi: usize,
+    vip: IpAddr,
+    port: u16,
+    lis: &[usize],
+    routes: &[RouteEval<'_>],
+) -> TlsFrontend {
+    let more_specific = |a: Option<&str>, b: Option<&str>| match (a, b) {
+        (Some(a), Some(b)) => precedence(a, b).is_lt(),
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    let mut entries: Vec<SniRoute> = Vec::new();
+    for &li in lis {
+        let l = &g.listeners[li];
+        for (r, hostnames) in routes_on(routes, gi, li) {
+            let Some(refs) = r.rules.first() else {
+                continue;
+            };
+            for h in hostnames {
+                let stolen = lis.iter().any(|&m| {
+                    let hm = g.listeners[m].hostname.as_deref();
+                    m != li
+                        && more_specific(hm, l.hostname.as_deref())
+                        && hm.is_some_and(|hm| hostname::covers(hm, h))
+                });
+                if stolen || entries.iter().any(|e| e.hostname == *h) {
+                    continue;
+                }
+                let (backends, reject_weight) = backends::weigh(refs, vip.is_ipv4());
+                entries.push(SniRoute {
+                    hostname: h.clone(),
+                    listener: l.name.clone(),
+                    route: Some(r.view.key.to_string()),
+                    backends,
+                    reject_weight,
+                });
+            }
+        }
+    }
+    for &li in lis {
+        let l = &g.listeners[li];
+        if let Some(h) = &l.hostname {
+            if !entries.iter().any(|e| e.hostname == *h) {
+                entries.push(SniRoute {
+                    hostname: h.clone(),
+                    listener: l.name.clone(),
+                    route: None,
+                    backends: Vec::new(),
+                    reject_weight: 0,
+                });
+            }
+        }
+    }
+    entries.sort_by(|a, b| precedence(&a.hostname, &b.hostname));
+    TlsFrontend {
+        name: format!(
+            "{}/{}",
+            g.key,
+            lis.iter()
+                .map(|&i| g.listeners[i].name.as_str())
+                .collect::<Vec<_>>()
+                .join("+")
+        ),
+        vip,
+        port,
+        routes: entries,
+    }
+}
+
+/// Routes attached to listener `li` of Gateway `gi`, oldest first, with their hostnames there.
+fn routes_on<'r, 'a>(
+    routes: &'r [RouteEval<'a>],
+    gi: usize,
+    li: usize,
+) -> Vec<(&'r RouteEval<'a>, &'r [String])> {
+    let mut v: Vec<_> = routes
+        .iter()
+        .flat_map(|r| {
+            r.parents
+                .iter()
+                .filter(move |p| p.gateway == gi)
+                .flat_map(|p| p.attachments.iter())
+                .filter(move |a| a.listener == li)
+                .map(move |a| (r, a.hostnames.as_slice()))
+        })
+        .collect();
+    v.sort_by_key(|(r, _)| age_key(r.view.meta));
+    v
+}
+
+fn gateway_status(g: &GatewayEval<'_>, now: &Time) -> GatewayStatus {
+    let prev = g.obj.status.as_ref();
+    let listeners = g
+        .listeners
+        .iter()
+        .map(|l| {
+            let programmed = if !l.usable() {
+                Cond::new(
+                    ct::PROGRAMMED,
+                    false,
+                    reason::INVALID,
+                    "the listener is not accepted",
+                )
+            } else if g.programmed.is_true() {
+                Cond::new(
+                    ct::PROGRAMMED,
+                    true,
+                    reason::PROGRAMMED,
+                    "listener programmed",
+                )
+            } else {
+                Cond::new(
+                    ct::PROGRAMMED,
+                    false,
+                    reason::PENDING,
+                    format!("the Gateway is not programmed ({})", g.programmed.reason),
+                )
+            };
+            let previous = prev
+                .and_then(|s| s.listeners.as_ref())
+                .and_then(|ls| ls.iter().find(|p| p.name == l.name))
+                .map(|p| p.conditions.as_slice());
+            GatewayStatusListeners {
+                name: l.name.clone(),
+                attached_routes: l.attached_routes,
+                supported_kinds: Some(
+                    l.supported_kinds
+                        .iter()
+                        .map(|k| GatewayStatusListenersSupportedKinds {
+                            group: Some(GROUP.to_string()),
+                            kind: k.kind().to_string(),
+                        })
+                        .collect(),
+                ),
+                conditions: stamp(
+                    vec![
+                        l.accepted.clone(),
+                        programmed,
+                        l.resolved_refs.clone(),
+                        l.conflicted.clone(),
+                    ],
+                    g.generation,
+                    previous,
+                    now,
+                ),
+            }
+        })
+        .collect();
+    let addresses: Vec<GatewayStatusAddresses> = g
+        .addresses
+        .assigned
+        .iter()
+        .map(|ip| GatewayStatusAddresses {
+            r#type: Some(IP_ADDRESS_TYPE.to_string()),
+            value: ip.to_string(),
+        })
+        .collect();
+    GatewayStatus {
+        addresses: (!addresses.is_empty()).then_some(addresses),
+        attached_listener_sets: None,
+        conditions: Some(stamp(
+            vec![g.accepted.clone(), g.programmed.clone()],
+            g.generation,
+            prev.and_then(|s| s.conditions.as_deref()),
+            now,
+        )),
+        listeners: Some(listeners),
+    }
+}
