@@ -27,17 +27,22 @@
 //!
 //! # XDP on veth: what the lab sets up, and why
 //!
-//! The lb end of every link is where the dataplane attaches XDP. Two veth rules matter:
-//! - **XDP_REDIRECT/XDP_TX into a veth** delivers the frame to the *peer's* receive queue, and
-//!   the kernel drops it unless that peer has NAPI, i.e. an XDP program or GRO enabled (veth
-//!   only advertises `ndo_xdp_xmit` under that condition). The lab enables GRO on the non-lb
-//!   ends ([`LabSpec::peer_gro`]) with the ethtool ioctl (`ethtool -K eth0 gro on`, without
-//!   needing the ethtool binary).
-//! - **TX checksum offload**: a socket sending through a veth leaves only the pseudo-header sum
-//!   in the L4 checksum (`CHECKSUM_PARTIAL`). Once XDP redirects the frame, that metadata is
-//!   gone and the receiver sees a bad checksum, and a NAT's incremental update of a partial
-//!   sum is wrong anyway. The lab therefore turns TX checksum offload off on the non-lb ends
-//!   ([`LabSpec::peer_tx_checksum`]), so packets reach the lb with full checksums.
+//! The lb end of every link is where the dataplane attaches XDP (native mode works on veth).
+//! Two veth rules matter, both checked on Linux 6.18 with a throwaway DNAT program that
+//! redirects between `lb-client` and `lb-be0`:
+//! - **XDP_REDIRECT/XDP_TX into a veth** hands the frame to the *peer's* receive queue, and
+//!   veth only accepts it (advertises `ndo_xdp_xmit`) when that peer has NAPI, i.e. an XDP
+//!   program of its own or GRO enabled. With GRO off on the client and backend ends, every
+//!   redirected frame was dropped silently. The lab enables GRO on the non-lb ends
+//!   ([`LabSpec::peer_gro`]) through the ethtool ioctl, the same as `ethtool -K eth0 gro on`
+//!   but without needing the ethtool binary.
+//! - **TX checksum offload**: a socket sending through a veth leaves only the pseudo-header
+//!   sum in the L4 checksum field (`CHECKSUM_PARTIAL`). After an XDP redirect that metadata is
+//!   gone, so the receiver verifies a checksum that was never finished: with TX checksum
+//!   offload on, the backend counted every datagram in `UdpInCsumErrors`. The lab turns TX
+//!   checksum offload off on the non-lb ends ([`LabSpec::peer_tx_checksum`]), so packets reach
+//!   the lb with full checksums that a NAT can update incrementally. (TSO goes off with it,
+//!   so XDP sees MTU-sized frames.)
 //!
 //! Neighbours are static by default ([`LabSpec::static_neighbors`]), with fixed MACs, so a
 //! `bpf_fib_lookup` from XDP finds them from the first packet on.
