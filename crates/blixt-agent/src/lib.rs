@@ -2,5 +2,6 @@
 //! conntrack and reads counters.
 
 pub mod reconciler;
+pub mod runner;
 
 pub use reconciler::{ApplyError, ApplyReport, NodeConfig, Reconciler};

@@ -2,7 +2,9 @@
 //! their shared structs, the loader with typed map handles, and test helpers for packet fixtures.
 
 pub mod loader;
+pub mod pinned;
 pub mod shared;
 pub mod testing;
 
 pub use loader::{AttachedMode, Dataplane, DataplaneError, DataplaneMaps, DataplaneOptions};
+pub use pinned::PinnedDataplane;

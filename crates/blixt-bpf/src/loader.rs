@@ -282,6 +282,7 @@ impl Dataplane {
             .override_global("ring_size", &options.ring_size, true);
         let pin_paths: Vec<(&'static str, PathBuf)> = match &options.pin_dir {
             Some(dir) => {
+                check_bpffs(dir)?;
                 fs::create_dir_all(dir)?;
                 PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect()
             }
@@ -453,6 +454,33 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// Pins only survive on a bpf filesystem; say so plainly instead of failing with ENOENT.
+fn check_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let mut probe = dir;
+    while !probe.exists() {
+        probe = probe.parent().unwrap_or(Path::new("/"));
+    }
+    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statfs fills the struct we own from a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(DataplaneError::Pin {
+            path: dir.to_path_buf(),
+            message: format!(
+                "{} is not on a bpf filesystem (mount one: mount -t bpf bpf /sys/fs/bpf; note that \
+                 `ip netns exec` hides the host's /sys/fs/bpf)",
+                probe.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn adopt_link(path: &Path) -> Result<FdLink, DataplaneError> {

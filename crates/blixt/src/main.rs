@@ -1,2 +1,32 @@
 //! The blixt command.
-fn main() {}
+
+mod agent_cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Blixt: a layer-4 load balancer for the Kubernetes Gateway API, on an eBPF dataplane.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node agent: program the dataplane from a snapshot file (JSON), re-applied
+    /// whenever the file changes.
+    Agent(agent_cmd::AgentArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Agent(args) => agent_cmd::run(args),
+    }
+}

@@ -1,0 +1,124 @@
+//! The agent's main loop: load (or re-adopt) the dataplane, attach it, then apply every snapshot
+//! a source produces and sweep conntrack, until asked to stop.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use blixt_bpf::{Dataplane, DataplaneOptions};
+use blixt_core::snapshot::Snapshot;
+use tracing::{error, info, warn};
+
+use crate::reconciler::{monotonic_ns, NodeConfig, Reconciler};
+
+/// Where snapshots come from: a file, the translator over manifests, the controller's stream.
+pub trait SnapshotSource {
+    /// A new snapshot when there is one, an error (reported, the last good one keeps serving)
+    /// when the source has something it cannot turn into a snapshot, `None` when nothing changed.
+    fn poll(&mut self) -> Option<Result<Snapshot>>;
+}
+
+/// Everything the agent needs besides its snapshot source.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub dataplane: DataplaneOptions,
+    pub interfaces: Vec<String>,
+    pub node: NodeConfig,
+    /// How often the source is polled.
+    pub poll_interval: Duration,
+    /// How often conntrack is swept for expired flows.
+    pub sweep_interval: Duration,
+    /// Remove pinned programs and maps on exit (the dataplane stops with the agent). Off by
+    /// default: pinned, the dataplane keeps forwarding while the agent restarts or upgrades.
+    pub remove_on_exit: bool,
+}
+
+/// Writes a sysctl under /proc/sys (the calling thread's network namespace).
+fn sysctl(key: &str, value: &str) -> std::io::Result<()> {
+    let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+    std::fs::write(path, value)
+}
+
+/// `bpf_fib_lookup()` reports FWD_DISABLED unless forwarding is on for the ingress device.
+fn enable_forwarding(iface: &str) -> Result<()> {
+    sysctl(&format!("net.ipv4.conf.{iface}.forwarding"), "1")
+        .with_context(|| format!("enabling IPv4 forwarding on {iface}"))?;
+    if let Err(e) = sysctl(&format!("net.ipv6.conf.{iface}.forwarding"), "1") {
+        warn!(%iface, "enabling IPv6 forwarding: {e}");
+    }
+    Ok(())
+}
+
+/// Loads, attaches, and returns a reconciler ready for snapshots. Printed once ready:
+/// the attach mode per interface and how many frontends were re-adopted from pins.
+pub fn start(opts: &AgentOptions) -> Result<Reconciler> {
+    let mut dp = Dataplane::load(opts.dataplane.clone()).context("loading the dataplane")?;
+    for iface in &opts.interfaces {
+        enable_forwarding(iface)?;
+        let mode = dp
+            .attach(iface)
+            .with_context(|| format!("attaching to {iface}"))?;
+        info!(%iface, ?mode, "attached");
+    }
+    let mut rec = Reconciler::new(dp).context("reading the dataplane state")?;
+    if rec.adopted_frontends() > 0 {
+        info!(
+            frontends = rec.adopted_frontends(),
+            "re-adopted pinned state"
+        );
+    }
+    rec.set_node_config(&opts.node)?;
+    Ok(rec)
+}
+
+/// Runs until `stop` is set. Each snapshot is applied whole or refused whole.
+pub fn run(
+    opts: &AgentOptions,
+    rec: &mut Reconciler,
+    source: &mut dyn SnapshotSource,
+    stop: &AtomicBool,
+    mut on_applied: impl FnMut(&Reconciler, &Snapshot),
+) -> Result<()> {
+    let mut last_sweep = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        match source.poll() {
+            Some(Ok(snap)) => {
+                let t = Instant::now();
+                match rec.apply(&snap) {
+                    Ok(report) => {
+                        info!(
+                            ?report,
+                            elapsed_us = t.elapsed().as_micros() as u64,
+                            "applied"
+                        );
+                        on_applied(rec, &snap);
+                    }
+                    Err(e) => error!(
+                        generation = snap.generation,
+                        "snapshot refused, previous one keeps serving: {e}"
+                    ),
+                }
+            }
+            Some(Err(e)) => error!("configuration refused, previous one keeps serving: {e:#}"),
+            None => {}
+        }
+        if last_sweep.elapsed() >= opts.sweep_interval {
+            match rec.sweep(monotonic_ns()) {
+                Ok(r) if r.expired > 0 => {
+                    info!(scanned = r.scanned, expired = r.expired, "conntrack sweep")
+                }
+                Ok(_) => {}
+                Err(e) => warn!("conntrack sweep: {e}"),
+            }
+            last_sweep = Instant::now();
+        }
+        std::thread::sleep(opts.poll_interval);
+    }
+    if opts.remove_on_exit {
+        if let Some(dir) = &opts.dataplane.pin_dir {
+            Dataplane::remove_pinned(dir)?;
+        }
+    }
+    Ok(())
+}

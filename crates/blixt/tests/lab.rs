@@ -1,0 +1,457 @@
+//! The network-namespace lab with real traffic: a client, the load-balancer node running
+//! `blixt agent` (XDP on every lb-side veth), and three backends with TCP and UDP echo servers.
+//! No IPVS, no iptables: the dataplane's own counters prove the XDP path carried the traffic.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use blixt_bpf::shared::{self, Counters};
+use blixt_bpf::PinnedDataplane;
+use blixt_core::snapshot::{
+    Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot,
+};
+use blixt_lab::process::LabProcess;
+use blixt_lab::topology::{Lab, LabSpec};
+use blixt_lab::traffic::{self, LongLived, UdpOptions};
+use blixt_lab::{EchoConfig, EchoServer};
+
+const BACKEND_PORT: u16 = 8080;
+const TCP_PORT: u16 = 80;
+const UDP_PORT: u16 = 53;
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("needs root (BPF, network namespaces): run as root, as `make test` does");
+    }
+}
+
+/// Removes the pinned dataplane when dropped (after the agent is gone).
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = blixt_bpf::Dataplane::remove_pinned(&self.0);
+    }
+}
+
+/// A lab with echo servers on every backend and an agent on the lb node. Fields drop in
+/// order: agent, pins, servers, then the namespaces.
+struct Harness {
+    agent: Option<LabProcess>,
+    pins: PinDir,
+    _servers: Vec<EchoServer>,
+    snapshot_path: PathBuf,
+    _tmp: TempDir,
+    generation: u64,
+    lab: Lab,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+impl Harness {
+    fn new(spec: LabSpec) -> Harness {
+        require_root();
+        let lab = Lab::build(spec).expect("building the lab");
+        let servers = lab
+            .backends
+            .iter()
+            .map(|b| {
+                EchoServer::start_in(&b.ns, EchoConfig::new(b.name.clone(), BACKEND_PORT))
+                    .expect("echo server")
+            })
+            .collect();
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", std::process::id());
+        let tmp = std::env::temp_dir().join(format!("blixt-lab-{id}"));
+        std::fs::create_dir_all(&tmp).unwrap();
+        Harness {
+            agent: None,
+            pins: PinDir(PathBuf::from(format!("/sys/fs/bpf/blixt-lab-{id}"))),
+            _servers: servers,
+            snapshot_path: tmp.join("snapshot.json"),
+            _tmp: TempDir(tmp),
+            generation: 0,
+            lab,
+        }
+    }
+
+    /// A snapshot with TCP and UDP frontends on the first VIP of both families, backends by
+    /// index with their weights and states.
+    fn snapshot(&mut self, backends: &[(usize, u32, BackendState)]) -> Snapshot {
+        self.generation += 1;
+        let mut frontends = Vec::new();
+        for vip in [
+            IpAddr::from(self.lab.vip4(1)),
+            IpAddr::from(self.lab.vip6(1)),
+        ] {
+            for (protocol, port) in [(Protocol::Tcp, TCP_PORT), (Protocol::Udp, UDP_PORT)] {
+                frontends.push(Frontend {
+                    name: format!("{protocol}-{vip}"),
+                    key: FrontendKey {
+                        vip,
+                        port,
+                        protocol,
+                    },
+                    backends: backends
+                        .iter()
+                        .map(|&(i, weight, state)| Backend {
+                            addr: BackendAddr {
+                                addr: self.lab.backends[i].addr_like(vip),
+                                port: BACKEND_PORT,
+                            },
+                            weight,
+                            state,
+                        })
+                        .collect(),
+                    reject_weight: 0,
+                });
+            }
+        }
+        Snapshot {
+            generation: self.generation,
+            frontends,
+        }
+    }
+
+    /// Writes the snapshot file atomically (rename) and waits for the agent to apply it.
+    fn apply(&mut self, snap: &Snapshot) {
+        let tmp = self.snapshot_path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(snap).unwrap()).unwrap();
+        std::fs::rename(&tmp, &self.snapshot_path).unwrap();
+        if let Some(agent) = self.agent.as_mut() {
+            wait_applied(agent, snap.generation);
+        }
+    }
+
+    fn start_agent(&mut self) {
+        let mut args: Vec<String> = vec![
+            env!("CARGO_BIN_EXE_blixt").into(),
+            "agent".into(),
+            "--snapshot".into(),
+            self.snapshot_path.display().to_string(),
+            "--snat-v4".into(),
+            self.lab.client.link.lb_v4.to_string(),
+            "--snat-v6".into(),
+            self.lab.client.link.lb_v6.to_string(),
+            "--pin-dir".into(),
+            self.pins.0.display().to_string(),
+            "--max-frontends".into(),
+            "16".into(),
+            "--max-backends".into(),
+            "256".into(),
+        ];
+        for (name, _) in self.lab.lb_interfaces() {
+            args.push("-i".into());
+            args.push(name);
+        }
+        // Enter only the lb's network namespace: `ip netns exec` would also give the agent a
+        // private mount namespace whose /sys hides the host's bpffs, and the pins with it.
+        let netns = std::fs::File::open(self.lab.lb.path()).expect("lb netns");
+        let mut cmd = std::process::Command::new(&args[0]);
+        cmd.args(&args[1..]);
+        // SAFETY: setns is async-signal-safe; the fd stays open until exec.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fd = netns.as_raw_fd();
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut agent = LabProcess::spawn("blixt agent", cmd).expect("starting blixt agent");
+        drop(netns);
+        wait_applied(&mut agent, self.generation);
+        self.agent = Some(agent);
+    }
+
+    fn kill_agent(&mut self) {
+        let mut agent = self.agent.take().expect("agent running");
+        agent.kill().expect("killing the agent");
+    }
+
+    fn tcp_target(&self, v6: bool) -> SocketAddr {
+        SocketAddr::new(self.vip(v6), TCP_PORT)
+    }
+
+    fn udp_target(&self, v6: bool) -> SocketAddr {
+        SocketAddr::new(self.vip(v6), UDP_PORT)
+    }
+
+    fn vip(&self, v6: bool) -> IpAddr {
+        if v6 {
+            self.lab.vip6(1).into()
+        } else {
+            self.lab.vip4(1).into()
+        }
+    }
+
+    fn pinned(&self) -> PinnedDataplane {
+        PinnedDataplane::open(&self.pins.0).expect("pinned dataplane")
+    }
+
+    /// Counters of every active backend id, summed.
+    fn backend_totals(&self) -> Counters {
+        let p = self.pinned();
+        let mut total = Counters::default();
+        for id in 0..256u32 {
+            if p.backends
+                .get(&id, 0)
+                .is_ok_and(|b| b.flags & shared::BE_F_ACTIVE != 0)
+            {
+                total += p.backend_counters(id).unwrap();
+            }
+        }
+        total
+    }
+}
+
+fn wait_applied(agent: &mut LabProcess, generation: u64) {
+    let want = format!("\"generation\":{generation}}}");
+    agent
+        .wait_for_line(Duration::from_secs(30), |l| l.contains(&want))
+        .unwrap_or_else(|e| panic!("agent did not apply generation {generation}: {e:#}"));
+}
+
+fn assert_shares(what: &str, counts: &BTreeMap<String, usize>, weights: &[(&str, u32)]) {
+    let total: usize = counts.values().sum();
+    let wsum: u32 = weights.iter().map(|w| w.1).sum();
+    for (name, w) in weights {
+        let got = *counts.get(*name).unwrap_or(&0) as f64 / total as f64;
+        let want = f64::from(*w) / f64::from(wsum);
+        assert!(
+            (got - want).abs() <= 0.05,
+            "{what}: {name} got {:.1}% of {total}, weight share {:.1}% ({counts:?})",
+            got * 100.0,
+            want * 100.0
+        );
+    }
+}
+
+const W: [(&str, u32); 3] = [("be0", 2), ("be1", 1), ("be2", 1)];
+
+fn weighted(h: &mut Harness) -> Snapshot {
+    h.snapshot(&[
+        (0, 2, BackendState::Active),
+        (1, 1, BackendState::Active),
+        (2, 1, BackendState::Active),
+    ])
+}
+
+#[test]
+fn thousand_tcp_and_udp_flows_follow_weights_v4_and_v6() {
+    let mut h = Harness::new(LabSpec::with_backends(3));
+    let snap = weighted(&mut h);
+    h.apply(&snap);
+    h.start_agent();
+    let snat: Vec<IpAddr> = vec![
+        h.lab.client.link.lb_v4.into(),
+        h.lab.client.link.lb_v6.into(),
+    ];
+    let mut flows = 0u64;
+    for v6 in [false, true] {
+        let (tcp, udp) = (h.tcp_target(v6), h.udp_target(v6));
+        let (t, u) = h.lab.client.ns.run_in(|| {
+            let t = traffic::tcp_burst(tcp, 1000, 32, Duration::from_secs(5)).unwrap();
+            let u = traffic::udp_flows(udp, 1000, &UdpOptions::default()).unwrap();
+            (t, u)
+        });
+        for r in [&t, &u] {
+            assert_eq!(r.ok, 1000, "{} v6={v6}: {}", r.proto, r.summary());
+            assert_eq!(
+                r.wrong_source,
+                0,
+                "replies must come from the VIP: {}",
+                r.summary()
+            );
+            assert_shares(&format!("{} v6={v6}", r.proto), &r.backends, &W);
+            // full-NAT: backends only ever see the node's address
+            assert!(
+                r.peers_seen.keys().all(|p| snat.contains(p)),
+                "backends saw {:?}",
+                r.peers_seen
+            );
+        }
+        flows += 2000;
+    }
+    let c = h.backend_totals();
+    assert!(
+        c.new_flows >= flows,
+        "XDP counted {} new flows for {flows}",
+        c.new_flows
+    );
+    assert!(
+        c.packets >= 4 * flows,
+        "XDP forwarded only {} packets",
+        c.packets
+    );
+}
+
+#[test]
+fn backend_added_and_terminating_break_no_connection() {
+    let mut h = Harness::new(LabSpec::with_backends(3));
+    let snap = h.snapshot(&[(0, 1, BackendState::Active), (1, 1, BackendState::Active)]);
+    h.apply(&snap);
+    h.start_agent();
+    let (t4, t6) = (h.tcp_target(false), h.tcp_target(true));
+    let long: Vec<LongLived> = h.lab.client.ns.run_in(|| {
+        [t4, t6]
+            .iter()
+            .map(|t| {
+                LongLived::start(*t, 100, Duration::from_millis(20), Duration::from_secs(3))
+                    .unwrap()
+            })
+            .collect()
+    });
+    for l in &long {
+        l.wait_rounds(3, Duration::from_secs(10)).unwrap();
+    }
+
+    // a third backend joins while 200 connections are open
+    let snap = h.snapshot(&[
+        (0, 1, BackendState::Active),
+        (1, 1, BackendState::Active),
+        (2, 1, BackendState::Active),
+    ]);
+    h.apply(&snap);
+    for l in &long {
+        l.wait_rounds(5, Duration::from_secs(10)).unwrap();
+    }
+    let burst = h
+        .lab
+        .client
+        .ns
+        .run_in(|| traffic::tcp_burst(t4, 300, 16, Duration::from_secs(5)).unwrap());
+    assert_eq!(burst.ok, 300, "{}", burst.summary());
+    assert!(
+        burst.backends.get("be2").copied().unwrap_or(0) > 50,
+        "new backend gets new flows: {:?}",
+        burst.backends
+    );
+
+    // be0 terminating: its connections go on, it gets nothing new
+    let snap = h.snapshot(&[
+        (0, 1, BackendState::Terminating),
+        (1, 1, BackendState::Active),
+        (2, 1, BackendState::Active),
+    ]);
+    h.apply(&snap);
+    for l in &long {
+        l.wait_rounds(5, Duration::from_secs(10)).unwrap();
+    }
+    let burst = h
+        .lab
+        .client
+        .ns
+        .run_in(|| traffic::tcp_burst(t6, 300, 16, Duration::from_secs(5)).unwrap());
+    assert_eq!(burst.ok, 300, "{}", burst.summary());
+    assert!(
+        !burst.backends.contains_key("be0"),
+        "terminating backend got new flows: {:?}",
+        burst.backends
+    );
+
+    for l in long {
+        let r = l.stop();
+        assert_eq!(r.broken, 0, "{}", r.summary());
+        assert!(
+            r.backends.get("be0").copied().unwrap_or(0) > 0,
+            "some connections were on be0: {}",
+            r.summary()
+        );
+        assert!(
+            r.results.iter().all(|c| !c.backend_changed),
+            "{}",
+            r.summary()
+        );
+    }
+}
+
+#[test]
+fn agent_killed_and_restarted_breaks_no_connection() {
+    let mut h = Harness::new(LabSpec::with_backends(3));
+    let snap = weighted(&mut h);
+    h.apply(&snap);
+    h.start_agent();
+    let (t4, t6) = (h.tcp_target(false), h.tcp_target(true));
+    let long: Vec<LongLived> = h.lab.client.ns.run_in(|| {
+        [t4, t6]
+            .iter()
+            .map(|t| {
+                LongLived::start(*t, 100, Duration::from_millis(20), Duration::from_secs(3))
+                    .unwrap()
+            })
+            .collect()
+    });
+    for l in &long {
+        l.wait_rounds(3, Duration::from_secs(10)).unwrap();
+    }
+    h.kill_agent();
+    // the pinned program keeps forwarding with no agent at all
+    for l in &long {
+        l.wait_rounds(5, Duration::from_secs(10)).unwrap();
+    }
+    h.start_agent(); // re-adopts pinned maps, swaps the program through the pinned links
+    for l in &long {
+        l.wait_rounds(5, Duration::from_secs(10)).unwrap();
+    }
+    let burst = h
+        .lab
+        .client
+        .ns
+        .run_in(|| traffic::tcp_burst(t4, 200, 16, Duration::from_secs(5)).unwrap());
+    assert_eq!(
+        burst.ok,
+        200,
+        "new connections after the restart: {}",
+        burst.summary()
+    );
+    for l in long {
+        let r = l.stop();
+        assert_eq!(r.broken, 0, "{}", r.summary());
+        assert!(
+            r.results.iter().all(|c| !c.backend_changed),
+            "{}",
+            r.summary()
+        );
+    }
+}
+
+#[test]
+fn unresolved_neighbours_go_through_the_tc_companion() {
+    let mut h = Harness::new(LabSpec {
+        static_neighbors: false,
+        ..LabSpec::with_backends(3)
+    });
+    let snap = weighted(&mut h);
+    h.apply(&snap);
+    h.start_agent();
+    for v6 in [false, true] {
+        let t = h.tcp_target(v6);
+        let r = h
+            .lab
+            .client
+            .ns
+            .run_in(|| traffic::tcp_burst(t, 200, 8, Duration::from_secs(5)).unwrap());
+        assert_eq!(r.ok, 200, "v6={v6}: {}", r.summary());
+    }
+    let g = h.pinned().global_counters().unwrap();
+    assert!(
+        g[shared::STAT_FIB_NO_NEIGH as usize] > 0,
+        "the first packets to unknown neighbours took the TC path: {g:?}"
+    );
+}
