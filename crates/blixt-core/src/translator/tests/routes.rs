@@ -495,3 +495,59 @@ fn route_transition_times_are_kept_per_parent() {
         ]
     );
 }
+
+#[test]
+fn routes_on_a_conflicted_listener_count_but_carry_nothing() {
+    let yaml = [
+        CLASS.to_string(),
+        gateway(
+            "infra",
+            "gw",
+            "  - {name: a, protocol: TCP, port: 9000}\n  - {name: b, protocol: TCP, port: 9000}",
+        ),
+        service("infra", "svc", 80, "TCP", 8080, &["10.0.0.1"]),
+        route(
+            "TCPRoute",
+            "infra",
+            "r",
+            "{name: gw, port: 9000}",
+            &["{name: svc, port: 80}"],
+        ),
+    ]
+    .concat();
+    let t = run(&yaml);
+    assert_eq!(
+        route_conds(&t, "TCPRoute", "infra", "r"),
+        expect(&[ACCEPTED_TRUE, RESOLVED_TRUE])
+    );
+    assert_eq!(
+        (
+            attached(&t, "infra", "gw", "a"),
+            attached(&t, "infra", "gw", "b")
+        ),
+        (1, 1)
+    );
+    assert_eq!(
+        gateway_conds(&t, "infra", "gw"),
+        expect(&[
+            ("Accepted", "False", "ListenersNotValid"),
+            ("Programmed", "False", "Invalid")
+        ])
+    );
+    assert!(t.snapshot.frontends.is_empty());
+}
+
+#[test]
+fn a_route_counts_once_per_listener() {
+    let yaml = base()
+        + &route(
+            "TCPRoute",
+            "infra",
+            "r",
+            "{name: gw, sectionName: one}, {name: gw, port: 9001}",
+            &["{name: svc, port: 80}"],
+        );
+    let t = run(&yaml);
+    assert_eq!(route_parents(&t, "TCPRoute", "infra", "r").len(), 2);
+    assert_eq!(attached(&t, "infra", "gw", "one"), 1);
+}

@@ -473,3 +473,46 @@ fn tls_backend_problems() {
         "{fe:?}"
     );
 }
+
+#[test]
+fn dual_stack_tls_listener_has_a_table_per_address() {
+    let yaml = [
+        CLASS.to_string(),
+        gateway("infra", "gw", &tls_listener("tls", None)),
+        service(
+            "infra",
+            "tls-backend",
+            443,
+            "TCP",
+            8443,
+            &["10.0.0.1", "fd00::1"],
+        ),
+        tls_route(
+            "infra",
+            "r",
+            "{name: gw}",
+            &["abc.example.com"],
+            &["{name: tls-backend, port: 443}"],
+        ),
+    ]
+    .concat();
+    let t = run_with(&yaml, &config());
+    let got: Vec<_> = t
+        .tls
+        .iter()
+        .map(|f| (f.vip.to_string(), table(f)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "192.0.2.10".to_string(),
+                vec![row("abc.example.com", Some("infra/r"), &["10.0.0.1:8443"])]
+            ),
+            (
+                "2001:db8::10".to_string(),
+                vec![row("abc.example.com", Some("infra/r"), &["[fd00::1]:8443"])]
+            ),
+        ]
+    );
+}
