@@ -18,7 +18,8 @@ use crate::shared::{
     BackendValue, Config, Counters, CtEntry, FlowKey, FrontendKey, FrontendValue, VipKey,
 };
 
-static LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb_xdp.o"));
+/// The compiled load-balancer object (lb_xdp.bpf.c).
+pub static LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb_xdp.o"));
 static NEIGH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/neigh_tc.o"));
 
 /// Name of the XDP program in lb_xdp.bpf.c.

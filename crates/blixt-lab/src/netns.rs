@@ -160,6 +160,16 @@ impl NetNs {
         LabProcess::spawn(format!("{} in {}", display_args(args), self.name), cmd)
     }
 
+    /// Starts `cmd` in this network namespace only: unlike [`NetNs::spawn`] (`ip netns exec`)
+    /// the child keeps the host's mount namespace, so it sees the host's /sys/fs/bpf. Use it
+    /// for programs that pin BPF objects (the blixt agent).
+    pub fn spawn_netns_only(&self, label: &str, mut cmd: Command) -> Result<LabProcess> {
+        let file =
+            File::open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
+        sys::setns_net_before_exec(&mut cmd, file);
+        LabProcess::spawn(format!("{label} in {}", self.name), cmd)
+    }
+
     /// Runs `f` on a fresh thread that has entered this namespace (`setns(CLONE_NEWNET)`),
     /// and returns its result. Sockets opened in `f` belong to the namespace for their whole
     /// life, even when used from other threads later; threads spawned inside `f` start in the

@@ -177,3 +177,17 @@ pub(crate) fn set_tx_checksum(ifname: &str, on: bool) -> io::Result<bool> {
     ethtool(ifname, ETHTOOL_STXCSUM, u32::from(on))?;
     Ok(ethtool(ifname, ETHTOOL_GTXCSUM, 0)? != 0)
 }
+
+/// Makes `cmd` enter the network namespace `ns` between fork and exec.
+pub(crate) fn setns_net_before_exec(cmd: &mut std::process::Command, ns: File) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls setns (async-signal-safe) on an fd the closure owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

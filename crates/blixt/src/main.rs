@@ -1,6 +1,7 @@
 //! The blixt command.
 
 mod agent_cmd;
+mod demo;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,9 @@ enum Command {
     /// Run the node agent: program the dataplane from a snapshot file (JSON), re-applied
     /// whenever the file changes.
     Agent(agent_cmd::AgentArgs),
+    /// Build a namespace lab, run the agent in it, send real traffic and show how it was
+    /// balanced; cleans up after itself. Needs root.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +32,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Agent(args) => agent_cmd::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }

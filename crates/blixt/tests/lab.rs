@@ -156,25 +156,14 @@ impl Harness {
             args.push("-i".into());
             args.push(name);
         }
-        // Enter only the lb's network namespace: `ip netns exec` would also give the agent a
-        // private mount namespace whose /sys hides the host's bpffs, and the pins with it.
-        let netns = std::fs::File::open(self.lab.lb.path()).expect("lb netns");
         let mut cmd = std::process::Command::new(&args[0]);
         cmd.args(&args[1..]);
-        // SAFETY: setns is async-signal-safe; the fd stays open until exec.
-        unsafe {
-            use std::os::fd::AsRawFd;
-            use std::os::unix::process::CommandExt;
-            let fd = netns.as_raw_fd();
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut agent = LabProcess::spawn("blixt agent", cmd).expect("starting blixt agent");
-        drop(netns);
+        // netns only: `ip netns exec` would hide the host's bpffs, and the pins with it
+        let mut agent = self
+            .lab
+            .lb
+            .spawn_netns_only("blixt agent", cmd)
+            .expect("starting blixt agent");
         wait_applied(&mut agent, self.generation);
         self.agent = Some(agent);
     }

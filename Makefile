@@ -1,0 +1,49 @@
+# Blixt — the two commands a person needs are `make demo` and `make test`.
+# Both install what they need (Debian packages), build, and run as root.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool
+
+.PHONY: demo test deps build lint unit fixtures lab bench clean help
+
+help:
+	@echo "make demo   - build and run the demo lab (root)"
+	@echo "make test   - install dependencies, lint, run every test (root)"
+	@echo "make bench  - run the benchmark harness (root); QUICK=1 for a short run"
+
+## deps: Debian packages (clang for the BPF C programs, bpftool, iproute2) and a bpffs mount.
+deps:
+	@bash hack/deps.sh $(APT_PACKAGES)
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+demo: deps
+	$(CARGO) build -p blixt
+	./target/debug/blixt demo
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## test: everything — unit tests, packet fixtures (BPF_PROG_TEST_RUN), the namespace lab.
+test: deps lint
+	@bash hack/require-root.sh "make test"
+	$(CARGO) test --workspace --no-fail-fast
+
+unit:
+	$(CARGO) test --workspace --lib
+
+fixtures: deps
+	$(CARGO) test -p blixt-agent --test fixtures
+
+lab: deps
+	$(CARGO) test -p blixt --test lab
+
+bench: deps
+	@bash hack/require-root.sh "make bench"
+	$(CARGO) run --release -p blixt-bench -- $(if $(QUICK),--quick,)
+
+clean:
+	$(CARGO) clean
