@@ -14,7 +14,7 @@ use aya::maps::MapError;
 use blixt_bpf::shared::{
     addr_bytes, addr_from, family_of, BackendValue, Config, Counters, CtEntry, FlowKey,
     FrontendKey as BpfFrontendKey, FrontendValue, VipKey, BE_F_ACTIVE, BE_F_TERMINATING,
-    CT_CLOSING, CT_DIR_FORWARD, CT_ESTABLISHED, FE_F_ALL_REJECT, SLOT_REJECT,
+    CT_CLOSING, CT_DIR_FORWARD, CT_ESTABLISHED, FE_F_ALL_REJECT, SLOT_REJECT, VIP_F_ANNOUNCE,
 };
 use blixt_bpf::Dataplane;
 use blixt_core::maglev::{self, Slot};
@@ -529,7 +529,7 @@ impl Reconciler {
                     self.dp
                         .maps
                         .vips
-                        .insert(vip_key(fe.key.vip), 1, 0)
+                        .insert(vip_key(fe.key.vip), VIP_F_ANNOUNCE, 0)
                         .map_err(map_err("blixt_vips"))?;
                 }
             }

@@ -29,6 +29,8 @@ pub struct AgentOptions {
     pub poll_interval: Duration,
     /// How often conntrack is swept for expired flows.
     pub sweep_interval: Duration,
+    /// Answer ARP and NDP for the VIPs on the attached interfaces.
+    pub announce: bool,
     /// Remove pinned programs and maps on exit (the dataplane stops with the agent). Off by
     /// default: pinned, the dataplane keeps forwarding while the agent restarts or upgrades.
     pub remove_on_exit: bool,
@@ -59,7 +61,9 @@ pub fn start(opts: &AgentOptions) -> Result<Reconciler> {
         let mode = dp
             .attach(iface)
             .with_context(|| format!("attaching to {iface}"))?;
-        info!(%iface, ?mode, "attached");
+        dp.announce_on(iface, opts.announce)
+            .with_context(|| format!("announcing VIPs on {iface}"))?;
+        info!(%iface, ?mode, announce = opts.announce, "attached");
     }
     let mut rec = Reconciler::new(dp).context("reading the dataplane state")?;
     if rec.adopted_frontends() > 0 {

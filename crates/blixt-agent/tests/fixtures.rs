@@ -166,6 +166,9 @@ fn with_fixture(snap: &Snapshot, node: NodeConfig, f: impl FnOnce(&mut Fx) + Sen
         let mut rec = Reconciler::new(dp).expect("reconciler");
         rec.set_node_config(&node).expect("node config");
         rec.apply(snap).expect("apply snapshot");
+        rec.dataplane()
+            .announce_on("fx0", true)
+            .expect("announce on fx0");
         let idx = |n: &str| {
             let c = std::ffi::CString::new(n).unwrap();
             // SAFETY: valid C string.
@@ -983,5 +986,105 @@ fn refused_snapshot_keeps_previous_state() {
         assert_eq!(fx.rec.generation(), Some(1));
         let (v, _) = fx.run(&syn_from(47000), fx.fx0);
         assert_eq!(v, XDP_REDIRECT, "still serving the previous snapshot");
+    });
+}
+
+fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Vec<u8> {
+    let mut a = vec![0, 1, 8, 0, 6, 4];
+    a.extend_from_slice(&op.to_be_bytes());
+    a.extend_from_slice(&sha);
+    a.extend_from_slice(&spa.octets());
+    a.extend_from_slice(&tha);
+    a.extend_from_slice(&tpa.octets());
+    a
+}
+
+#[test]
+fn arp_requests_for_a_vip_are_answered_others_pass() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        let req = Packet::eth(CLIENT_MAC, [0xff; 6])
+            .build_raw(0x0806, &arp(1, CLIENT_MAC, client4(), [0; 6], vip4()));
+        let want = Packet::eth(FX0_MAC, CLIENT_MAC)
+            .build_raw(0x0806, &arp(2, FX0_MAC, vip4(), CLIENT_MAC, client4()));
+        fx.expect("ARP request for the VIP", &req, fx.fx0, XDP_TX, &want);
+        let other = Packet::eth(CLIENT_MAC, [0xff; 6]).build_raw(
+            0x0806,
+            &arp(1, CLIENT_MAC, client4(), [0; 6], Ipv4Addr::new(10, 0, 0, 1)),
+        );
+        fx.expect(
+            "ARP request for a node address",
+            &other,
+            fx.fx0,
+            XDP_PASS,
+            &other,
+        );
+        // not announced on fx1
+        fx.expect(
+            "ARP request on an interface that does not announce",
+            &req,
+            fx.fx1,
+            XDP_PASS,
+            &req,
+        );
+        assert_eq!(fx.stat(shared::STAT_ARP_REPLY), 1);
+    });
+}
+
+#[test]
+fn neighbour_solicitations_for_a_vip_are_answered() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        let mut body = vip6().octets().to_vec();
+        body.extend_from_slice(&[1, 1]);
+        body.extend_from_slice(&CLIENT_MAC);
+        let snm: Ipv6Addr = "ff02::1:ff00:10".parse().unwrap();
+        let ns = Packet::eth(CLIENT_MAC, [0x33, 0x33, 0xff, 0, 0, 0x10])
+            .ipv6(client6(), snm)
+            .hop_limit(255)
+            .icmpv6(135, 0, [0; 4])
+            .payload(&body)
+            .build();
+        let mut na_body = vip6().octets().to_vec();
+        na_body.extend_from_slice(&[2, 1]);
+        na_body.extend_from_slice(&FX0_MAC);
+        let want = Packet::eth(FX0_MAC, CLIENT_MAC)
+            .ipv6(vip6(), client6())
+            .hop_limit(255)
+            .icmpv6(136, 0, [0x60, 0, 0, 0])
+            .payload(&na_body)
+            .build();
+        fx.expect("NS for the VIP", &ns, fx.fx0, XDP_TX, &want);
+
+        // duplicate address detection (from ::, no source option): answered to all nodes
+        let dad = Packet::eth(CLIENT_MAC, [0x33, 0x33, 0xff, 0, 0, 0x10])
+            .ipv6(Ipv6Addr::UNSPECIFIED, snm)
+            .hop_limit(255)
+            .icmpv6(135, 0, [0; 4])
+            .payload(&vip6().octets())
+            .build();
+        let want = Packet::eth(FX0_MAC, [0x33, 0x33, 0, 0, 0, 1])
+            .ipv6(vip6(), "ff02::1".parse().unwrap())
+            .hop_limit(255)
+            .icmpv6(136, 0, [0x20, 0, 0, 0])
+            .payload(&na_body)
+            .build();
+        fx.expect("DAD probe for the VIP", &dad, fx.fx0, XDP_TX, &want);
+
+        let mut other = "fd00::1".parse::<Ipv6Addr>().unwrap().octets().to_vec();
+        other.extend_from_slice(&[1, 1]);
+        other.extend_from_slice(&CLIENT_MAC);
+        let ns_other = Packet::eth(CLIENT_MAC, [0x33, 0x33, 0xff, 0, 0, 1])
+            .ipv6(client6(), snm)
+            .hop_limit(255)
+            .icmpv6(135, 0, [0; 4])
+            .payload(&other)
+            .build();
+        fx.expect(
+            "NS for a node address",
+            &ns_other,
+            fx.fx0,
+            XDP_PASS,
+            &ns_other,
+        );
+        assert_eq!(fx.stat(shared::STAT_NDP_REPLY), 2);
     });
 }

@@ -16,6 +16,7 @@
 #include "include/maps.h"
 #include "include/csum.h"
 #include "include/parse.h"
+#include "include/announce.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -47,20 +48,6 @@ volatile const __u32 snat_tries = 16;
 /* Hop limit / TTL of the resets the program sends. */
 volatile const __u8 rst_ttl = 64;
 
-struct blixt_vip_key {
-	__u8 addr[16];
-	__u8 family;
-	__u8 pad[3];
-};
-
-/* Addresses of frontends (any port): fragment policy and, later, ARP/NDP answers. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct blixt_vip_key);
-	__type(value, __u32);
-	__uint(max_entries, BLIXT_DEFAULT_MAX_FRONTENDS);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} blixt_vips SEC(".maps");
 
 static __always_inline __u32 rotl32(__u32 x, int r)
 {
@@ -710,6 +697,10 @@ int blixt_lb(struct xdp_md *ctx)
 		return act == ACT_FORWARD ? forward(ctx, &p) : act;
 	case PARSE_FRAGMENT:
 		return fragment(&p);
+	case PARSE_ARP:
+		return answer_arp(ctx, &p);
+	case PARSE_NDP_NS:
+		return answer_ns(ctx, &p);
 	default:
 		return XDP_PASS;
 	}

@@ -15,7 +15,8 @@ use aya::programs::{SchedClassifier, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::shared::{
-    BackendValue, Config, Counters, CtEntry, FlowKey, FrontendKey, FrontendValue, VipKey,
+    BackendValue, Config, Counters, CtEntry, FlowKey, FrontendKey, FrontendValue, Iface, VipKey,
+    IFACE_F_ANNOUNCE,
 };
 
 /// The compiled load-balancer object (lb_xdp.bpf.c).
@@ -38,6 +39,7 @@ const PINNED_MAPS: &[&str] = &[
     "blixt_backend_stats",
     "blixt_stats",
     "blixt_vips",
+    "blixt_ifaces",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +229,7 @@ pub struct DataplaneMaps {
     pub backend_stats: PerCpuArray<MapData, Counters>,
     pub stats: PerCpuArray<MapData, u64>,
     pub vips: HashMap<MapData, VipKey, u32>,
+    pub ifaces: HashMap<MapData, u32, Iface>,
 }
 
 impl std::fmt::Debug for DataplaneMaps {
@@ -341,6 +344,8 @@ impl Dataplane {
             stats: PerCpuArray::try_from(take(&mut lb, "blixt_stats")?)
                 .map_err(map_err("blixt_stats"))?,
             vips: HashMap::try_from(take(&mut lb, "blixt_vips")?).map_err(map_err("blixt_vips"))?,
+            ifaces: HashMap::try_from(take(&mut lb, "blixt_ifaces")?)
+                .map_err(map_err("blixt_ifaces"))?,
         };
         Ok(Dataplane {
             lb,
@@ -443,6 +448,20 @@ impl Dataplane {
         Ok(mode)
     }
 
+    /// Answer (or stop answering) ARP and NDP for announced VIPs on `iface`, with its MAC.
+    pub fn announce_on(&mut self, iface: &str, announce: bool) -> Result<(), DataplaneError> {
+        let (ifindex, mac) = interface_mac(iface)?;
+        let value = Iface {
+            mac,
+            flags: if announce { IFACE_F_ANNOUNCE } else { 0 },
+            pad: 0,
+        };
+        self.maps
+            .ifaces
+            .insert(ifindex, value, 0)
+            .map_err(map_err("blixt_ifaces"))
+    }
+
     /// Interfaces this process attached to, with the XDP mode.
     pub fn attached(&self) -> &BTreeMap<String, AttachedMode> {
         &self.attached
@@ -454,6 +473,44 @@ impl Dataplane {
             fs::remove_dir_all(pin_dir)?;
         }
         Ok(())
+    }
+}
+
+/// Index and MAC of an interface of the calling thread's network namespace (ioctl, so it
+/// works in a namespace whose /sys belongs to another one).
+fn interface_mac(iface: &str) -> Result<(u32, [u8; 6]), DataplaneError> {
+    let err = |message: String| DataplaneError::Interface {
+        iface: iface.to_string(),
+        message,
+    };
+    let name = std::ffi::CString::new(iface).map_err(|e| err(e.to_string()))?;
+    // SAFETY: if_nametoindex reads a valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(err("no such interface".into()));
+    }
+    // SAFETY: plain socket/ioctl/close on an ifreq we own, zero-initialised, name bounded.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req
+            .ifr_name
+            .iter_mut()
+            .zip(name.as_bytes().iter().take(libc::IFNAMSIZ - 1))
+        {
+            *d = *s as libc::c_char;
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req);
+        let e = io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(err(format!("reading its MAC: {e}")));
+        }
+        let sa = req.ifr_ifru.ifru_hwaddr.sa_data;
+        Ok((ifindex, std::array::from_fn(|i| sa[i] as u8)))
     }
 }
 

@@ -9,6 +9,8 @@ pub const FAMILY_V6: u8 = 6;
 pub const SLOT_REJECT: u32 = u32::MAX;
 
 pub const FE_F_ALL_REJECT: u32 = 1 << 0;
+pub const VIP_F_ANNOUNCE: u32 = 1 << 0;
+pub const IFACE_F_ANNOUNCE: u8 = 1 << 0;
 pub const BE_F_ACTIVE: u8 = 1 << 0;
 pub const BE_F_TERMINATING: u8 = 1 << 1;
 
@@ -32,6 +34,8 @@ pub const STAT_NAMES: &[&str] = &[
     "icmp_unknown",
     "no_snat_addr",
     "tx_error",
+    "arp_reply",
+    "ndp_reply",
 ];
 
 pub const STAT_REJECT_NO_BACKEND: u32 = 0;
@@ -46,7 +50,9 @@ pub const STAT_ICMP_TRANSLATED: u32 = 8;
 pub const STAT_ICMP_UNKNOWN: u32 = 9;
 pub const STAT_NO_SNAT_ADDR: u32 = 10;
 pub const STAT_TX_ERROR: u32 = 11;
-pub const STAT_MAX: u32 = 12;
+pub const STAT_ARP_REPLY: u32 = 12;
+pub const STAT_NDP_REPLY: u32 = 13;
+pub const STAT_MAX: u32 = 14;
 
 /// A 16-byte address as the dataplane stores it (IPv4 in the first four bytes).
 pub fn addr_bytes(addr: IpAddr) -> [u8; 16] {
@@ -188,6 +194,14 @@ pub struct VipKey {
     pub pad: [u8; 3],
 }
 
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Iface {
+    pub mac: [u8; 6],
+    pub flags: u8,
+    pub pad: u8,
+}
+
 pod!(
     FrontendKey,
     FrontendValue,
@@ -196,7 +210,8 @@ pod!(
     CtEntry,
     Config,
     Counters,
-    VipKey
+    VipKey,
+    Iface
 );
 
 impl FlowKey {

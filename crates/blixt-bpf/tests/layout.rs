@@ -84,6 +84,7 @@ fn shared_structs_match_the_c_header() {
     same_layout!(btf, "blixt_counters", Counters, {
         "packets" => packets, "bytes" => bytes, "new_flows" => new_flows, "rejects" => rejects });
     same_layout!(btf, "blixt_vip_key", VipKey, { "addr" => addr, "family" => family, "pad" => pad });
+    same_layout!(btf, "blixt_iface", Iface, { "mac" => mac, "flags" => flags, "pad" => pad });
 }
 
 #[test]

@@ -46,6 +46,9 @@ pub struct AgentArgs {
     /// Remove the pinned dataplane when the agent exits (traffic stops with it).
     #[arg(long)]
     remove_on_exit: bool,
+    /// Do not answer ARP/NDP for VIPs (when the VIPs are routed to the node instead).
+    #[arg(long)]
+    no_announce: bool,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -130,6 +133,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         poll_interval: Duration::from_millis(100),
         sweep_interval: Duration::from_secs(args.sweep_interval),
         remove_on_exit: args.remove_on_exit,
+        announce: !args.no_announce,
     };
     install_signal_handlers();
     let mut rec = runner::start(&opts)?;

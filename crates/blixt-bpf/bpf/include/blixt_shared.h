@@ -51,6 +51,8 @@ enum blixt_stat {
 	BLIXT_STAT_ICMP_UNKNOWN,          /* ICMP error quoting no tracked flow: passed */
 	BLIXT_STAT_NO_SNAT_ADDR,          /* no node address configured for the family */
 	BLIXT_STAT_TX_ERROR,              /* adjust_tail / redirect failures */
+	BLIXT_STAT_ARP_REPLY,             /* ARP requests for a VIP answered */
+	BLIXT_STAT_NDP_REPLY,             /* neighbour solicitations for a VIP answered */
 	BLIXT_STAT_MAX,
 };
 
@@ -126,6 +128,25 @@ struct blixt_counters {
 	__u64 new_flows;
 	__u64 rejects;
 };
+
+/* Key of blixt_vips: a frontend address, any port. */
+struct blixt_vip_key {
+	__u8 addr[16];
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* blixt_vips value flags */
+#define BLIXT_VIP_F_ANNOUNCE (1u << 0) /* answer ARP / NDP for this address */
+
+/* Per attached interface (blixt_ifaces, keyed by ifindex): what ARP/NDP answers carry. */
+struct blixt_iface {
+	__u8 mac[6];
+	__u8 flags; /* BLIXT_IFACE_F_* */
+	__u8 pad;
+};
+
+#define BLIXT_IFACE_F_ANNOUNCE (1u << 0) /* answer ARP / NDP for VIPs on this interface */
 
 /* Metadata XDP leaves in front of a packet it passes up for TC to redirect (unresolved neighbour). */
 #define BLIXT_META_MAGIC 0xb1c7a11du

@@ -77,6 +77,22 @@ struct {
 	__uint(max_entries, BLIXT_STAT_MAX);
 } blixt_stats SEC(".maps");
 
+/* Addresses of frontends (any port): fragment policy and ARP/NDP answers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct blixt_vip_key);
+	__type(value, __u32); /* BLIXT_VIP_F_* */
+	__uint(max_entries, BLIXT_DEFAULT_MAX_FRONTENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} blixt_vips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); /* ifindex */
+	__type(value, struct blixt_iface);
+	__uint(max_entries, 64);
+} blixt_ifaces SEC(".maps");
+
 static __always_inline void stat_inc(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&blixt_stats, &idx);

@@ -33,6 +33,12 @@ struct icmphdr {
 #define ETH_P_8021AD 0x88A8
 #endif
 
+#ifndef ETH_P_ARP
+#define ETH_P_ARP 0x0806
+#endif
+#define NDISC_NEIGHBOUR_SOLICITATION 135
+#define NDISC_NEIGHBOUR_ADVERTISEMENT 136
+
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1FFF
 /* Extension headers walked before giving up (RFC 8200 recommends a small chain). */
@@ -43,6 +49,8 @@ enum parse_result {
 	PARSE_PASS,      /* not ours: hand to the kernel untouched */
 	PARSE_FRAGMENT,  /* IP fragment: no L4 ports to look at */
 	PARSE_ICMP_ERR,  /* ICMP/ICMPv6 error quoting a packet: inner tuple parsed */
+	PARSE_ARP,       /* ARP: l3_off points at the ARP header */
+	PARSE_NDP_NS,    /* ICMPv6 neighbour solicitation: l4_off points at it */
 };
 
 struct vlan_hdr {
@@ -182,6 +190,8 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 	}
 	p->l3_off = off;
 	p->len = data_end - data;
+	if (proto == bpf_htons(ETH_P_ARP))
+		return PARSE_ARP;
 
 	__u8 l4proto;
 	if (proto == bpf_htons(ETH_P_IP)) {
@@ -241,7 +251,13 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 	}
 	if (l4proto == IPPROTO_ICMPV6 && p->family == BLIXT_FAMILY_V6) {
 		struct icmp6hdr *ic6 = data + (off & 0x3ff);
-		if ((void *)(ic6 + 1) > data_end || !is_icmp6_error(ic6->icmp6_type))
+		if ((void *)(ic6 + 1) > data_end)
+			return PARSE_PASS;
+		if (ic6->icmp6_type == NDISC_NEIGHBOUR_SOLICITATION) {
+			p->l4_off = off;
+			return PARSE_NDP_NS;
+		}
+		if (!is_icmp6_error(ic6->icmp6_type))
 			return PARSE_PASS;
 		p->icmp_v6 = 1;
 		if (parse_inner(data, data_end, p, off + sizeof(*ic6)) < 0)
