@@ -301,12 +301,7 @@ fn evaluate_one(
     };
     ListenerEval {
         name: l.name.clone(),
-        protocol: if accepted.is_true() || accepted.reason == reason::PORT_UNAVAILABLE {
-            protocol
-        } else {
-            // Not served, whatever it would have carried; keeps it out of conflict checks.
-            ListenerProtocol::Unsupported
-        },
+        protocol,
         port,
         hostname,
         supported_kinds,
