@@ -372,3 +372,43 @@ spec:
         );
     }
 }
+
+#[test]
+fn gateway_and_listener_transition_times_are_kept() {
+    let yaml = gw("  - {name: tcp, protocol: TCP, port: 9000}")
+        + r#"status:
+  conditions:
+  - {type: Accepted, status: "True", reason: Accepted, message: "", lastTransitionTime: "2023-03-03T00:00:00Z"}
+  - {type: Programmed, status: "False", reason: AddressNotAssigned, message: "", lastTransitionTime: "2023-03-03T00:00:00Z"}
+  listeners:
+  - name: tcp
+    attachedRoutes: 0
+    conditions:
+    - {type: Accepted, status: "True", reason: Accepted, message: "", lastTransitionTime: "2023-04-04T00:00:00Z"}
+    - {type: Conflicted, status: "False", reason: NoConflicts, message: "", lastTransitionTime: "2023-04-04T00:00:00Z"}
+"#;
+    let t = run(&yaml);
+    let s = &t.statuses.gateways[&ObjectKey::new("infra", "gw")];
+    let times = |c: &[Condition]| {
+        c.iter()
+            .map(|c| (c.type_.clone(), c.last_transition_time.0.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let n = now().0.to_string();
+    assert_eq!(
+        times(s.conditions.as_ref().unwrap()),
+        vec![
+            ("Accepted".to_string(), "2023-03-03T00:00:00Z".to_string()),
+            ("Programmed".to_string(), n.clone())
+        ]
+    );
+    assert_eq!(
+        times(&s.listeners.as_ref().unwrap()[0].conditions),
+        vec![
+            ("Accepted".to_string(), "2023-04-04T00:00:00Z".to_string()),
+            ("Programmed".to_string(), n.clone()),
+            ("ResolvedRefs".to_string(), n),
+            ("Conflicted".to_string(), "2023-04-04T00:00:00Z".to_string()),
+        ]
+    );
+}
