@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -10,6 +11,7 @@ use blixt_bpf::{Dataplane, DataplaneOptions};
 use blixt_core::snapshot::Snapshot;
 use tracing::{error, info, warn};
 
+use crate::metrics::AgentMetrics;
 use crate::reconciler::{monotonic_ns, NodeConfig, Reconciler};
 
 /// Where snapshots come from: a file, the translator over manifests, the controller's stream.
@@ -76,43 +78,57 @@ pub fn start(opts: &AgentOptions) -> Result<Reconciler> {
     Ok(rec)
 }
 
-/// Runs until `stop` is set. Each snapshot is applied whole or refused whole.
+/// Runs until `stop` is set. Each snapshot is applied whole or refused whole; `on_applied`
+/// is called after every successful apply (statuses, readiness lines).
 pub fn run(
     opts: &AgentOptions,
-    rec: &mut Reconciler,
+    rec: &Arc<Mutex<Reconciler>>,
+    metrics: &AgentMetrics,
     source: &mut dyn SnapshotSource,
     stop: &AtomicBool,
-    mut on_applied: impl FnMut(&Reconciler, &Snapshot),
+    mut on_applied: impl FnMut(&Snapshot),
 ) -> Result<()> {
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         match source.poll() {
             Some(Ok(snap)) => {
                 let t = Instant::now();
-                match rec.apply(&snap) {
+                let result = rec.lock().expect("reconciler lock").apply(&snap);
+                match result {
                     Ok(report) => {
-                        info!(
-                            ?report,
-                            elapsed_us = t.elapsed().as_micros() as u64,
-                            "applied"
-                        );
-                        on_applied(rec, &snap);
+                        let elapsed = t.elapsed();
+                        metrics.apply_seconds.observe(elapsed.as_secs_f64());
+                        metrics.applies.inc();
+                        metrics.generation.set(snap.generation as i64);
+                        info!(?report, elapsed_us = elapsed.as_micros() as u64, "applied");
+                        on_applied(&snap);
                     }
-                    Err(e) => error!(
-                        generation = snap.generation,
-                        "snapshot refused, previous one keeps serving: {e}"
-                    ),
+                    Err(e) => {
+                        metrics.refused.inc();
+                        error!(
+                            generation = snap.generation,
+                            "snapshot refused, previous one keeps serving: {e}"
+                        )
+                    }
                 }
             }
-            Some(Err(e)) => error!("configuration refused, previous one keeps serving: {e:#}"),
+            Some(Err(e)) => {
+                metrics.refused.inc();
+                error!("configuration refused, previous one keeps serving: {e:#}")
+            }
             None => {}
         }
         if last_sweep.elapsed() >= opts.sweep_interval {
-            match rec.sweep(monotonic_ns()) {
-                Ok(r) if r.expired > 0 => {
-                    info!(scanned = r.scanned, expired = r.expired, "conntrack sweep")
+            let swept = rec.lock().expect("reconciler lock").sweep(monotonic_ns());
+            match swept {
+                Ok(r) => {
+                    metrics
+                        .conntrack_entries
+                        .set((r.scanned - r.expired) as i64);
+                    if r.expired > 0 {
+                        info!(scanned = r.scanned, expired = r.expired, "conntrack sweep");
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => warn!("conntrack sweep: {e}"),
             }
             last_sweep = Instant::now();

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
+use std::sync::{Arc, Mutex};
+
+use blixt_agent::metrics::{self, AgentMetrics};
 use blixt_agent::runner::{self, AgentOptions, SnapshotSource};
 use blixt_agent::NodeConfig;
 use blixt_bpf::DataplaneOptions;
@@ -46,6 +49,9 @@ pub struct AgentArgs {
     /// Remove the pinned dataplane when the agent exits (traffic stops with it).
     #[arg(long)]
     remove_on_exit: bool,
+    /// Address for Prometheus metrics (`/metrics`) and `/healthz`; "none" to disable.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_address: String,
     /// Do not answer ARP/NDP for VIPs (when the VIPs are routed to the node instead).
     #[arg(long)]
     no_announce: bool,
@@ -136,12 +142,20 @@ pub fn run(args: AgentArgs) -> Result<()> {
         announce: !args.no_announce,
     };
     install_signal_handlers();
-    let mut rec = runner::start(&opts)?;
+    let rec = Arc::new(Mutex::new(runner::start(&opts)?));
+    let metrics = Arc::new(AgentMetrics::default());
+    if args.metrics_address != "none" {
+        let addr = args
+            .metrics_address
+            .parse()
+            .with_context(|| format!("--metrics-address {:?}", args.metrics_address))?;
+        metrics::serve(addr, rec.clone(), metrics.clone()).context("serving metrics")?;
+    }
     let mut source = FileSource {
         path: args.snapshot,
         seen: None,
     };
-    runner::run(&opts, &mut rec, &mut source, &STOP, |_, snap| {
+    runner::run(&opts, &rec, &metrics, &mut source, &STOP, |snap| {
         // A line on stdout per applied generation, for scripts and tests to wait on.
         println!(
             "{{\"event\":\"applied\",\"generation\":{}}}",
