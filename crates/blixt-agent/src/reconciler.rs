@@ -56,7 +56,7 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
-    fn to_bpf(&self) -> Config {
+    fn to_bpf(&self, ring_size: u32) -> Config {
         Config {
             snat_v4: self.snat_v4.map(addr_bytes).unwrap_or_default(),
             snat_v6: self.snat_v6.map(addr_bytes).unwrap_or_default(),
@@ -67,6 +67,7 @@ impl NodeConfig {
             tcp_established_timeout_s: self.tcp_established_timeout_s,
             tcp_closing_timeout_s: self.tcp_closing_timeout_s,
             udp_timeout_s: self.udp_timeout_s,
+            ring_size,
         }
     }
 
@@ -345,7 +346,7 @@ impl Reconciler {
             self.dp
                 .maps
                 .config
-                .set(0, node.to_bpf(), 0)
+                .set(0, node.to_bpf(self.dp.options.ring_size), 0)
                 .map_err(map_err("blixt_config"))?;
             self.node = Some(node.clone());
         }

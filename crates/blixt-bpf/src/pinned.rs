@@ -7,11 +7,13 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 
 use crate::loader::DataplaneError;
 use crate::shared::{
-    BackendValue, Counters, CtEntry, FlowKey, FrontendKey, FrontendValue, STAT_MAX,
+    BackendValue, Config, Counters, CtEntry, FlowKey, FrontendKey, FrontendValue, STAT_MAX,
 };
 
 /// The maps of a dataplane pinned under a directory.
 pub struct PinnedDataplane {
+    pub config: Array<MapData, Config>,
+    pub rings: Array<MapData, u64>,
     pub frontends: HashMap<MapData, FrontendKey, FrontendValue>,
     pub backends: Array<MapData, BackendValue>,
     pub conntrack: HashMap<MapData, FlowKey, CtEntry>,
@@ -44,6 +46,8 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
 impl PinnedDataplane {
     pub fn open(dir: &Path) -> Result<Self, DataplaneError> {
         Ok(PinnedDataplane {
+            config: typed("blixt_config", Map::Array(open(dir, "blixt_config")?))?,
+            rings: typed("blixt_rings", Map::Array(open(dir, "blixt_rings")?))?,
             frontends: typed(
                 "blixt_frontends",
                 Map::HashMap(open(dir, "blixt_frontends")?),
@@ -63,6 +67,33 @@ impl PinnedDataplane {
             )?,
             stats: typed("blixt_stats", Map::PerCpuArray(open(dir, "blixt_stats")?))?,
         })
+    }
+
+    /// The node configuration the agent wrote.
+    pub fn node_config(&self) -> Result<Config, DataplaneError> {
+        self.config
+            .get(&0, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: "blixt_config",
+                source,
+            })
+    }
+
+    /// Ring `ring`'s slots (backend ids or SLOT_REJECT); two 32-bit slots per element.
+    pub fn ring(&self, ring: u32, ring_size: u32) -> Result<Vec<u32>, DataplaneError> {
+        let first = u64::from(ring) * u64::from(ring_size);
+        (first..first + u64::from(ring_size))
+            .map(|slot| {
+                let pair = self.rings.get(&((slot / 2) as u32), 0).map_err(|source| {
+                    DataplaneError::Map {
+                        name: "blixt_rings",
+                        source,
+                    }
+                })?;
+                let words: [u32; 2] = bytemuck_pair(pair);
+                Ok(words[(slot % 2) as usize])
+            })
+            .collect()
     }
 
     /// Global counters in STAT_NAMES order, summed over CPUs.
@@ -105,4 +136,13 @@ pub fn sum(
         total += *v;
     }
     Ok(total)
+}
+
+/// The two 32-bit slots of a ring element, in memory order.
+fn bytemuck_pair(v: u64) -> [u32; 2] {
+    let b = v.to_ne_bytes();
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+    ]
 }

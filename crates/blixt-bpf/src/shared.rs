@@ -166,6 +166,8 @@ pub struct Config {
     pub tcp_established_timeout_s: u32,
     pub tcp_closing_timeout_s: u32,
     pub udp_timeout_s: u32,
+    /// Slots per Maglev ring (the program's load-time constant), for readers of the maps.
+    pub ring_size: u32,
 }
 
 #[repr(C)]

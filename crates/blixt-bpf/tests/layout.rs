@@ -80,7 +80,8 @@ fn shared_structs_match_the_c_header() {
         "snat_v4" => snat_v4, "snat_v6" => snat_v6, "port_min" => port_min,
         "port_max" => port_max, "flags" => flags, "tcp_syn_timeout_s" => tcp_syn_timeout_s,
         "tcp_established_timeout_s" => tcp_established_timeout_s,
-        "tcp_closing_timeout_s" => tcp_closing_timeout_s, "udp_timeout_s" => udp_timeout_s });
+        "tcp_closing_timeout_s" => tcp_closing_timeout_s, "udp_timeout_s" => udp_timeout_s,
+        "ring_size" => ring_size });
     same_layout!(btf, "blixt_counters", Counters, {
         "packets" => packets, "bytes" => bytes, "new_flows" => new_flows, "rejects" => rejects });
     same_layout!(btf, "blixt_vip_key", VipKey, { "addr" => addr, "family" => family, "pad" => pad });

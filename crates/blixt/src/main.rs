@@ -2,6 +2,7 @@
 
 mod agent_cmd;
 mod demo;
+mod inspect_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,9 @@ enum Command {
     /// Build a namespace lab, run the agent in it, send real traffic and show how it was
     /// balanced; cleans up after itself. Needs root.
     Demo(demo::DemoArgs),
+    /// Show the live dataplane from the pinned maps: frontends, backends, Maglev shares,
+    /// counters, conntrack entries, drop reasons.
+    Inspect(inspect_cmd::InspectArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +37,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Agent(args) => agent_cmd::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Inspect(args) => inspect_cmd::run(args),
     }
 }

@@ -119,6 +119,7 @@ struct blixt_config {
 	__u32 tcp_established_timeout_s;
 	__u32 tcp_closing_timeout_s;
 	__u32 udp_timeout_s;
+	__u32 ring_size; /* informational (the program uses its load-time constant): for readers */
 };
 
 /* Per-CPU counters, per frontend and per backend. */
