@@ -5,10 +5,17 @@
 //! - [`client_hello`]: an incremental ClientHello parser of our own.
 //! - [`routing`]: the translator's SNI tables ([`blixt_core::tls::TlsFrontend`]) compiled for
 //!   lookup, and the weighted, per-connection-consistent backend choice.
+//! - [`proxy`]: the tokio proxy with its limits, and [`stats`] for its counters.
 #![forbid(unsafe_code)]
 
 pub mod client_hello;
+pub mod proxy;
 pub mod routing;
+pub mod stats;
+
+pub use proxy::{ProxyConfig, TlsProxy};
+pub use routing::{RejectReason, SniTable};
+pub use stats::ProxyStats;
 
 #[cfg(test)]
 mod testutil;
