@@ -101,11 +101,13 @@ fn resolve_one(
             ),
         );
     };
-    let Some(svc_port) = svc
-        .spec
-        .iter()
-        .flat_map(|s| s.ports.iter().flatten())
-        .find(|p| p.port == port)
+    // A Service may carry the same port number for TCP and UDP (DNS does): prefer the port
+    // of the route's transport, and only report a protocol mismatch when there is none.
+    let transport = route.kind.transport().to_string();
+    let ports = || svc.spec.iter().flat_map(|s| s.ports.iter().flatten());
+    let Some(svc_port) = ports()
+        .find(|p| p.port == port && p.protocol.as_deref().unwrap_or("TCP") == transport)
+        .or_else(|| ports().find(|p| p.port == port))
     else {
         return err(
             reason::BACKEND_NOT_FOUND,
@@ -113,7 +115,6 @@ fn resolve_one(
         );
     };
     let protocol = svc_port.protocol.as_deref().unwrap_or("TCP");
-    let transport = route.kind.transport().to_string();
     if protocol != transport {
         return err(
             reason::UNSUPPORTED_PROTOCOL,

@@ -220,6 +220,39 @@ fn service_port_of_the_wrong_protocol_is_unsupported_protocol() {
 }
 
 #[test]
+fn same_port_number_for_tcp_and_udp_resolves_each_route_to_its_protocol() {
+    // like kube-dns: port 53 twice, TCP and UDP, with differently named slice ports
+    let svc = "---\napiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: infra}\nspec:\n  ports:\n  - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 5353}\n  - {name: dns, port: 53, protocol: UDP, targetPort: 5354}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: dns-1\n  namespace: infra\n  labels: {kubernetes.io/service-name: dns}\naddressType: IPv4\nports:\n- {name: dns-tcp, port: 5353, protocol: TCP}\n- {name: dns, port: 5354, protocol: UDP}\nendpoints:\n- addresses: [\"10.0.0.1\"]\n  conditions: {ready: true}\n";
+    let yaml = gw()
+        + svc
+        + &tcp(&["{name: dns, port: 53}"])
+        + &route(
+            "UDPRoute",
+            "infra",
+            "u",
+            "{name: gw, sectionName: udp}",
+            &["{name: dns, port: 53}"],
+        );
+    let t = run(&yaml);
+    assert_eq!(
+        route_conds(&t, "TCPRoute", "infra", "r"),
+        expect(&[ACCEPTED_TRUE, RESOLVED_TRUE])
+    );
+    assert_eq!(
+        route_conds(&t, "UDPRoute", "infra", "u"),
+        expect(&[ACCEPTED_TRUE, RESOLVED_TRUE])
+    );
+    assert_eq!(
+        frontend(&t, "infra/gw/tcp").backends,
+        vec![be("10.0.0.1", 5353, 1)]
+    );
+    assert_eq!(
+        frontend(&t, "infra/gw/udp").backends,
+        vec![be("10.0.0.1", 5354, 1)]
+    );
+}
+
+#[test]
 fn first_invalid_ref_gives_the_reason() {
     let t = run(&(gw() + &tcp(&["{name: a, namespace: web, port: 1}", "{name: b, port: 1}"])));
     let s = &t.statuses.tcp_routes[&ObjectKey::new("infra", "r")].parents[0].conditions[1];
