@@ -1088,3 +1088,41 @@ fn neighbour_solicitations_for_a_vip_are_answered() {
         assert_eq!(fx.stat(shared::STAT_NDP_REPLY), 2);
     });
 }
+
+#[test]
+fn sweeper_expires_pairs_by_state_timeout() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        let now = blixt_agent::reconciler::monotonic_ns();
+        let s = 1_000_000_000u64;
+        // a half-open TCP flow (SYN only), a closing one (FIN seen), a UDP flow
+        assert_eq!(fx.run(&syn_from(50000), fx.fx0).0, XDP_REDIRECT);
+        assert_eq!(fx.run(&syn_from(50001), fx.fx0).0, XDP_REDIRECT);
+        let fin = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .tcp(50001, 80)
+            .flags(TcpFlags::ACK | TcpFlags::FIN)
+            .build();
+        assert_eq!(fx.run(&fin, fx.fx0).0, XDP_REDIRECT);
+        let udp = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .udp(50002, 53)
+            .payload(b"q")
+            .build();
+        assert_eq!(fx.run(&udp, fx.fx0).0, XDP_REDIRECT);
+        let count = |fx: &mut Fx| fx.rec.dataplane().maps.conntrack.keys().count();
+        assert_eq!(count(fx), 6, "two entries per flow");
+
+        let r = fx.rec.sweep(now + 5 * s).unwrap();
+        assert_eq!((r.scanned, r.expired), (6, 0), "nothing idle long enough");
+        let r = fx.rec.sweep(now + 12 * s).unwrap();
+        assert_eq!(r.expired, 2, "the closing flow (10 s)");
+        let syn_key = FlowKey::new(client4().into(), 50000, vip4().into(), 80, 6);
+        assert!(fx.ct(&syn_key).is_some());
+        let r = fx.rec.sweep(now + 62 * s).unwrap();
+        assert_eq!(
+            r.expired, 4,
+            "the SYN-only TCP flow (60 s) and the UDP flow (60 s)"
+        );
+        assert_eq!(count(fx), 0);
+    });
+}
