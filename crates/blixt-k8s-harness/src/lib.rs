@@ -1,0 +1,801 @@
+//! A real Kubernetes control plane for tests: etcd, kube-apiserver and kube-controller-manager
+//! built from source by `tests/k8s/build.sh`, with the Gateway API standard-channel CRDs
+//! installed. There is no kubelet and no scheduler: Pods are API objects whose status tests set
+//! themselves (see [`mark_pod_ready`]), which is all the EndpointSlice controller needs.
+//!
+//! ```no_run
+//! # async fn example() {
+//! let cluster = blixt_k8s_harness::shared(); // one per test binary, started on first use
+//! let ns = cluster.temp_namespace().await; // deleted when `ns` drops
+//! let client = cluster.client();
+//! # let _ = (ns.name(), client);
+//! # }
+//! ```
+//!
+//! Layout of a running cluster (a temporary directory on tmpfs, `/dev/shm` by default):
+//! `etcd/` (data), `pki/` (CA, serving and client certificates, service-account keys),
+//! `logs/<component>.log`, and `kubeconfig` (admin, for child processes).
+//!
+//! Environment: `BLIXT_K8S_CACHE` (where build.sh put the binaries), `BLIXT_K8S_TMPDIR`
+//! (instead of `/dev/shm`), `BLIXT_K8S_KEEP=1` (keep the directory and temporary namespaces
+//! after the test, for debugging).
+
+#![deny(unsafe_code)]
+
+mod artifacts;
+mod manifests;
+mod pki;
+#[allow(unsafe_code)] // pre_exec with prctl(PR_SET_PDEATHSIG), atexit
+mod process;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+
+pub use artifacts::{gateway_api_version, kubernetes_version};
+pub use manifests::{apply, parse_documents, FIELD_MANAGER};
+use process::Component;
+
+/// The Service CIDR; the `kubernetes` Service gets its first address.
+const SERVICE_CIDR: &str = "10.96.0.0/12";
+const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+/// Controllers that matter without nodes. serviceaccount-controller creates each namespace's
+/// `default` ServiceAccount, without which the ServiceAccount admission plugin rejects Pods.
+const CONTROLLERS: &str = "endpointslice-controller,garbage-collector-controller,\
+namespace-controller,serviceaccount-controller,serviceaccount-token-controller,\
+root-ca-certificate-publisher-controller";
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// The Node created at start (see [`Cluster::node_name`]).
+const NODE_NAME: &str = "blixt-test-node";
+const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// A running control plane. Dropping it kills the processes and deletes its directory; the
+/// processes also die with the test binary whatever happens (see `process.rs`).
+#[derive(Debug)]
+pub struct Cluster {
+    // Stopped in this order by `shutdown`.
+    controller_manager: Component,
+    apiserver: Component,
+    etcd: Component,
+    dir: Mutex<Option<tempfile::TempDir>>,
+    path: PathBuf,
+    server_url: String,
+    kubeconfig: PathBuf,
+    admin: kube::Config,
+    ca_pem: String,
+    crds: Vec<String>,
+}
+
+/// The process-wide cluster: started by the first caller in a test binary, shared by every test
+/// of that binary, stopped when the binary exits. Tests sharing it must isolate themselves,
+/// for example with [`Cluster::temp_namespace`], and must not rely on cluster-scoped objects
+/// staying as they left them. A failed start is remembered: every later caller panics with
+/// the same message instead of trying again.
+pub fn shared() -> &'static Cluster {
+    match SHARED.get_or_init(|| {
+        let cluster = Cluster::try_start().map_err(|e| format!("{e:#}"));
+        if cluster.is_ok() {
+            // Statics are never dropped; stop the processes and remove the tmpfs directory at
+            // exit. (Should the binary be killed instead, the processes die with it and the next
+            // start sweeps the directory.)
+            // SAFETY: registers a plain `extern "C"` function with no arguments.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::atexit(stop_shared);
+            }
+        }
+        cluster
+    }) {
+        Ok(cluster) => cluster,
+        Err(message) => panic!("the shared test cluster failed to start: {message}"),
+    }
+}
+
+static SHARED: OnceLock<std::result::Result<Cluster, String>> = OnceLock::new();
+
+extern "C" fn stop_shared() {
+    if let Some(Ok(cluster)) = SHARED.get() {
+        cluster.shutdown();
+    }
+}
+
+impl Cluster {
+    /// Starts a cluster of its own (tens of seconds; prefer [`shared`]). Panics with the reason
+    /// and the end of the failing component's log.
+    pub fn start() -> Self {
+        Self::try_start().unwrap_or_else(|e| panic!("starting the test control plane: {e:#}"))
+    }
+
+    /// Starts a cluster of its own. Works inside or outside a Tokio runtime: the start runs on
+    /// a thread of its own.
+    pub fn try_start() -> Result<Self> {
+        std::thread::Builder::new()
+            .name("k8s-harness-start".into())
+            .spawn(start_blocking)
+            .context("spawning the start thread")?
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// A client authenticated as the admin user (group `system:masters`). Must be called inside
+    /// a Tokio runtime, which the client then lives on (a client made in one `#[tokio::test]`
+    /// cannot be used in another).
+    pub fn client(&self) -> Client {
+        Client::try_from(self.admin.clone()).expect("building a kube client for the test cluster")
+    }
+
+    /// The admin client configuration.
+    pub fn config(&self) -> kube::Config {
+        self.admin.clone()
+    }
+
+    /// A client acting as `user` in `groups` through impersonation, so every request is
+    /// authorized by RBAC exactly as it would be for that user. Needs a Tokio runtime.
+    pub fn client_as(&self, user: &str, groups: &[&str]) -> Client {
+        let mut config = self.admin.clone();
+        config.auth_info.impersonate = Some(user.to_owned());
+        config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+        Client::try_from(config).expect("building an impersonating kube client")
+    }
+
+    /// A client acting as ServiceAccount `namespace/name` (the user and groups the API server
+    /// gives its tokens). The ServiceAccount need not exist: authorization is by name.
+    pub fn client_as_service_account(&self, namespace: &str, name: &str) -> Client {
+        let (user, groups) = service_account_identity(namespace, name);
+        let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+        self.client_as(&user, &groups)
+    }
+
+    /// The admin kubeconfig, for child processes (`KUBECONFIG=...`).
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Writes a kubeconfig that acts as ServiceAccount `namespace/name` (impersonation, `as` and
+    /// `as-groups`), for running a child process under that account's permissions.
+    pub fn kubeconfig_as_service_account(&self, namespace: &str, name: &str) -> PathBuf {
+        let (user, groups) = service_account_identity(namespace, name);
+        let path = self
+            .path
+            .join(format!("kubeconfig-serviceaccount-{namespace}-{name}"));
+        let pki = self.path.join("pki");
+        write_kubeconfig(
+            &path,
+            &self.server_url,
+            &pki.join("ca.crt"),
+            &pki.join("admin.crt"),
+            &pki.join("admin.key"),
+            Some((&user, &groups)),
+        )
+        .unwrap_or_else(|e| panic!("writing {}: {e:#}", path.display()));
+        path
+    }
+
+    /// A Node object created at start, for Pods' `spec.nodeName`. Nothing runs on it, but the
+    /// EndpointSlice controller skips Pods whose Node does not exist. More nodes:
+    /// [`create_node`].
+    pub fn node_name(&self) -> &str {
+        NODE_NAME
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
+    /// The CA that signed the API server's certificate and the client certificates.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Names of the Gateway API CRDs installed at start.
+    pub fn gateway_api_crds(&self) -> &[String] {
+        &self.crds
+    }
+
+    /// The directory holding `etcd.log`, `kube-apiserver.log` and `kube-controller-manager.log`.
+    pub fn log_dir(&self) -> PathBuf {
+        self.path.join("logs")
+    }
+
+    /// Creates a namespace with a fresh name (`blixt-test-xxxxx`) and waits for its `default`
+    /// ServiceAccount (Pods cannot be created before). The guard deletes it when dropped.
+    pub async fn temp_namespace(&self) -> TempNamespace {
+        let client = self.client();
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                generate_name: Some("blixt-test-".into()),
+                labels: Some([(LABEL_MANAGED_BY.to_owned(), FIELD_MANAGER.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        let created = namespaces
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("creating a temporary namespace");
+        let name = created.metadata.name.expect("created namespace has a name");
+        let guard = TempNamespace {
+            name: name.clone(),
+            config: self.admin.clone(),
+        };
+        let accounts: Api<ServiceAccount> = Api::namespaced(client, &name);
+        poll_until(
+            &format!("ServiceAccount {name}/default"),
+            Duration::from_secs(30),
+            &[&self.controller_manager],
+            || async { Ok(accounts.get_opt("default").await?.is_some()) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("temporary namespace {name}: {e:#}"));
+        guard
+    }
+
+    /// Stops every process and removes the directory (or keeps it with `BLIXT_K8S_KEEP`, and
+    /// keeps the logs if the calling thread is panicking). Idempotent; called by `Drop`.
+    fn shutdown(&self) {
+        self.controller_manager.stop();
+        self.apiserver.stop();
+        self.etcd.stop();
+        let dir = self.dir.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(dir) = dir {
+            if keep_requested() {
+                eprintln!("BLIXT_K8S_KEEP: keeping {}", dir.keep().display());
+            } else if std::thread::panicking() {
+                if let Some(saved) = preserve_logs(&self.log_dir()) {
+                    eprintln!("test cluster logs kept in {}", saved.display());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A namespace that is deleted (in the background) when the guard drops, even on panic.
+#[derive(Debug)]
+pub struct TempNamespace {
+    name: String,
+    config: kube::Config,
+}
+
+impl TempNamespace {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TempNamespace {
+    fn drop(&mut self) {
+        if keep_requested() {
+            eprintln!("BLIXT_K8S_KEEP: keeping namespace {}", self.name);
+            return;
+        }
+        let name = self.name.clone();
+        let config = self.config.clone();
+        // Drop cannot await, and may run inside or outside a runtime: delete from a thread with
+        // a runtime of its own.
+        let result = std::thread::spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let namespaces: Api<Namespace> = Api::all(Client::try_from(config)?);
+                namespaces
+                    .delete(&name, &DeleteParams::background())
+                    .await?;
+                Ok(())
+            })
+        })
+        .join();
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("deleting temporary namespace {}: {e:#}", self.name),
+            Err(_) => eprintln!("deleting temporary namespace {} panicked", self.name),
+        }
+    }
+}
+
+/// Makes a Pod look like a kubelet runs it: phase Running, condition Ready (`ready`), and
+/// `pod_ip` as its address. Writes the status subresource, as a kubelet does.
+pub async fn mark_pod_ready(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    pod_ip: &str,
+    ready: bool,
+) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let status = if ready { "True" } else { "False" };
+    let patch = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "status": {
+            "phase": "Running",
+            "podIP": pod_ip,
+            "podIPs": [{ "ip": pod_ip }],
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{ "ip": "127.0.0.1" }],
+            "conditions": [
+                { "type": "PodScheduled", "status": "True" },
+                { "type": "Initialized", "status": "True" },
+                { "type": "ContainersReady", "status": status },
+                { "type": "Ready", "status": status },
+            ],
+        }
+    });
+    pods.patch_status(
+        pod,
+        &PatchParams::apply("blixt-k8s-harness-kubelet").force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("setting status of pod {namespace}/{pod}: {e}"));
+}
+
+/// Creates (or updates) a Node named `name` with `internal_ip` as its InternalIP address and a
+/// Ready condition. Only an API object: there is no kubelet.
+pub async fn create_node(client: &Client, name: &str, internal_ip: Ipv4Addr) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let node = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                LABEL_MANAGED_BY: FIELD_MANAGER,
+            },
+        },
+    });
+    nodes.patch(name, &params, &Patch::Apply(&node)).await?;
+    let status = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "status": {
+            "addresses": [
+                { "type": "InternalIP", "address": internal_ip.to_string() },
+                { "type": "Hostname", "address": name },
+            ],
+            "conditions": [{
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "message": "blixt-k8s-harness: an API object only; no kubelet",
+            }],
+        },
+    });
+    nodes
+        .patch_status(name, &params, &Patch::Apply(&status))
+        .await?;
+    Ok(())
+}
+
+/// A Pod that will never run (there is no kubelet) bound to `node`, for Services to select.
+/// Make it look running with [`mark_pod_ready`].
+pub fn test_pod(name: &str, labels: &[(&str, &str)], node: &str, port: i32) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+        },
+        "spec": {
+            "nodeName": node,
+            "containers": [{
+                "name": "backend",
+                "image": "blixt.invalid/never-pulled:0",
+                "ports": [{ "containerPort": port, "name": "backend" }],
+            }],
+        },
+    }))
+    .expect("a valid Pod")
+}
+
+fn service_account_identity(namespace: &str, name: &str) -> (String, Vec<String>) {
+    (
+        format!("system:serviceaccount:{namespace}:{name}"),
+        vec![
+            "system:serviceaccounts".to_owned(),
+            format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated".to_owned(),
+        ],
+    )
+}
+
+fn keep_requested() -> bool {
+    std::env::var_os("BLIXT_K8S_KEEP").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Where cluster directories go: tmpfs, so etcd's fsyncs cost nothing.
+fn tmp_base() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BLIXT_K8S_TMPDIR") {
+        return PathBuf::from(dir);
+    }
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_owned()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+const DIR_PREFIX: &str = "blixt-k8s-";
+
+/// Removes directories left by test binaries that were killed (named after their pid).
+fn sweep_stale_dirs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn preserve_logs(logs: &Path) -> Option<PathBuf> {
+    let target = std::env::temp_dir().join(format!(
+        "blixt-k8s-logs-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    ));
+    std::fs::create_dir_all(&target).ok()?;
+    for entry in std::fs::read_dir(logs).ok()?.flatten() {
+        let _ = std::fs::copy(entry.path(), target.join(entry.file_name()));
+    }
+    Some(target)
+}
+
+fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    // Hold all listeners at once so the ports differ; the kernel will not hand them out again
+    // right away after they close.
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("binding a free loopback port")?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener
+            .local_addr()
+            .context("reading a bound port")?
+            .port();
+    }
+    Ok(ports)
+}
+
+fn start_blocking() -> Result<Cluster> {
+    let base = tmp_base();
+    sweep_stale_dirs(&base);
+    let artifacts = artifacts::Artifacts::locate()?;
+    let mut attempt = 1;
+    loop {
+        match start_once(&artifacts, &base) {
+            Ok(cluster) => return Ok(cluster),
+            // The ports were free when picked; another process may have taken one since.
+            Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
+                tracing::warn!("test cluster start lost a port race, retrying: {e:#}");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn start_once(artifacts: &artifacts::Artifacts, base: &Path) -> Result<Cluster> {
+    let started = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+        .tempdir_in(base)
+        .with_context(|| format!("creating the cluster directory in {}", base.display()))?;
+    let path = dir.path().to_owned();
+    let logs = path.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let result = start_components(artifacts, dir, &path, &logs);
+    match &result {
+        Ok(_) => {
+            tracing::info!(elapsed = ?started.elapsed(), dir = %path.display(), "test cluster up")
+        }
+        Err(_) => {
+            if let Some(saved) = preserve_logs(&logs) {
+                return result.with_context(|| format!("logs kept in {}", saved.display()));
+            }
+        }
+    }
+    result
+}
+
+fn start_components(
+    artifacts: &artifacts::Artifacts,
+    dir: tempfile::TempDir,
+    path: &Path,
+    logs: &Path,
+) -> Result<Cluster> {
+    let pki = pki::Pki::generate(&path.join("pki"), SERVICE_IP)?;
+    let [etcd_client, etcd_peer, api_port] = free_ports::<3>()?;
+    let arg = |k: &str, v: &dyn std::fmt::Display| format!("--{k}={v}");
+    let show = |p: &Path| p.display().to_string();
+
+    let etcd_url = format!("http://127.0.0.1:{etcd_client}");
+    let peer_url = format!("http://127.0.0.1:{etcd_peer}");
+    let etcd = Component::start(
+        "etcd",
+        &artifacts.etcd,
+        &[
+            arg("name", &"blixt-test"),
+            arg("data-dir", &show(&path.join("etcd"))),
+            arg("listen-client-urls", &etcd_url),
+            arg("advertise-client-urls", &etcd_url),
+            arg("listen-peer-urls", &peer_url),
+            arg("initial-advertise-peer-urls", &peer_url),
+            arg("initial-cluster", &format!("blixt-test={peer_url}")),
+            arg("initial-cluster-state", &"new"),
+            arg("log-level", &"warn"),
+        ],
+        logs,
+    )?;
+    wait_blocking("etcd /health", &etcd, || etcd_healthy(etcd_client))?;
+
+    let apiserver = Component::start(
+        "kube-apiserver",
+        &artifacts.kube_apiserver,
+        &[
+            arg("etcd-servers", &etcd_url),
+            arg("bind-address", &"127.0.0.1"),
+            arg("advertise-address", &"127.0.0.1"),
+            arg("secure-port", &api_port),
+            arg("cert-dir", &show(&path.join("apiserver"))),
+            arg("tls-cert-file", &show(&pki.serving_cert)),
+            arg("tls-private-key-file", &show(&pki.serving_key)),
+            arg("client-ca-file", &show(&pki.ca_cert)),
+            arg("authorization-mode", &"RBAC"),
+            arg("service-account-issuer", &SA_ISSUER),
+            arg("service-account-key-file", &show(&pki.sa_public_key)),
+            arg(
+                "service-account-signing-key-file",
+                &show(&pki.sa_private_key),
+            ),
+            arg("service-cluster-ip-range", &SERVICE_CIDR),
+            // Endpoints may not hold loopback addresses, so the reconciler of the `kubernetes`
+            // Service's endpoints could only log errors.
+            arg("endpoint-reconciler-type", &"none"),
+            // As real clusters (kubeadm) run: the agent DaemonSet may ask for privileges.
+            arg("allow-privileged", &"true"),
+            arg("profiling", &"false"),
+        ],
+        logs,
+    )?;
+
+    let server_url = format!("https://127.0.0.1:{api_port}");
+    let kubeconfig = path.join("kubeconfig");
+    write_kubeconfig(
+        &kubeconfig,
+        &server_url,
+        &pki.ca_cert,
+        &pki.admin.cert,
+        &pki.admin.key,
+        None,
+    )?;
+    let kcm_kubeconfig = path.join("controller-manager.kubeconfig");
+    write_kubeconfig(
+        &kcm_kubeconfig,
+        &server_url,
+        &pki.ca_cert,
+        &pki.controller_manager.cert,
+        &pki.controller_manager.key,
+        None,
+    )?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building a Tokio runtime")?;
+    let (admin, crds) = runtime.block_on(async {
+        let kubeconfig_yaml = Kubeconfig::read_from(&kubeconfig)
+            .with_context(|| format!("reading {}", kubeconfig.display()))?;
+        let admin =
+            kube::Config::from_custom_kubeconfig(kubeconfig_yaml, &KubeConfigOptions::default())
+                .await
+                .context("loading the admin kubeconfig")?;
+        let client = Client::try_from(admin.clone()).context("building the admin client")?;
+        poll_until(
+            "kube-apiserver /readyz",
+            START_TIMEOUT,
+            &[&apiserver, &etcd],
+            || async { Ok(readyz(&client).await.is_ok()) },
+        )
+        .await?;
+        let crds = manifests::install_crds(&client, &artifacts.crd_manifests()?, START_TIMEOUT)
+            .await
+            .context("installing the Gateway API CRDs")?;
+        create_node(&client, NODE_NAME, Ipv4Addr::LOCALHOST)
+            .await
+            .with_context(|| format!("creating Node {NODE_NAME}"))?;
+        anyhow::Ok((admin, crds))
+    })?;
+
+    let controller_manager = Component::start(
+        "kube-controller-manager",
+        &artifacts.kube_controller_manager,
+        &[
+            arg("kubeconfig", &show(&kcm_kubeconfig)),
+            arg("controllers", &CONTROLLERS),
+            arg("use-service-account-credentials", &"true"),
+            arg(
+                "service-account-private-key-file",
+                &show(&pki.sa_private_key),
+            ),
+            arg("root-ca-file", &show(&pki.ca_cert)),
+            arg("leader-elect", &"false"),
+            // No health endpoint needed (readiness is observed through the API) and no port to
+            // collide on.
+            arg("secure-port", &0),
+        ],
+        logs,
+    )?;
+    runtime.block_on(async {
+        let client = Client::try_from(admin.clone())?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(client, "default");
+        poll_until(
+            "kube-controller-manager (ServiceAccount default/default)",
+            START_TIMEOUT,
+            &[&controller_manager, &apiserver],
+            || async { Ok(accounts.get_opt("default").await?.is_some()) },
+        )
+        .await
+    })?;
+
+    Ok(Cluster {
+        controller_manager,
+        apiserver,
+        etcd,
+        dir: Mutex::new(Some(dir)),
+        path: path.to_owned(),
+        server_url,
+        kubeconfig,
+        admin,
+        ca_pem: pki.ca_pem,
+        crds,
+    })
+}
+
+async fn readyz(client: &Client) -> Result<String> {
+    let request = http::Request::get("/readyz").body(Vec::new())?;
+    Ok(client.request_text(request).await?)
+}
+
+fn etcd_healthy(port: u16) -> Result<bool> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = match std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+        Ok(stream) => stream,
+        Err(_) => return Ok(false),
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    Ok(response.contains(r#""health":"true""#))
+}
+
+fn wait_blocking(
+    what: &str,
+    component: &Component,
+    check: impl Fn() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        component.check_running()?;
+        if check().unwrap_or(false) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what} not ready after {START_TIMEOUT:?}; end of {}:\n{}",
+                component.log_path().display(),
+                component.log_tail(30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls `check` until it says yes, failing early (with its log) if a component exits.
+async fn poll_until<F, Fut>(
+    what: &str,
+    timeout: Duration,
+    components: &[&Component],
+    check: F,
+) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        for component in components {
+            component.check_running()?;
+        }
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = components
+                .iter()
+                .map(|c| format!("end of {}:\n{}", c.log_path().display(), c.log_tail(20)))
+                .collect();
+            return Err(anyhow!(
+                "{what} not ready after {timeout:?} (last error: {})\n{}",
+                last_error.map_or_else(|| "none".to_owned(), |e| format!("{e:#}")),
+                logs.join("\n")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    impersonate: Option<(&str, &[String])>,
+) -> Result<()> {
+    let mut user = serde_json::json!({
+        "client-certificate": display(cert),
+        "client-key": display(key),
+    });
+    if let Some((name, groups)) = impersonate {
+        user["as"] = name.into();
+        user["as-groups"] = groups.into();
+    }
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "blixt-test", "cluster": {
+            "server": server,
+            "certificate-authority": display(ca),
+        }}],
+        "users": [{ "name": "blixt-test", "user": user }],
+        "contexts": [{ "name": "blixt-test", "context": {
+            "cluster": "blixt-test",
+            "user": "blixt-test",
+            "namespace": "default",
+        }}],
+        "current-context": "blixt-test",
+    });
+    let yaml = serde_yaml::to_string(&config).context("serialising a kubeconfig")?;
+    std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}
