@@ -21,7 +21,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, TLS_MAX_LISTENERS);
 	__type(key, struct tls_listener_key);
-	__type(value, __u64);
+	__type(value, __u32); /* a socket fd on update; 4 bytes, as aya's SockHash expects */
 } tls_listeners SEC(".maps");
 
 /* Per-CPU counters, indexed by enum tls_steer_stat. */

@@ -2,7 +2,10 @@
 //! and checks that both ways agree and that the buffer stays within the limit.
 #![no_main]
 
-use blixt_tls::client_hello::{ClientHelloParser, Progress};
+#[path = "../../src/client_hello.rs"]
+mod client_hello;
+
+use client_hello::{ClientHelloParser, Progress};
 use libfuzzer_sys::fuzz_target;
 
 const LIMIT: usize = 4096;

@@ -1,0 +1,496 @@
+//! TLS passthrough in the namespace lab, with real TLS on both ends: rustls servers with
+//! distinct self-signed certificates in the backend namespaces, rustls clients in the client
+//! namespace, and the proxy in the lb namespace steered by the sk_lookup program. The VIP is
+//! configured on no interface; the client routes the VIP block via the lb.
+//!
+//! Needs root (namespaces, BPF).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use blixt_core::snapshot::{Backend, BackendAddr, BackendState};
+use blixt_core::tls::{SniRoute, TlsFrontend};
+use blixt_lab::{require_root, Lab, LabSpec};
+use blixt_tls::steer::SteerStats;
+use blixt_tls::{ProxyConfig, ProxyStats, RejectReason, Steering, TlsPassthrough};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+const TLS_PORT: u16 = 443;
+const BACKEND_PORT: u16 = 8443;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A rustls server in a backend namespace: answers each line with `<name>: <line>`.
+struct TlsBackend {
+    cert: CertificateDer<'static>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start_backend(lab: &Lab, i: usize) -> TlsBackend {
+    let name = format!("be{i}");
+    let ck =
+        rcgen::generate_simple_self_signed(vec![format!("{name}.backend.test")]).expect("rcgen");
+    let cert = ck.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .expect("server config"),
+    );
+    let listener = lab
+        .backend(i)
+        .ns
+        .run_in(|| TcpListener::bind(("0.0.0.0", BACKEND_PORT)))
+        .expect("backend bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((sock, _)) => {
+                    let config = config.clone();
+                    let name = name.clone();
+                    let stop3 = stop2.clone();
+                    std::thread::spawn(move || serve_one(sock, config, &name, &stop3));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("backend accept: {e}"),
+            }
+        }
+    });
+    TlsBackend {
+        cert,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+fn serve_one(sock: TcpStream, config: Arc<rustls::ServerConfig>, name: &str, stop: &AtomicBool) {
+    sock.set_nonblocking(false).expect("blocking");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let conn = rustls::ServerConnection::new(config).expect("server conn");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut line = String::new();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut reader = BufReader::new(&mut tls);
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                let answer = format!("{name}: {line}");
+                line.clear();
+                drop(reader);
+                if tls.write_all(answer.as_bytes()).is_err() || tls.flush().is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Accepts any server certificate: the test identifies the backend by which one it got.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn client_config(sni: bool) -> Arc<rustls::ClientConfig> {
+    let p = provider();
+    let mut c = rustls::ClientConfig::builder_with_provider(p.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(p)))
+        .with_no_client_auth();
+    c.enable_sni = sni;
+    Arc::new(c)
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS connection to `vip` with server name `sni` (`None`: no SNI extension). Must run in
+/// the client namespace. Returns the index of the backend whose certificate came back.
+fn connect(
+    vip: SocketAddr,
+    sni: Option<&str>,
+    certs: &[CertificateDer<'static>],
+) -> std::io::Result<(usize, Tls)> {
+    let config = client_config(sni.is_some());
+    let name =
+        ServerName::try_from(sni.unwrap_or("no-sni.invalid").to_string()).expect("server name");
+    let sock = TcpStream::connect_timeout(&vip, Duration::from_secs(5))?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let conn = rustls::ClientConnection::new(config, name).expect("client conn");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    let got = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("a server certificate");
+    let i = certs
+        .iter()
+        .position(|c| c == got)
+        .expect("a certificate of one of the backends");
+    Ok((i, tls))
+}
+
+/// Sends a line and returns the answer (`beN: line`).
+fn ping(tls: &mut Tls, line: &str) -> String {
+    tls.write_all(format!("{line}\n").as_bytes())
+        .expect("write");
+    tls.flush().expect("flush");
+    let mut answer = String::new();
+    BufReader::new(tls).read_line(&mut answer).expect("answer");
+    answer.trim_end().to_string()
+}
+
+fn be(lab: &Lab, i: usize, weight: u32) -> Backend {
+    Backend {
+        addr: BackendAddr {
+            addr: lab.backend(i).v4().into(),
+            port: BACKEND_PORT,
+        },
+        weight,
+        state: BackendState::Active,
+    }
+}
+
+fn route(h: &str, backends: Vec<Backend>) -> SniRoute {
+    SniRoute {
+        hostname: h.into(),
+        listener: "tls".into(),
+        route: Some(format!("default/{}", h.trim_start_matches("*."))),
+        backends,
+        reject_weight: 0,
+    }
+}
+
+enum Cmd {
+    Apply(Vec<TlsFrontend>, mpsc::Sender<Result<(), String>>),
+    Stats(mpsc::Sender<(ProxyStats, Option<SteerStats>)>),
+}
+
+/// The TLS passthrough service on its own runtime, on a thread in the lb namespace.
+struct LbProxy {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<Cmd>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LbProxy {
+    fn start(lab: &Lab) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Cmd>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = lab.lb.run_in(move || {
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let config = ProxyConfig {
+                        handshake_timeout: Duration::from_secs(5),
+                        ..ProxyConfig::default()
+                    };
+                    let mut svc = match TlsPassthrough::new(
+                        config,
+                        Steering::SkLookup {
+                            manage_local_routes: true,
+                        },
+                    ) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("{e}: {:?}", e)));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    while let Some(cmd) = rx.recv().await {
+                        match cmd {
+                            Cmd::Apply(t, reply) => {
+                                let _ = reply.send(svc.apply(&t).map_err(|e| format!("{e:?}")));
+                            }
+                            Cmd::Stats(reply) => {
+                                let steer = svc.steer_stats().map(|r| r.expect("steer stats"));
+                                let _ = reply.send((svc.stats(), steer));
+                            }
+                        }
+                    }
+                });
+            })
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("proxy thread started")
+            .unwrap_or_else(|e| panic!("starting the TLS passthrough service: {e}"));
+        LbProxy {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn apply(&self, t: Vec<TlsFrontend>) {
+        let (reply, rx) = mpsc::channel();
+        self.tx
+            .as_ref()
+            .unwrap()
+            .send(Cmd::Apply(t, reply))
+            .expect("proxy alive");
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("apply answered")
+            .unwrap_or_else(|e| panic!("apply: {e}"));
+    }
+
+    fn stats(&self) -> (ProxyStats, Option<SteerStats>) {
+        let (reply, rx) = mpsc::channel();
+        self.tx
+            .as_ref()
+            .unwrap()
+            .send(Cmd::Stats(reply))
+            .expect("proxy alive");
+        rx.recv_timeout(Duration::from_secs(10)).expect("stats")
+    }
+}
+
+impl Drop for LbProxy {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn expect_reset(r: std::io::Result<(usize, Tls)>, what: &str) {
+    match r {
+        Ok((i, _)) => panic!("{what}: expected a reset, landed on be{i}"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+            ),
+            "{what}: expected a reset, got {e}"
+        ),
+    }
+}
+
+#[test]
+fn tls_passthrough_in_the_lab() {
+    require_root();
+    let lab = Lab::build(LabSpec::with_backends(3)).expect("lab");
+    let backends: Vec<TlsBackend> = (0..3).map(|i| start_backend(&lab, i)).collect();
+    let certs: Vec<CertificateDer<'static>> = backends.iter().map(|b| b.cert.clone()).collect();
+    let vip = SocketAddr::new(lab.vip4(1).into(), TLS_PORT);
+
+    let table = |routes: Vec<SniRoute>| {
+        vec![TlsFrontend {
+            name: "default/gw/tls".into(),
+            vip: vip.ip(),
+            port: vip.port(),
+            routes,
+        }]
+    };
+    let proxy = LbProxy::start(&lab);
+    proxy.apply(table(vec![
+        route("a.example.com", vec![be(&lab, 0, 1)]),
+        route("b.example.com", vec![be(&lab, 1, 1)]),
+        route("*.wild.example.com", vec![be(&lab, 2, 1)]),
+        route("w.example.com", vec![be(&lab, 0, 70), be(&lab, 1, 30)]),
+    ]));
+
+    // The VIP is on no interface of the lb: only the local route and sk_lookup bring it in.
+    let addrs = lab.lb.ip(&["-o", "addr"]).expect("ip addr");
+    assert!(
+        !addrs.contains(&vip.ip().to_string()),
+        "VIP configured: {addrs}"
+    );
+    let routes = lab
+        .lb
+        .ip(&["route", "show", "table", "local"])
+        .expect("ip route");
+    assert!(
+        routes.contains(&format!("local {} dev lo", vip.ip())),
+        "{routes}"
+    );
+
+    // Each name lands on its backend, proved by the certificate; the rest is reset.
+    lab.client.ns.run_in(|| {
+        for (sni, want) in [
+            ("a.example.com", 0),
+            ("b.example.com", 1),
+            ("x.wild.example.com", 2),
+            ("deep.x.wild.example.com", 2),
+        ] {
+            let (got, mut tls) =
+                connect(vip, Some(sni), &certs).unwrap_or_else(|e| panic!("{sni}: {e}"));
+            assert_eq!(got, want, "{sni} landed on be{got}");
+            assert_eq!(ping(&mut tls, "hello"), format!("be{want}: hello"));
+        }
+        expect_reset(connect(vip, Some("unknown.example.org"), &certs), "unknown");
+        expect_reset(connect(vip, Some("wild.example.com"), &certs), "apex");
+        expect_reset(connect(vip, None, &certs), "no SNI");
+    });
+    let (stats, steer) = proxy.stats();
+    let l = stats.listener(vip).expect("listener stats");
+    assert_eq!(l.forwarded, 4);
+    assert_eq!(l.rejects[&RejectReason::NoMatch], 2);
+    assert_eq!(l.rejects[&RejectReason::NoSni], 1);
+    assert!(steer.expect("sk_lookup").steered >= 7, "{steer:?}");
+
+    // Weights 70/30 over 1,000 connections, within ±5 points.
+    let n = 1000;
+    let on_be0: usize = lab.client.ns.run_in(|| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let certs = certs.clone();
+                std::thread::spawn(move || {
+                    (0..n / 4)
+                        .filter(|_| {
+                            let (i, _) = connect(vip, Some("w.example.com"), &certs)
+                                .expect("weighted connection");
+                            i == 0
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("client")).sum()
+    });
+    let share = on_be0 as f64 * 100.0 / n as f64;
+    eprintln!("w.example.com: be0 {share:.1}% of {n} (want 70)");
+    assert!((share - 70.0).abs() <= 5.0, "be0 got {share}%");
+
+    // 200 open connections, then a table change: a.example.com moves to be1 and the wildcard
+    // route goes away. The open ones keep working on their backend; new ones follow the table.
+    let mut open: Vec<(usize, Tls)> = lab.client.ns.run_in(|| {
+        (0..200)
+            .map(|k| {
+                let sni = if k % 2 == 0 {
+                    "a.example.com"
+                } else {
+                    "x.wild.example.com"
+                };
+                connect(vip, Some(sni), &certs).expect("open connection")
+            })
+            .collect()
+    });
+    for (i, tls) in &mut open {
+        assert_eq!(ping(tls, "before"), format!("be{i}: before"));
+    }
+    proxy.apply(table(vec![
+        route("a.example.com", vec![be(&lab, 1, 1)]),
+        route("b.example.com", vec![be(&lab, 1, 1)]),
+    ]));
+    lab.client.ns.run_in(|| {
+        let (got, _) = connect(vip, Some("a.example.com"), &certs).expect("after the change");
+        assert_eq!(got, 1, "new a.example.com connections follow the new table");
+        expect_reset(
+            connect(vip, Some("x.wild.example.com"), &certs),
+            "removed route",
+        );
+    });
+    for (k, (i, tls)) in open.iter_mut().enumerate() {
+        assert_eq!(
+            ping(tls, "after"),
+            format!("be{i}: after"),
+            "open connection {k} broken by the table change"
+        );
+    }
+    let (stats, _) = proxy.stats();
+    let l = stats.listener(vip).expect("listener stats");
+    assert_eq!(l.active, 200, "{l:?}");
+    assert!(l.bytes_to_clients > 0 && l.bytes_from_clients > 0);
+    drop(open);
+
+    // Dropping the service removes the local route it added.
+    drop(proxy);
+    let routes = lab
+        .lb
+        .ip(&["route", "show", "table", "local"])
+        .expect("ip route");
+    assert!(
+        !routes.contains(&format!("local {} dev lo", vip.ip())),
+        "{routes}"
+    );
+    drop(backends);
+}
