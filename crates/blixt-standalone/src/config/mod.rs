@@ -355,6 +355,16 @@ fn typed<T: DeserializeOwned>(value: Value) -> (Option<T>, Vec<(FieldPath, Probl
     let result: Result<T, _> =
         serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut note));
     let mut problems = Vec::new();
+    for path in unknown {
+        // Custom resource types do not read apiVersion and kind; they were checked already.
+        let root_type_field = path.0.len() == 1
+            && matches!(&path.0[0], Segment::Key(k) if k == "apiVersion" || k == "kind");
+        if !root_type_field {
+            problems.push((path, ProblemKind::UnknownField, "unknown field".to_string()));
+        }
+    }
+    // Listed after the unknown fields: a misspelt field is often why a required one is
+    // missing. Deserialization stops at its first error, so there is at most one.
     let object = match result {
         Ok(t) => Some(t),
         Err(e) => {
@@ -366,14 +376,6 @@ fn typed<T: DeserializeOwned>(value: Value) -> (Option<T>, Vec<(FieldPath, Probl
             None
         }
     };
-    for path in unknown {
-        // Custom resource types do not read apiVersion and kind; they were checked already.
-        let root_type_field = path.0.len() == 1
-            && matches!(&path.0[0], Segment::Key(k) if k == "apiVersion" || k == "kind");
-        if !root_type_field {
-            problems.push((path, ProblemKind::UnknownField, "unknown field".to_string()));
-        }
-    }
     (object, problems)
 }
 
@@ -388,13 +390,20 @@ struct Doc<'a> {
 
 impl Doc<'_> {
     fn problem(&self, field: Option<&FieldPath>, kind: ProblemKind, message: String) -> Problem {
+        let mut p = self.at(field, kind, message);
+        p.field = field.filter(|f| !f.is_root()).map(|f| f.to_string());
+        p
+    }
+
+    /// A problem of the whole document, shown at `place` (when the message says it all).
+    fn at(&self, place: Option<&FieldPath>, kind: ProblemKind, message: String) -> Problem {
         Problem {
             file: self.file.to_path_buf(),
             document: Some(self.number),
             document_line: Some(self.line),
-            position: field.and_then(|f| locate(self.text, f)),
+            position: place.and_then(|f| locate(self.text, f)),
             object: self.object.clone(),
-            field: field.filter(|f| !f.is_root()).map(|f| f.to_string()),
+            field: None,
             kind,
             message,
         }
@@ -413,6 +422,8 @@ impl Doc<'_> {
 struct Loader {
     objects: ObjectIndex,
     node: Option<(NodeConfigSpec, Origin)>,
+    /// Where the first NodeConfig is, valid or not.
+    node_document: Option<Origin>,
     /// (kind, namespace, name) → where first defined.
     seen: HashMap<(Kind, String, String), Origin>,
     problems: Vec<Problem>,
@@ -442,8 +453,16 @@ impl Loader {
             match parsed {
                 Ok(value) => self.document(&mut doc, value),
                 Err(e) => {
-                    let mut p = doc.problem(None, ProblemKind::Syntax, e.to_string());
-                    p.position = e.location().map(|l| (l.line(), l.column()));
+                    let position = e.location().map(|l| (l.line(), l.column()));
+                    let mut message = e.to_string();
+                    if let Some((line, column)) = position {
+                        let suffix = format!(" at line {line} column {column}");
+                        if let Some(m) = message.strip_suffix(&suffix) {
+                            message = m.to_string();
+                        }
+                    }
+                    let mut p = doc.problem(None, ProblemKind::Syntax, message);
+                    p.position = position;
                     self.problems.push(p);
                 }
             }
@@ -482,7 +501,7 @@ impl Loader {
         let Some(&(kind_id, kind_name, versions, namespaced)) =
             KINDS.iter().find(|(_, name, _, _)| *name == kind)
         else {
-            self.problems.push(doc.problem(
+            self.problems.push(doc.at(
                 Some(&FieldPath::keys(&["kind"])),
                 ProblemKind::UnknownKind,
                 format!(
@@ -493,7 +512,7 @@ impl Loader {
             return;
         };
         if !versions.contains(&api_version.as_str()) {
-            self.problems.push(doc.problem(
+            self.problems.push(doc.at(
                 Some(&FieldPath::keys(&["apiVersion"])),
                 ProblemKind::UnknownKind,
                 format!(
@@ -554,27 +573,16 @@ impl Loader {
         namespaced: bool,
         push: impl FnOnce(&mut ObjectIndex, T),
     ) {
+        let claimed = self.claim(doc, &value, kind, namespaced);
         let (object, problems) = typed::<T>(value);
         for (path, pk, message) in problems {
             self.problems.push(doc.problem(Some(&path), pk, message));
         }
-        let Some(mut object) = object else { return };
+        let (Some(mut object), true) = (object, claimed) else {
+            return;
+        };
 
         let meta = object.meta();
-        let name = meta.name.clone().unwrap_or_default();
-        if name.is_empty() {
-            let hint = if meta.generate_name.is_some() {
-                " (generateName needs an API server; name the object)"
-            } else {
-                ""
-            };
-            self.problems.push(doc.problem(
-                Some(&FieldPath::keys(&["metadata", "name"])),
-                ProblemKind::MissingName,
-                format!("metadata.name is required{hint}"),
-            ));
-            return;
-        }
         if namespaced {
             if meta.namespace.as_deref().is_none_or(str::is_empty) {
                 meta.namespace = Some("default".to_string());
@@ -589,30 +597,64 @@ impl Loader {
                 .expect("a few billion documents fit in jiff's range");
             meta.creation_timestamp = Some(Time(t));
         }
-        let namespace = meta.namespace.clone().unwrap_or_default();
         object.clear_status();
+        push(&mut self.objects, object);
+    }
 
-        if kind == Kind::NodeConfig {
-            if let Some((_, first)) = &self.node {
+    /// Checks the document's identity (a name; no other object of the kind, namespace and
+    /// name; a single NodeConfig) on the raw document, so that an object that does not
+    /// deserialize still takes its name and a second definition is still reported.
+    fn claim(&mut self, doc: &Doc<'_>, value: &Value, kind: Kind, namespaced: bool) -> bool {
+        let meta = value.get("metadata");
+        let get = |k: &str| meta.and_then(|m| m.get(k));
+        let name = match get("name") {
+            Some(Value::String(n)) if !n.is_empty() => n.clone(),
+            // Not a string: deserialization reports it.
+            Some(v) if !v.is_null() && !v.is_string() => return false,
+            _ => {
+                let hint = if get("generateName").is_some() {
+                    " (generateName needs an API server; name the object)"
+                } else {
+                    ""
+                };
                 self.problems.push(doc.problem(
+                    Some(&FieldPath::keys(&["metadata", "name"])),
+                    ProblemKind::MissingName,
+                    format!("missing; every object needs a name{hint}"),
+                ));
+                return false;
+            }
+        };
+        if kind == Kind::NodeConfig {
+            if let Some(first) = &self.node_document {
+                self.problems.push(doc.at(
                     Some(&FieldPath::keys(&["kind"])),
                     ProblemKind::Duplicate,
                     format!(
                         "a second NodeConfig; there must be at most one (the first is at {first})"
                     ),
                 ));
-                return;
+                return false;
             }
-        } else if let Some(first) = self.seen.get(&(kind, namespace.clone(), name.clone())) {
+            self.node_document = Some(doc.origin());
+            return true;
+        }
+        let namespace = match get("namespace").and_then(Value::as_str) {
+            Some(ns) if namespaced && !ns.is_empty() => ns.to_string(),
+            _ if namespaced => "default".to_string(),
+            _ => String::new(),
+        };
+        let key = (kind, namespace, name);
+        if let Some(first) = self.seen.get(&key) {
             self.problems.push(doc.problem(
                 Some(&FieldPath::keys(&["metadata", "name"])),
                 ProblemKind::Duplicate,
                 format!("defined twice; the first is at {first}"),
             ));
-            return;
+            return false;
         }
-        self.seen.insert((kind, namespace, name), doc.origin());
-        push(&mut self.objects, object);
+        self.seen.insert(key, doc.origin());
+        true
     }
 
     fn node_config(&mut self, doc: &Doc<'_>, spec: NodeConfigSpec) {
@@ -625,8 +667,6 @@ impl Loader {
             self.problems
                 .push(doc.problem(Some(&path), ProblemKind::InvalidValue, message));
         }
-        // Keep the place taken so that a second NodeConfig is still reported as one.
-        self.node = Some((NodeConfigSpec::default(), doc.origin()));
     }
 
     fn finish(self, files: Vec<PathBuf>) -> Result<LoadedConfig, ConfigError> {
