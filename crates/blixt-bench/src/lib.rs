@@ -1,0 +1,132 @@
+//! Blixt's benchmark harness: the suites of `make bench` (issue 6), their results file and the
+//! report.
+//!
+//! - [`packet_cost`]: suite 1, the load balancer's per-packet cost through BPF_PROG_TEST_RUN,
+//!   measured as a hot loop through a restoring wrapper ([`wrap`]) and call by call, against
+//!   an empty program and a parse-only floor in the same run.
+//! - [`maglev`]: suite 5, flows moved when a backend leaves or joins, and table build time.
+//! - [`results`]: `target/bench/results.json`; [`report`]: `docs/benchmarks.md` and its plots.
+//!
+//! Every figure is a median of several runs taken in one process on one machine; the report
+//! prints the machine next to the numbers. Nothing here asserts a timing: tests run the suites
+//! at tiny sizes and check only that each run took the path it names.
+#![forbid(unsafe_code)]
+
+pub mod env;
+pub mod maglev;
+pub mod packet_cost;
+pub mod plot;
+pub mod report;
+pub mod results;
+pub mod stats;
+pub mod wrap;
+
+/// How big a benchmark run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `make bench`: the sizes the report is quoted at.
+    Full,
+    /// `make bench QUICK=1`: same suites and files, smaller sizes (well under 5 minutes).
+    Quick,
+    /// Test sizes: a few hundred iterations; numbers are meaningless, paths are checked.
+    Tiny,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Quick => "quick",
+            Mode::Tiny => "tiny",
+        }
+    }
+}
+
+/// Panics with a clear message unless the process runs as root (effective uid 0): BPF program
+/// loading, BPF_PROG_TEST_RUN and network namespaces all need it.
+pub fn require_root() {
+    // Read from /proc rather than geteuid(2): keeps this crate free of `unsafe`.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u32>().ok());
+    if euid != Some(0) {
+        panic!(
+            "blixt-bench needs root (loading BPF programs, BPF_PROG_TEST_RUN, network \
+             namespaces): run it as root, e.g. `sudo make bench` (effective uid: {euid:?})"
+        );
+    }
+}
+
+/// Suites this harness knows.
+pub const SUITES: [u32; 2] = [1, 5];
+
+/// Runs the selected suites (`suites` empty: all; `paths` empty: every packet-cost path) and
+/// gathers their metrics.
+pub fn run(
+    mode: Mode,
+    suites: &[u32],
+    paths: &[packet_cost::Path],
+) -> anyhow::Result<results::Results> {
+    let started = std::time::Instant::now();
+    let machine = results::Machine::detect();
+    let want = |s: u32| suites.is_empty() || suites.contains(&s);
+    let mut metrics = Vec::new();
+    let mut programs = Vec::new();
+    let mut findings = Vec::new();
+    let mut sizes = std::collections::BTreeMap::new();
+    if want(1) {
+        let pc_sizes = packet_cost::Sizes::for_mode(mode);
+        let v = serde_json::to_value(pc_sizes)?;
+        for (k, v) in v.as_object().into_iter().flatten() {
+            sizes.insert(format!("packet_cost.{k}"), v.as_u64().unwrap_or(0));
+        }
+        let pc = packet_cost::run(pc_sizes, paths)?;
+        for (path, s) in &pc.paths {
+            if s.ct_insert_failures > 0 {
+                findings.push(format!(
+                    "{}: {} new flows could not be tracked (conntrack insert failed) and were \
+                     forwarded statelessly",
+                    path.id(),
+                    s.ct_insert_failures
+                ));
+            }
+            if *path == packet_cost::Path::NewTcpFull {
+                sizes.insert(
+                    "packet_cost.conntrack_at_start_full".into(),
+                    s.conntrack_at_start as u64,
+                );
+            }
+        }
+        metrics.extend(pc.metrics(&machine));
+        programs = pc.programs;
+    }
+    if want(5) {
+        let mg_sizes = maglev::Sizes::for_mode(mode);
+        sizes.insert("maglev.flows".into(), mg_sizes.flows as u64);
+        sizes.insert("maglev.build_reps".into(), mg_sizes.build_reps as u64);
+        sizes.insert(
+            "maglev.build_backends".into(),
+            mg_sizes.build_backends as u64,
+        );
+        let mg = maglev::run(mg_sizes)?;
+        metrics.extend(mg.metrics(&machine));
+    }
+    let finished_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Ok(results::Results {
+        schema: results::SCHEMA,
+        mode: mode.name().into(),
+        finished_unix,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        machine,
+        sizes,
+        metrics,
+        programs,
+        findings,
+    })
+}

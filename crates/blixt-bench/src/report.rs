@@ -1,0 +1,782 @@
+//! docs/benchmarks.md and its plots, generated from a [`Results`] alone (so `--report-only`
+//! can redo them from results.json).
+
+use std::fmt::Write as _;
+use std::path::{Path as FsPath, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::packet_cost::{self, Path, GOAL_ESTABLISHED_ABOVE_FLOOR, GOAL_NEW_FLOW};
+use crate::plot::{BarChart, Marker, Series, BLUE, GREY, ORANGE, RED};
+use crate::results::{Metric, Results, Value, BLIXT};
+
+const PLOT_HOT: &str = "packet_cost_hot_loop.png";
+const PLOT_ABOVE_FLOOR: &str = "packet_cost_above_floor.png";
+const PLOT_MAGLEV: &str = "maglev_disruption.png";
+
+/// Writes the report to `doc` and its plots into `plots` (linked relative to the report).
+pub fn write(r: &Results, doc: &FsPath, plots: &FsPath) -> Result<()> {
+    std::fs::create_dir_all(plots).with_context(|| format!("creating {}", plots.display()))?;
+    let drawn = draw_plots(r, plots)?;
+    let doc_dir = doc.parent().unwrap_or(FsPath::new("."));
+    let rel = |p: &PathBuf| -> String {
+        let plots_rel = relative(plots, doc_dir);
+        format!(
+            "{}/{}",
+            plots_rel.trim_end_matches('/'),
+            p.file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        )
+    };
+    let links: Vec<(String, String)> = drawn.iter().map(|(k, p)| (k.clone(), rel(p))).collect();
+    let md = markdown(r, &links);
+    if let Some(d) = doc.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(doc, md).with_context(|| format!("writing {}", doc.display()))
+}
+
+/// `target` relative to `from` when both are relative paths under the same root (the usual
+/// docs/bench from docs); otherwise `target` as given.
+fn relative(target: &FsPath, from: &FsPath) -> String {
+    match target.strip_prefix(from) {
+        Ok(p) if !from.as_os_str().is_empty() => p.to_string_lossy().into_owned(),
+        _ => target.to_string_lossy().into_owned(),
+    }
+}
+
+fn med(m: Option<&Metric>, system: &str) -> Option<Value> {
+    m.and_then(|m| m.system(system)).copied()
+}
+
+fn ns(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn ns_range(v: &Value) -> String {
+    if v.runs > 1 {
+        format!("{} ({}–{})", ns(v.median), ns(v.min), ns(v.max))
+    } else {
+        ns(v.median)
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2}%", v * 100.0)
+}
+
+fn yes_no(met: bool) -> &'static str {
+    if met {
+        "**yes**"
+    } else {
+        "**no**"
+    }
+}
+
+fn paths_measured(r: &Results) -> Vec<Path> {
+    Path::ALL
+        .into_iter()
+        .filter(|p| {
+            r.metric(&format!("{}.hot_loop.ns_per_packet", p.id()))
+                .is_some()
+        })
+        .collect()
+}
+
+fn draw_plots(r: &Results, dir: &FsPath) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let paths = paths_measured(r);
+    if !paths.is_empty() {
+        let get = |p: &Path, name: &str, sys: &str| {
+            med(r.metric(&format!("{}.{name}", p.id())), sys).map(|v| (v.median, v.min, v.max))
+        };
+        let cats: Vec<String> = paths.iter().map(|p| p.short().to_string()).collect();
+        let chart = BarChart {
+            title: "Per-packet cost, hot loop (ns above an empty program; lower is better)".into(),
+            x_label: "ns per packet (bar: median of rounds; whisker: min to max)".into(),
+            categories: cats.clone(),
+            series: vec![
+                Series {
+                    label: "floor: parse only, then XDP_TX".into(),
+                    color: GREY,
+                    values: paths
+                        .iter()
+                        .map(|p| get(p, "hot_loop.ns_per_packet", "floor"))
+                        .collect(),
+                },
+                Series {
+                    label: "Blixt load balancer".into(),
+                    color: BLUE,
+                    values: paths
+                        .iter()
+                        .map(|p| get(p, "hot_loop.ns_per_packet", BLIXT))
+                        .collect(),
+                },
+            ],
+            markers: vec![],
+            decimals: 0,
+        };
+        out.push(("hot".into(), chart.draw(&dir.join(PLOT_HOT))?));
+        let chart = BarChart {
+            title: "Blixt's cost above the parse-only floor (lower is better)".into(),
+            x_label: "ns per packet above the floor, measured in the same run".into(),
+            categories: cats,
+            series: vec![
+                Series {
+                    label: "hot loop (restoring wrapper)".into(),
+                    color: BLUE,
+                    values: paths
+                        .iter()
+                        .map(|p| get(p, "hot_loop.above_floor", BLIXT))
+                        .collect(),
+                },
+                Series {
+                    label: "per call (repeat = 1, syscall each)".into(),
+                    color: ORANGE,
+                    values: paths
+                        .iter()
+                        .map(|p| get(p, "per_call.above_floor", BLIXT))
+                        .collect(),
+                },
+            ],
+            markers: vec![Marker {
+                label: format!(
+                    "goal for established TCP: {GOAL_ESTABLISHED_ABOVE_FLOOR:.0} ns (hot loop)"
+                ),
+                x: GOAL_ESTABLISHED_ABOVE_FLOOR,
+                color: RED,
+            }],
+            decimals: 0,
+        };
+        out.push((
+            "above_floor".into(),
+            chart.draw(&dir.join(PLOT_ABOVE_FLOOR))?,
+        ));
+    }
+    let ns_maglev: Vec<usize> = [3usize, 10, 100]
+        .into_iter()
+        .filter(|n| r.metric(&format!("maglev.leave.n{n}")).is_some())
+        .collect();
+    if !ns_maglev.is_empty() {
+        let mut cats = Vec::new();
+        let mut ideal = Vec::new();
+        let mut measured = Vec::new();
+        for n in &ns_maglev {
+            for (what, label) in [
+                ("leave", format!("N = {n}: one leaves")),
+                ("join", format!("N = {n}: one joins")),
+            ] {
+                let m = r.metric(&format!("maglev.{what}.n{n}"));
+                cats.push(label);
+                ideal.push(
+                    med(m, "ideal").map(|v| (v.median * 100.0, v.min * 100.0, v.max * 100.0)),
+                );
+                measured
+                    .push(med(m, BLIXT).map(|v| (v.median * 100.0, v.min * 100.0, v.max * 100.0)));
+            }
+        }
+        let chart = BarChart {
+            title: "Maglev: flows that change backend when the backend set changes".into(),
+            x_label: "% of flows moved (bar: median; whisker: best to worst choice of backend)"
+                .into(),
+            categories: cats,
+            series: vec![
+                Series {
+                    label: "ideal (only the leaving / joining backend's share)".into(),
+                    color: GREY,
+                    values: ideal,
+                },
+                Series {
+                    label: "Blixt (blixt_core::maglev, 16381 slots)".into(),
+                    color: BLUE,
+                    values: measured,
+                },
+            ],
+            markers: vec![],
+            decimals: 2,
+        };
+        out.push(("maglev".into(), chart.draw(&dir.join(PLOT_MAGLEV))?));
+    }
+    Ok(out)
+}
+
+fn link<'a>(links: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    links
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn markdown(r: &Results, links: &[(String, String)]) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(w, "# Benchmarks\n");
+    let _ = writeln!(
+        w,
+        "<!-- Generated by `blixt-bench` (`make bench`) from target/bench/results.json. Do not \
+         edit by hand: change crates/blixt-bench/src/report.rs and rerun \
+         `blixt-bench --report-only`. -->\n"
+    );
+    let _ = writeln!(
+        w,
+        "Blixt's claim is speed; this page holds the measurements. Every figure is the median \
+         of several rounds taken in **one run on one machine**, next to its peers measured the \
+         same way in the same run, because the machines this project runs on are shared and \
+         noisy: compare the ratios, and read absolute numbers together with the machine below. \
+         Only numbers this run measured appear here; what is not measured yet is listed at the \
+         end.\n"
+    );
+    let _ = writeln!(
+        w,
+        "Reproduce: `make bench` (as root; installs what it needs) or `make bench QUICK=1` \
+         (same suites and files, smaller sizes, well under 5 minutes). Both run \
+         `blixt-bench`, which writes `target/bench/results.json` and regenerates this page and \
+         the plots in `docs/bench/`.\n"
+    );
+
+    machine_section(w, r);
+    goals_section(w, r);
+    if !paths_measured(r).is_empty() {
+        packet_cost_section(w, r, links);
+    }
+    if r.metric("maglev.leave.n3").is_some() {
+        maglev_section(w, r, links);
+    }
+    not_measured_section(w, r);
+    files_section(w);
+    s
+}
+
+fn machine_section(w: &mut String, r: &Results) {
+    let _ = writeln!(w, "## Machine and run\n");
+    let _ = writeln!(w, "| | |\n|---|---|");
+    let _ = writeln!(w, "| cores | {} |", r.machine.cores);
+    let _ = writeln!(w, "| kernel | {} |", r.machine.kernel);
+    let _ = writeln!(w, "| CPU | {} |", r.machine.cpu);
+    let _ = writeln!(
+        w,
+        "| mode | {} (`blixt-bench{}`) |",
+        r.mode,
+        match r.mode.as_str() {
+            "quick" => " --quick",
+            "tiny" => " --tiny",
+            _ => "",
+        }
+    );
+    let _ = writeln!(w, "| run took | {:.0} s |", r.elapsed_s);
+    let _ = writeln!(w, "| finished | {} |", utc(r.finished_unix));
+    let sizes: Vec<String> = r.sizes.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+    let _ = writeln!(w, "| sizes | {} |", sizes.join(", "));
+    let _ = writeln!(
+        w,
+        "\nThe machine is shared (other builds run at the same time), so absolute numbers move \
+         from run to run by more than the differences between rounds of one run suggest; the \
+         ranges in the tables are min–max over the rounds of this run.\n"
+    );
+}
+
+/// `YYYY-MM-DD HH:MM UTC` without a date library (civil-from-days, proleptic Gregorian).
+fn utc(t: u64) -> String {
+    let days = (t / 86_400) as i64;
+    let secs = t % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        secs / 3600,
+        (secs % 3600) / 60
+    )
+}
+
+fn goals_section(w: &mut String, r: &Results) {
+    let _ = writeln!(w, "## Goals (issue 6)\n");
+    let _ = writeln!(w, "| goal | measured here | met |\n|---|---|---|");
+    if let Some(m) = r.metric("tcp_established.hot_loop.above_floor") {
+        let _ = writeln!(
+            w,
+            "| established TCP packet ≤ {GOAL_ESTABLISHED_ABOVE_FLOOR:.0} ns above the floor \
+             (hot loop) | {} ns | {} |",
+            ns_range(&m.systems[BLIXT]),
+            yes_no(m.goal.as_ref().is_some_and(|g| g.met))
+        );
+    }
+    if let Some(m) = r.metric("tcp_new_flow.hot_loop.ns_per_packet") {
+        let _ = writeln!(
+            w,
+            "| new TCP flow ≤ {GOAL_NEW_FLOW:.0} ns with an empty conntrack (hot loop, above an \
+             empty program) | {} ns | {} |",
+            ns_range(&m.systems[BLIXT]),
+            yes_no(m.goal.as_ref().is_some_and(|g| g.met))
+        );
+    }
+    let mut worst = Vec::new();
+    let mut all_met = true;
+    for n in [3, 10, 100] {
+        for what in ["leave", "join"] {
+            if let Some(m) = r.metric(&format!("maglev.{what}.n{n}")) {
+                all_met &= m.goal.as_ref().is_some_and(|g| g.met);
+                if what == "leave" {
+                    worst.push(format!(
+                        "N={n}: {} (bound {})",
+                        pct(m.max),
+                        pct(1.0 / n as f64 + 0.02)
+                    ));
+                }
+            }
+        }
+    }
+    if !worst.is_empty() {
+        let _ = writeln!(
+            w,
+            "| Maglev flows moved ≤ 1/N + 2% when one of N backends leaves or joins | worst \
+             leave: {} | {} |",
+            worst.join("; "),
+            yes_no(all_met)
+        );
+    }
+    for g in [
+        "LB forwarding capacity ≥ 3x nftables (UDP, 10k flows); new flows/s ≥ 2x nftables (suite 2)",
+        "end-to-end short connections/s ≥ 1.1x nftables and ≥ 1.6x HAProxy (suite 3)",
+        "TLS passthrough conn/s ≥ 1.2x HAProxy (suite 6)",
+        "route change → programmed p99 < 100 ms at 1,000 routes; controller RSS < 500 MB at 10k \
+         routes / 100k endpoints (suite 4)",
+    ] {
+        let _ = writeln!(w, "| {g} | not yet measured | — |");
+    }
+    let _ = writeln!(w);
+}
+
+fn packet_cost_section(w: &mut String, r: &Results, links: &[(String, String)]) {
+    let paths = paths_measured(r);
+    let size = |k: &str| {
+        r.sizes
+            .get(&format!("packet_cost.{k}"))
+            .copied()
+            .unwrap_or(0)
+    };
+    let _ = writeln!(w, "## Suite 1: per-packet cost in the kernel\n");
+    let _ = writeln!(w, "### Method\n");
+    let _ = writeln!(
+        w,
+        "The load balancer (`blixt_lb`, lb_xdp.bpf.c) runs under `BPF_PROG_TEST_RUN` in a \
+         network namespace of its own (`bn0` facing clients, `bn1` facing {} backends, \
+         permanent neighbour entries), programmed by the agent's reconciler exactly as in \
+         production: TCP and UDP frontends on an IPv4 and an IPv6 VIP, Maglev rings of 16381 \
+         slots, full-NAT to the node's address with the default source-port range \
+         (1024–32767), conntrack of {} entries. The test run's context names the ingress \
+         interface, so the FIB lookup succeeds and forwarded packets end in `XDP_REDIRECT`, \
+         as on a real interface.\n",
+        size("backends"),
+        size("conntrack_entries")
+    );
+    let _ = writeln!(
+        w,
+        "Each path is measured against two peers, on the same packets, interleaved round by \
+         round ({} rounds, the order rotated each round):\n\n\
+         - **empty**: a program that returns `XDP_PASS` (bench_empty.bpf.c): the fixed cost of \
+         a run;\n\
+         - **floor**: a program that parses Ethernet / VLAN / IPv4 (options) / IPv6 (extension \
+         headers) / TCP / UDP with the load balancer's own `parse_packet()` and returns \
+         `XDP_TX` (bench_floor.bpf.c): what any XDP load balancer must spend to read the \
+         headers. *Above the floor* is therefore Blixt's own work: lookups, backend choice, \
+         conntrack, rewrite, FIB lookup and redirect.\n",
+        size("rounds")
+    );
+    let _ = writeln!(
+        w,
+        "Two methods, both reported:\n\n\
+         - **hot loop**: one test run with a repeat count ({} iterations on paths with fixed \
+         flows, {} on new-flow paths), timed by the kernel itself (`bpf_test_run` pauses its \
+         timer while it reschedules, so other processes on the shared cores mostly stay out of \
+         the figure). The programs run inside the wrappers described below; Blixt's figure is \
+         `wrapped(Blixt) − wrapped(empty)` and the floor's `wrapped(floor) − wrapped(empty)`, so \
+         the wrapper's own cost cancels out; differences are taken per round, then the median.\n\
+         - **per call**: repeat = 1, {} separate syscalls per round ({} on new-flow paths), on \
+         the real attached program (`blixt_lb` as the dataplane loads it, not the wrapper), \
+         timed from user space around the whole batch: includes the syscall and the test run's \
+         set-up (copying the packet in, looking up the ingress device), which is why the empty \
+         program already costs hundreds of ns. The kernel's own per-call figure is listed \
+         too.\n",
+        size("hot_repeat"),
+        size("new_flow_repeat"),
+        size("calls"),
+        size("new_flow_calls")
+    );
+    let _ = writeln!(w, "### The trap, and how the wrapper avoids it\n");
+    let _ = writeln!(
+        w,
+        "With a repeat count the kernel runs the program again and again on **one** packet \
+         buffer and never resets it. After the first iteration rewrites a packet to a VIP \
+         (full NAT: the node to a backend), every later iteration sees a packet that is no \
+         longer addressed to a VIP, and the figure silently measures pass-through instead of \
+         the path named.\n\n\
+         `bench_wrap.bpf.c` compiles the load balancer into itself — `#include \"lb_xdp.bpf.c\"` \
+         after a `static __always_inline` declaration of `blixt_lb` (a later definition without \
+         a storage class keeps the earlier internal linkage, C11 6.2.2) and with `SEC()` \
+         redefined without `used`, so `blixt_lb` becomes an inlined static function and no \
+         second entry point exists; lb_xdp.bpf.c is not modified. The wrapper shares every map \
+         with the dataplane (loaded from the dataplane's pins), and on every iteration:\n\n\
+         1. restores the packet's length (undoing a tail cut, as resets do) and bytes \
+         (`bpf_xdp_store_bytes` from the copy kept in its `bench_state` map);\n\
+         2. on new-flow paths, stamps the iteration number into the source port and the last \
+         two bytes of the source address, so **every iteration is a flow never seen before** \
+         (with a fixed packet, iteration 2 would hit the conntrack entry iteration 1 created \
+         and measure the established path; deleting entries inside the loop would add the \
+         delete's cost to the figure instead);\n\
+         3. runs the program under test (load balancer, floor, or nothing);\n\
+         4. counts the verdict.\n\n\
+         Steps 1, 2 and 4 are identical in the three wrappers, so they cancel in the \
+         differences. Every run is checked, not just timed: all iterations returned the path's \
+         verdict; the dataplane's counters moved by exactly one packet (and one new flow on \
+         new-flow paths) per iteration, with no drop or error counter moving; conntrack grew \
+         by exactly two entries per new flow; the output of the wrapped load balancer's last \
+         iteration is byte-for-byte what the real `blixt_lb` produces for the same input, with \
+         valid checksums, addressed to a backend (or to the client for replies). New-flow \
+         paths with a nearly empty conntrack start each run from an empty table (it holds at \
+         most {} entries by the end of a run); the full-table path first fills conntrack to \
+         capacity with real flows, so every measured new flow evicts.\n",
+        2 * size("new_flow_repeat")
+    );
+
+    let _ = writeln!(w, "### Hot loop\n");
+    let _ = writeln!(
+        w,
+        "ns per packet above an empty program, median of rounds (min–max):\n"
+    );
+    let _ = writeln!(
+        w,
+        "| path | Blixt | floor | Blixt above floor | Blixt / floor | wrapper's own cost |\n\
+         |---|---|---|---|---|---|"
+    );
+    for p in &paths {
+        let m = r.metric(&format!("{}.hot_loop.ns_per_packet", p.id()));
+        let af = r.metric(&format!("{}.hot_loop.above_floor", p.id()));
+        let wr = r.metric(&format!("{}.hot_loop.wrapped", p.id()));
+        let (Some(m), Some(af), Some(wr)) = (m, af, wr) else {
+            continue;
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {:.2} | {} |",
+            p.title(),
+            ns_range(&m.systems[BLIXT]),
+            ns_range(&m.systems["floor"]),
+            ns_range(&af.systems[BLIXT]),
+            m.ratios.get("blixt/floor").copied().unwrap_or(f64::NAN),
+            ns(wr.systems["empty"].median),
+        );
+    }
+    if let Some(l) = link(links, "hot") {
+        let _ = writeln!(w, "\n![Per-packet cost, hot loop]({l})\n");
+    }
+    if let Some(l) = link(links, "above_floor") {
+        let _ = writeln!(w, "![Cost above the floor, both methods]({l})\n");
+    }
+
+    let _ = writeln!(w, "### Per call\n");
+    let _ = writeln!(
+        w,
+        "ns per call, wall clock in user space (syscall included), median of rounds \
+         (min–max); the last column is the kernel's own run time for Blixt's calls:\n"
+    );
+    let _ = writeln!(
+        w,
+        "| path | Blixt | floor | empty | Blixt above empty | Blixt above floor | Blixt, \
+         kernel-timed |\n|---|---|---|---|---|---|---|"
+    );
+    for p in &paths {
+        let c = r.metric(&format!("{}.per_call.ns_per_call", p.id()));
+        let ae = r.metric(&format!("{}.per_call.above_empty", p.id()));
+        let af = r.metric(&format!("{}.per_call.above_floor", p.id()));
+        let k = r.metric(&format!("{}.per_call.kernel", p.id()));
+        let (Some(c), Some(ae), Some(af), Some(k)) = (c, ae, af, k) else {
+            continue;
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            p.title(),
+            ns_range(&c.systems[BLIXT]),
+            ns_range(&c.systems["floor"]),
+            ns_range(&c.systems["empty"]),
+            ns_range(&ae.systems[BLIXT]),
+            ns_range(&af.systems[BLIXT]),
+            ns_range(&k.systems[BLIXT]),
+        );
+    }
+    let _ = writeln!(w);
+
+    new_flow_paragraph(w, r);
+    programs_section(w, r);
+    findings_section(w, r);
+}
+
+fn new_flow_paragraph(w: &mut String, r: &Results) {
+    let empty = r.metric("tcp_new_flow.hot_loop.ns_per_packet");
+    let full = r.metric("tcp_new_flow_ct_full.hot_loop.ns_per_packet");
+    let est = r.metric("tcp_established.hot_loop.ns_per_packet");
+    let (Some(empty), Some(full)) = (empty, full) else {
+        return;
+    };
+    let _ = writeln!(w, "### New flows: empty against full conntrack\n");
+    let cap = r
+        .sizes
+        .get("packet_cost.conntrack_entries")
+        .copied()
+        .unwrap_or(0);
+    let at_start = r
+        .sizes
+        .get("packet_cost.conntrack_at_start_full")
+        .copied()
+        .unwrap_or(0);
+    let backends = r
+        .sizes
+        .get("packet_cost.backends")
+        .copied()
+        .unwrap_or(1)
+        .max(1);
+    let _ = writeln!(
+        w,
+        "A new TCP flow costs {} ns with a nearly empty conntrack and {} ns with conntrack full \
+         ({at_start} of {cap} entries in use when the measurement started; every new flow then \
+         makes the LRU map evict), {:.2}x.{} With conntrack full, {} flows hold source ports \
+         spread over {backends} backends × 31744 ports (the default range), about {} of the \
+         port space, so the source-port search rarely needs a second probe.\n",
+        ns(empty.median),
+        ns(full.median),
+        full.median / empty.median,
+        est.map(|e| format!(
+            " An established packet costs {} ns: a new flow is {:.1}x that.",
+            ns(e.median),
+            empty.median / e.median
+        ))
+        .unwrap_or_default(),
+        cap / 2,
+        pct((cap / 2) as f64 / (backends as f64 * 31744.0)),
+    );
+}
+
+fn programs_section(w: &mut String, r: &Results) {
+    if r.programs.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "### Verifier: instructions per program\n");
+    let _ = writeln!(
+        w,
+        "`verified` is the number of instructions the verifier processed (every path it \
+         walked, the kernel's `verified_insns`); `xlated` the program's length after the \
+         verifier's rewrites; `jited` the native code size.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| program | what | verified | xlated | jited bytes |\n|---|---|---|---|---|"
+    );
+    for p in &r.programs {
+        let opt = |v: Option<u32>| v.map_or("—".to_string(), |v| v.to_string());
+        let _ = writeln!(
+            w,
+            "| `{}` | {} | {} | {} | {} |",
+            p.name,
+            p.role,
+            opt(p.verified_insns),
+            opt(p.xlated_insns),
+            p.jited_bytes
+        );
+    }
+    let _ = writeln!(w);
+}
+
+fn findings_section(w: &mut String, r: &Results) {
+    let mut items: Vec<String> = r.findings.clone();
+    let get = |id: &str| {
+        r.metric(&format!("{id}.hot_loop.above_floor"))
+            .map(|m| m.median)
+    };
+    let getn = |id: &str| {
+        r.metric(&format!("{id}.hot_loop.ns_per_packet"))
+            .map(|m| m.median)
+    };
+    if let (Some(pass), Some(est)) = (get("non_vip_pass"), get("tcp_established")) {
+        items.push(format!(
+            "Non-VIP traffic costs {} ns above the floor ({:.0}% of an established packet's \
+             {} ns): before it can pass a packet the program hashes its 40-byte 5-tuple for a \
+             conntrack lookup (LRU hash) and, on the miss, looks the destination up among the \
+             frontends. A check of the destination address alone (the `blixt_vips` map already \
+             exists) before the conntrack lookup would cost one smaller hash lookup, at the \
+             price of one more lookup on every VIP packet.",
+            ns(pass),
+            100.0 * pass / est.max(1e-9),
+            ns(est)
+        ));
+    }
+    if let (Some(v4), Some(v6)) = (getn("tcp_established"), getn("tcp6_established")) {
+        items.push(format!(
+            "IPv6 established costs {} ns against {} ns for IPv4 ({:+.0} ns): the \
+             checksum-neutral rewrite of two 16-byte addresses and the larger FIB lookup.",
+            ns(v6),
+            ns(v4),
+            v6 - v4
+        ));
+    }
+    if let (Some(new), Some(full)) = (getn("tcp_new_flow"), getn("tcp_new_flow_ct_full")) {
+        items.push(format!(
+            "A new flow with conntrack full costs {:+.0} ns more than with it nearly empty: two \
+             LRU inserts that each evict, on cold memory.",
+            full - new
+        ));
+    }
+    if items.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "### What the numbers say\n");
+    for i in items {
+        let _ = writeln!(w, "- {i}");
+    }
+    let _ = writeln!(w);
+}
+
+fn maglev_section(w: &mut String, r: &Results, links: &[(String, String)]) {
+    let flows = r.sizes.get("maglev.flows").copied().unwrap_or(0);
+    let _ = writeln!(w, "## Suite 5: Maglev disruption\n");
+    let _ = writeln!(
+        w,
+        "{flows} sampled client flows (random IPv4 sources and ports to one VIP), each hashed \
+         with the dataplane's own flow hash (`FlowKey::hash`, the twin of `flow_hash()` in \
+         lb_xdp.bpf.c) onto a table of 16381 slots built by `blixt_core::maglev::build`, \
+         exactly as the agent builds it. A flow *moves* when its backend differs between the \
+         table before and after the change. *Leave*: one of N backends leaves; its own flows \
+         (1/N) must move, ideally nothing else. *Join*: an (N+1)-th backend joins; ideally only \
+         its share, 1/(N+1), moves (a join from N−1 to N is the same change as a leave run \
+         backwards and moves the same flows). Repeated for every backend (N ≤ 10) or ten of \
+         them (N = 100); the goal, at most 1/N + 2 percentage points, is judged on the worst \
+         run.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| N | one leaves: median (worst) | ideal 1/N | one joins: median (worst) | ideal \
+         1/(N+1) | bound 1/N + 2% | met |\n|---|---|---|---|---|---|---|"
+    );
+    for n in [3usize, 10, 100] {
+        let (Some(l), Some(j)) = (
+            r.metric(&format!("maglev.leave.n{n}")),
+            r.metric(&format!("maglev.join.n{n}")),
+        ) else {
+            continue;
+        };
+        let met = l.goal.as_ref().is_some_and(|g| g.met) && j.goal.as_ref().is_some_and(|g| g.met);
+        let _ = writeln!(
+            w,
+            "| {n} | {} ({}) | {} | {} ({}) | {} | {} | {} |",
+            pct(l.median),
+            pct(l.max),
+            pct(l.systems["ideal"].median),
+            pct(j.median),
+            pct(j.max),
+            pct(j.systems["ideal"].median),
+            pct(1.0 / n as f64 + 0.02),
+            yes_no(met)
+        );
+    }
+    if let Some(l) = link(links, "maglev") {
+        let _ = writeln!(w, "\n![Maglev disruption]({l})\n");
+    }
+    let builds: Vec<&Metric> = r
+        .metrics
+        .iter()
+        .filter(|m| m.name.starts_with("maglev.build_ms."))
+        .collect();
+    if !builds.is_empty() {
+        let _ = writeln!(w, "### Table build time (also part of suite 4)\n");
+        let _ = writeln!(
+            w,
+            "| backends | slots | ms per build, median (min–max) |\n|---|---|---|"
+        );
+        for m in builds {
+            let mut parts = m.name.trim_start_matches("maglev.build_ms.").split('.');
+            let b = parts.next().unwrap_or("").trim_start_matches('b');
+            let t = parts.next().unwrap_or("").trim_start_matches('m');
+            let v = &m.systems[BLIXT];
+            let _ = writeln!(
+                w,
+                "| {b} | {t} | {:.2} ({:.2}–{:.2}) |",
+                v.median, v.min, v.max
+            );
+        }
+        let _ = writeln!(
+            w,
+            "\nOne thread, release build, weights equal. The default table (16381 slots) gives \
+             each of 1,000 backends about 16 slots; frontends with that many backends should \
+             use a larger prime such as 65537 (the Maglev paper assumes M ≫ 100·N).\n"
+        );
+    }
+}
+
+fn not_measured_section(w: &mut String, r: &Results) {
+    let _ = writeln!(w, "## Not yet measured\n");
+    let _ = writeln!(
+        w,
+        "These suites of issue 6 are later work; no number is quoted for them until a run \
+         measures it:\n\n\
+         - **Suite 2, LB forwarding capacity** with the LB as the bottleneck (own packet \
+         generator toward the VIP, backends sinking with an XDP drop-and-count program): \
+         packets/s for UDP and established TCP with 1 and 10,000 flows, the new-flow rate, \
+         against nftables and iptables forwarding the same stream.\n\
+         - **Suite 3, end to end** in the namespace lab (same topology for every system): short \
+         TCP connections/s, keep-alive request rate and p50/p99 latency, bulk throughput, UDP \
+         request/response rate, CPU seconds per 10k connections — against kube-proxy's \
+         iptables and nftables modes and HAProxy.\n\
+         - **Suite 4, control plane**: route change → snapshot programmed, p50/p99 over 200 \
+         changes at 10 / 1,000 / 10,000 routes; controller and agent RSS at 10k routes / 100k \
+         endpoints.{}\n\
+         - **Suite 6, TLS passthrough** (once the TLS issue lands): connections/s and p99 \
+         handshake latency against HAProxy SNI passthrough.\n\
+         - **IPVS** cannot be measured on this machine: its kernel is built without \
+         `CONFIG_IP_VS`. It will be reported as not measured rather than quoted from \
+         elsewhere.\n",
+        if r.metrics
+            .iter()
+            .any(|m| m.name.starts_with("maglev.build_ms."))
+        {
+            " (Maglev build time for 1,000 backends is measured, in suite 5 above.)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        w,
+        "The peers of suites 2 and 3 (iptables DNAT with `statistic` matches, nftables \
+         `numgen random` maps, HAProxy in TCP mode) therefore have no numbers on this page \
+         yet.\n"
+    );
+}
+
+fn files_section(w: &mut String) {
+    let _ = writeln!(w, "## Files\n");
+    let _ = writeln!(
+        w,
+        "- `target/bench/results.json`: every metric of the run as one entry: `name`, \
+         `unit`, `systems` (the value of Blixt and of each peer: `median`, `min`, `max`, \
+         `runs`), `ratios` (Blixt's median over each peer's), Blixt's `median` / `min` / \
+         `max` / `runs` again at the top level, the `goal` where the issue sets one, a `note` \
+         saying what was measured, and the `machine` (cores, kernel, CPU); plus the sizes \
+         used and the verifier's instruction counts.\n\
+         - `docs/bench/*.png`: the plots above, drawn by `blixt-bench` with the \
+         [plotters](https://crates.io/crates/plotters) crate (bitmap backend, text from the \
+         DejaVu font of Debian's fonts-dejavu-core).\n\
+         - Sources: `crates/blixt-bench/` (harness), \
+         `crates/blixt-bpf/bpf/bench_{{empty,floor,wrap}}.bpf.c` (the peers and the wrapper).\n"
+    );
+    let _ = packet_cost::SUITE;
+}

@@ -1,0 +1,60 @@
+//! Runs the whole harness at tiny sizes so it cannot rot: every per-packet path is set up,
+//! run both ways and checked by the harness itself (each iteration's verdict, the dataplane's
+//! counters, conntrack growth, the wrapped program's output against the real one), and the
+//! report and plots are generated. No timing is asserted, ever: the numbers of a tiny run mean
+//! nothing.
+
+use blixt_bench::packet_cost::Path;
+use blixt_bench::{report, Mode};
+
+#[test]
+fn tiny_run_checks_every_path_and_writes_the_report() {
+    // needs root; panics with a message saying so otherwise
+    let r = blixt_bench::run(Mode::Tiny, &[], &[]).expect("tiny benchmark run");
+    for p in Path::ALL {
+        for name in [
+            "hot_loop.ns_per_packet",
+            "hot_loop.above_floor",
+            "per_call.ns_per_call",
+        ] {
+            let m = r
+                .metric(&format!("{}.{name}", p.id()))
+                .unwrap_or_else(|| panic!("no metric {}.{name}", p.id()));
+            assert_eq!(m.runs, 1, "{}: one round at tiny size", m.name);
+            assert!(m.systems.contains_key("blixt"), "{}", m.name);
+        }
+    }
+    for n in [3, 10, 100] {
+        let m = r
+            .metric(&format!("maglev.leave.n{n}"))
+            .expect("maglev metric");
+        // a property of the table, not a timing: the leaving backend's own flows move
+        assert!(m.min >= 0.5 / n as f64, "{}: {}", m.name, m.min);
+    }
+    let lb = r
+        .programs
+        .iter()
+        .find(|p| p.name == "blixt_lb")
+        .expect("blixt_lb program stats");
+    assert!(lb.verified_insns.is_some_and(|n| n > 0));
+
+    let dir = std::env::temp_dir().join(format!("blixt-bench-smoke-{}", std::process::id()));
+    let doc = dir.join("benchmarks.md");
+    r.write(&dir.join("results.json")).expect("results.json");
+    report::write(&r, &doc, &dir.join("bench")).expect("report");
+    let md = std::fs::read_to_string(&doc).expect("read report");
+    assert!(
+        md.contains("## Suite 1")
+            && md.contains("## Suite 5")
+            && md.contains("## Not yet measured")
+    );
+    for png in [
+        "packet_cost_hot_loop.png",
+        "packet_cost_above_floor.png",
+        "maglev_disruption.png",
+    ] {
+        let len = std::fs::metadata(dir.join("bench").join(png)).map_or(0, |m| m.len());
+        assert!(len > 1000, "{png}: {len} bytes");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
