@@ -12,9 +12,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use blixt_bpf::shared::{BE_F_ACTIVE, STAT_NAMES};
 use blixt_bpf::PinnedDataplane;
-use blixt_core::snapshot::{
-    Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot,
-};
 use blixt_lab::process::LabProcess;
 use blixt_lab::topology::{Lab, LabSpec};
 use blixt_lab::traffic::{self, LongLived, Report, UdpOptions};
@@ -65,43 +62,29 @@ impl Drop for Cleanup {
     }
 }
 
-fn snapshot(lab: &Lab, generation: u64, weights: &[u32]) -> Snapshot {
-    let mut frontends = Vec::new();
-    for vip in [IpAddr::from(lab.vip4(1)), IpAddr::from(lab.vip6(1))] {
-        for (protocol, port) in [(Protocol::Tcp, 80), (Protocol::Udp, 53)] {
-            frontends.push(Frontend {
-                name: format!("demo/{}-{port}", protocol.to_string().to_lowercase()),
-                key: FrontendKey {
-                    vip,
-                    port,
-                    protocol,
-                },
-                backends: lab
-                    .backends
-                    .iter()
-                    .zip(weights)
-                    .map(|(b, &weight)| Backend {
-                        addr: BackendAddr {
-                            addr: b.addr_like(vip),
-                            port: BACKEND_PORT,
-                        },
-                        weight,
-                        state: BackendState::Active,
-                    })
-                    .collect(),
-                reject_weight: 0,
-            });
-        }
-    }
-    Snapshot {
-        generation,
-        frontends,
-    }
-}
+/// The manifests of examples/standalone, built in so the demo runs from anywhere.
+const EXAMPLES: &[(&str, &str)] = &[
+    (
+        "gateway.yaml",
+        include_str!("../../../examples/standalone/gateway.yaml"),
+    ),
+    (
+        "routes.yaml",
+        include_str!("../../../examples/standalone/routes.yaml"),
+    ),
+    (
+        "backends.yaml",
+        include_str!("../../../examples/standalone/backends.yaml"),
+    ),
+    (
+        "node.yaml",
+        include_str!("../../../examples/standalone/node.yaml"),
+    ),
+];
 
-fn write_snapshot(path: &Path, snap: &Snapshot) -> Result<()> {
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(snap)?)?;
+    std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
@@ -110,8 +93,21 @@ fn wait_generation(agent: &mut LabProcess, generation: u64) -> Result<()> {
     let want = format!("\"generation\":{generation}}}");
     agent
         .wait_for_line(Duration::from_secs(30), |l| l.contains(&want))
-        .with_context(|| format!("the agent did not apply generation {generation}"))?;
+        .with_context(|| format!("blixt run did not apply generation {generation}"))?;
     Ok(())
+}
+
+fn status(socket: &Path) -> Result<String> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("status")
+        .arg("--socket")
+        .arg(socket)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
 fn share_table(weights: &[u32], columns: &[(String, &Report)]) {
@@ -164,28 +160,35 @@ pub fn run(args: DemoArgs) -> Result<()> {
         pins: PathBuf::from(format!("/sys/fs/bpf/blixt-demo-{}", std::process::id())),
         dir: dir.clone(),
     };
-    let snap_path = dir.join("snapshot.json");
-    let weights = [2, 1, 1];
-    write_snapshot(&snap_path, &snapshot(&lab, 1, &weights))?;
-
-    p.step("starting `blixt agent` on the node (XDP on every node interface)");
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("agent")
-        .arg("--snapshot")
-        .arg(&snap_path)
-        .arg("--snat-v4")
-        .arg(lab.client.link.lb_v4.to_string())
-        .arg("--snat-v6")
-        .arg(lab.client.link.lb_v6.to_string())
-        .arg("--pin-dir")
-        .arg(&cleanup.pins);
-    for (name, _) in lab.lb_interfaces() {
-        cmd.arg("-i").arg(name);
+    // the examples, with this run's pin directory and status socket
+    let pins = cleanup.pins.display().to_string();
+    let socket = dir.join("status.sock");
+    for (name, text) in EXAMPLES {
+        let text = text
+            .replace("pinDir: /sys/fs/bpf/blixt", &format!("pinDir: {pins}"))
+            .replace(
+                "statusSocket: /run/blixt/status.sock",
+                &format!("statusSocket: {}", socket.display()),
+            );
+        std::fs::write(dir.join(name), text)?;
     }
+    let weights = [2, 1, 1];
+
+    p.step(&format!(
+        "starting `blixt run --config {}` on the node (XDP on every node interface)",
+        dir.display()
+    ));
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("run").arg("--config").arg(&dir);
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+    );
     let agent = cleanup
         .agent
-        .insert(lab.lb.spawn_netns_only("blixt agent", cmd)?);
+        .insert(lab.lb.spawn_netns_only("blixt run", cmd)?);
     wait_generation(agent, 1)?;
+    print!("{}", indent(&status(&socket)?));
 
     let v4 = IpAddr::from(lab.vip4(1));
     let v6 = IpAddr::from(lab.vip6(1));
@@ -206,8 +209,15 @@ pub fn run(args: DemoArgs) -> Result<()> {
             .map(|(k, r)| r.map(|r| (k, r)))
             .collect::<Result<Vec<_>>>()
     })?;
-    let cols: Vec<(String, &Report)> = reports.iter().map(|(k, r)| (k.clone(), r)).collect();
-    share_table(&weights, &cols);
+    for (proto, w) in [("TCP", &weights[..]), ("UDP", &[1, 1, 1][..])] {
+        let cols: Vec<(String, &Report)> = reports
+            .iter()
+            .filter(|(k, _)| k.starts_with(proto))
+            .map(|(k, r)| (k.clone(), r))
+            .collect();
+        println!("  {proto}Route weights:");
+        share_table(w, &cols);
+    }
     let seen: BTreeMap<IpAddr, usize> = reports
         .iter()
         .flat_map(|(_, r)| r.peers_seen.clone())
@@ -226,7 +236,21 @@ pub fn run(args: DemoArgs) -> Result<()> {
     })?;
     long.wait_rounds(2, Duration::from_secs(10))?;
     let weights = [1, 1, 2];
-    write_snapshot(&snap_path, &snapshot(&lab, 2, &weights))?;
+    let routes = dir.join("routes.yaml");
+    let original = std::fs::read_to_string(&routes)?;
+    let edited = original
+        .replacen(
+            "name: be0\n      port: 8080\n      weight: 2",
+            "name: be0\n      port: 8080\n      weight: 1",
+            1,
+        )
+        .replacen(
+            "name: be2\n      port: 8080\n      weight: 1",
+            "name: be2\n      port: 8080\n      weight: 2",
+            1,
+        );
+    write_atomic(&routes, &edited)?;
+    println!("  edited routes.yaml: TCPRoute weights be0=1 be1=1 be2=2");
     wait_generation(cleanup.agent.as_mut().expect("agent"), 2)?;
     let after = lab
         .client
@@ -234,21 +258,27 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .run_in(|| traffic::tcp_burst(tcp4, n, 32, Duration::from_secs(5)))?;
     share_table(&weights, &[("TCP v4".to_string(), &after)]);
 
-    p.step("writing a bad config (two frontends on one VIP:port): refused, traffic unaffected");
-    let mut bad = snapshot(&lab, 3, &weights);
-    let dup = bad.frontends[0].clone();
-    bad.frontends.push(Frontend {
-        name: "demo/duplicate".into(),
-        ..dup
-    });
-    write_snapshot(&snap_path, &bad)?;
+    p.step(
+        "writing a broken routes.yaml (a port that is not a number): refused, traffic unaffected",
+    );
+    write_atomic(&routes, &edited.replacen("port: 8080", "port: eighty", 1))?;
     std::thread::sleep(Duration::from_millis(500));
+    print!(
+        "{}",
+        indent(
+            &status(&socket)?
+                .lines()
+                .take(6)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    );
     let still = lab
         .client
         .ns
         .run_in(|| traffic::tcp_burst(tcp4, 200, 16, Duration::from_secs(5)))?;
     println!(
-        "  after the refused config: {}/{} new connections ok (the agent's log above names the problem)",
+        "  after the refused config: {}/{} new connections ok",
         still.ok, still.attempted
     );
     long.wait_rounds(2, Duration::from_secs(10))?;

@@ -3,6 +3,8 @@
 mod agent_cmd;
 mod demo;
 mod inspect_cmd;
+mod run_cmd;
+mod status_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +18,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Standalone mode: load balance on this host from Gateway API manifests (a file or a
+    /// directory), re-applied whenever they change.
+    Run(run_cmd::RunArgs),
+    /// Show Gateways, listeners and routes with their conditions.
+    Status(status_cmd::StatusArgs),
     /// Run the node agent: program the dataplane from a snapshot file (JSON), re-applied
     /// whenever the file changes.
     Agent(agent_cmd::AgentArgs),
@@ -35,6 +42,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Run(args) => run_cmd::run(args),
+        Command::Status(args) => status_cmd::run(args),
         Command::Agent(args) => agent_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Inspect(args) => inspect_cmd::run(args),

@@ -1,0 +1,227 @@
+//! `blixt run --config PATH`: standalone mode. Manifests from files (Gateway API objects,
+//! Services, EndpointSlices, a NodeConfig) go through the translator into snapshots that the
+//! in-process agent applies; the config path is watched and every change becomes a new
+//! snapshot; statuses are served on a unix socket for `blixt status`.
+
+use std::io::Write;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, Context, Result};
+use blixt_agent::metrics::{self, AgentMetrics};
+use blixt_agent::runner::{self, AgentOptions, SnapshotSource};
+use blixt_agent::NodeConfig;
+use blixt_bpf::DataplaneOptions;
+use blixt_core::snapshot::Snapshot;
+use blixt_core::translator::Statuses;
+use blixt_standalone::config::{config_files, LoadedConfig, NodeConfigSpec};
+use blixt_standalone::status::{report, StatusReport};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::agent_cmd::{install_signal_handlers, STOP};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A manifest file, or a directory of them (*.yaml, *.yml; multi-document).
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+}
+
+/// What `blixt status --socket` receives.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusMessage {
+    /// Generation of the snapshot the statuses belong to (the one the dataplane serves).
+    pub generation: u64,
+    /// The config path being served.
+    pub config: PathBuf,
+    /// Why the newest version of the files was refused, if it was (the previous one serves).
+    pub refused: Option<String>,
+    pub report: Option<StatusReport>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    current: StatusMessage,
+    /// Statuses of a snapshot handed to the agent, published once it is applied.
+    pending: Option<(u64, StatusReport, Statuses)>,
+    /// Statuses of the last applied snapshot: carried into the next translation so addresses
+    /// and condition transition times stay put.
+    applied: Statuses,
+}
+
+/// Watches the config path and turns each new version of the files into a snapshot.
+struct StandaloneSource {
+    path: PathBuf,
+    fingerprint: Vec<(PathBuf, Option<SystemTime>, u64)>,
+    generation: u64,
+    node: NodeConfigSpec,
+    shared: Arc<Mutex<Shared>>,
+    first: Option<LoadedConfig>,
+}
+
+fn fingerprint(path: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let mut files = config_files(path).unwrap_or_default();
+    files.push(path.to_path_buf());
+    files
+        .into_iter()
+        .map(|f| {
+            let m = std::fs::metadata(&f).ok();
+            let mtime = m.as_ref().and_then(|m| m.modified().ok());
+            let len = m.map_or(0, |m| m.len());
+            (f, mtime, len)
+        })
+        .collect()
+}
+
+impl StandaloneSource {
+    fn translate(&mut self, mut loaded: LoadedConfig) -> Snapshot {
+        if loaded.node != self.node {
+            warn!(
+                "the NodeConfig changed; interfaces, addresses, ports, timeouts and map sizes \
+                 take effect at the next start of `blixt run` (routes and backends apply now)"
+            );
+        }
+        let mut shared = self.shared.lock().expect("status lock");
+        loaded.carry_over(&shared.applied);
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let translation = loaded.translate(&now);
+        self.generation += 1;
+        let mut snapshot = translation.snapshot;
+        snapshot.generation = self.generation;
+        shared.pending = Some((
+            self.generation,
+            report(&loaded.objects, &translation.statuses),
+            translation.statuses,
+        ));
+        shared.current.refused = None;
+        snapshot
+    }
+}
+
+impl SnapshotSource for StandaloneSource {
+    fn poll(&mut self) -> Option<Result<Snapshot>> {
+        if let Some(first) = self.first.take() {
+            return Some(Ok(self.translate(first)));
+        }
+        let fp = fingerprint(&self.path);
+        if fp == self.fingerprint {
+            return None;
+        }
+        self.fingerprint = fp;
+        match blixt_standalone::load(&self.path) {
+            Ok(loaded) => Some(Ok(self.translate(loaded))),
+            Err(e) => {
+                let msg = e.to_string();
+                self.shared.lock().expect("status lock").current.refused = Some(msg.clone());
+                Some(Err(anyhow!("{}:\n{msg}", self.path.display())))
+            }
+        }
+    }
+}
+
+fn serve_status(path: &Path, shared: Arc<Mutex<Shared>>) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("status socket {}", path.display()))?;
+    info!(socket = %path.display(), "statuses for `blixt status --socket`");
+    std::thread::Builder::new()
+        .name("status".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let msg = shared.lock().map(|s| s.current.clone()).unwrap_or_default();
+                if let Ok(body) = serde_json::to_vec(&msg) {
+                    let _ = conn.write_all(&body);
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// The agent's settings from a NodeConfig.
+pub fn agent_options(spec: &NodeConfigSpec) -> AgentOptions {
+    AgentOptions {
+        dataplane: DataplaneOptions {
+            max_frontends: spec.maps.max_frontends,
+            max_backends: spec.maps.max_backends,
+            ring_size: spec.maps.maglev_table_size,
+            conntrack_entries: spec.maps.conntrack_entries,
+            pin_dir: spec.pin_dir.clone(),
+        },
+        interfaces: spec.interfaces.clone(),
+        node: NodeConfig {
+            snat_v4: spec.snat_v4,
+            snat_v6: spec.snat_v6,
+            port_min: spec.port_range.min,
+            port_max: spec.port_range.max,
+            tcp_syn_timeout_s: spec.timeouts.tcp_syn.0,
+            tcp_established_timeout_s: spec.timeouts.tcp_established.0,
+            tcp_closing_timeout_s: spec.timeouts.tcp_closing.0,
+            udp_timeout_s: spec.timeouts.udp.0,
+        },
+        poll_interval: Duration::from_millis(100),
+        sweep_interval: Duration::from_secs(10),
+        remove_on_exit: false,
+        announce: spec.announce,
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let loaded = blixt_standalone::load(&args.config)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    let spec = loaded.node.clone();
+    if spec.interfaces.is_empty() {
+        warn!("the NodeConfig names no interfaces: nothing will be load-balanced");
+    }
+    let opts = agent_options(&spec);
+    install_signal_handlers();
+    let rec = Arc::new(Mutex::new(runner::start(&opts)?));
+    let metrics = Arc::new(AgentMetrics::default());
+    if let Some(addr) = spec.metrics_address {
+        metrics::serve(addr, rec.clone(), metrics.clone()).context("serving metrics")?;
+    }
+    let shared = Arc::new(Mutex::new(Shared {
+        current: StatusMessage {
+            config: args.config.clone(),
+            ..StatusMessage::default()
+        },
+        ..Shared::default()
+    }));
+    if let Some(sock) = &spec.status_socket {
+        serve_status(sock, shared.clone())?;
+    }
+    let mut source = StandaloneSource {
+        fingerprint: fingerprint(&args.config),
+        path: args.config.clone(),
+        generation: 0,
+        node: spec.clone(),
+        shared: shared.clone(),
+        first: Some(loaded),
+    };
+    let result = runner::run(&opts, &rec, &metrics, &mut source, &STOP, |snap| {
+        let mut s = shared.lock().expect("status lock");
+        if let Some((generation, report, statuses)) = s.pending.take() {
+            if generation == snap.generation {
+                s.current.generation = generation;
+                s.current.report = Some(report);
+                s.applied = statuses;
+            }
+        }
+        println!(
+            "{{\"event\":\"applied\",\"generation\":{}}}",
+            snap.generation
+        );
+    });
+    if let Some(sock) = &spec.status_socket {
+        let _ = std::fs::remove_file(sock);
+    }
+    result
+}
