@@ -34,6 +34,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -152,6 +153,41 @@ impl Cluster {
         let (user, groups) = service_account_identity(namespace, name);
         let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
         self.client_as(&user, &groups)
+    }
+
+    /// Mints a token for ServiceAccount `namespace/name` through the TokenRequest API (what a
+    /// projected service-account token volume holds), valid for an hour for `audiences` (the
+    /// API server's own when empty). The ServiceAccount must exist. Verifiable by TokenReview.
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+    ) -> String {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client(), namespace);
+        // The API server's own audience when none is given.
+        let request: TokenRequest = serde_json::from_value(serde_json::json!({
+            "spec": { "audiences": audiences, "expirationSeconds": 3600 },
+        }))
+        .expect("a valid TokenRequest");
+        accounts
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("requesting a token for {namespace}/{name}: {e}"))
+            .status
+            .and_then(|status| status.token)
+            .unwrap_or_else(|| panic!("token request for {namespace}/{name} returned no token"))
+    }
+
+    /// A client that authenticates with a bearer `token` only (no client certificate).
+    /// Needs a Tokio runtime.
+    pub fn client_with_token(&self, token: &str) -> Client {
+        let mut config = self.admin.clone();
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.to_owned().into()),
+            ..kube::config::AuthInfo::default()
+        };
+        Client::try_from(config).expect("building a token kube client")
     }
 
     /// The admin kubeconfig, for child processes (`KUBECONFIG=...`).

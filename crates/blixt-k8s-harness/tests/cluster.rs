@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use blixt_k8s_harness::{mark_pod_ready, shared, test_pod};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::authentication::v1::TokenReview;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
@@ -349,6 +350,53 @@ async fn service_account_clients_are_authorized_by_rbac() {
         .list(&ListParams::default())
         .await
         .expect("listing pods through the service-account kubeconfig");
+}
+
+#[tokio::test]
+async fn service_account_tokens_authenticate_and_pass_token_review() {
+    let cluster = shared();
+    let ns = cluster.temp_namespace().await;
+    let admin = cluster.client();
+    let account: ServiceAccount = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "agent" },
+    }))
+    .expect("a valid ServiceAccount");
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns.name())
+        .create(&PostParams::default(), &account)
+        .await
+        .expect("creating ServiceAccount agent");
+
+    let token = cluster
+        .service_account_token(ns.name(), "agent", &["blixt-controller"])
+        .await;
+    let review: TokenReview = serde_json::from_value(serde_json::json!({
+        "spec": { "token": token, "audiences": ["blixt-controller"] },
+    }))
+    .expect("a valid TokenReview");
+    let reviewed = Api::<TokenReview>::all(admin)
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("creating a TokenReview");
+    let status = reviewed.status.expect("TokenReview has a status");
+    assert_eq!(status.authenticated, Some(true), "{status:?}");
+    let user = status.user.expect("an authenticated user");
+    assert_eq!(
+        user.username.as_deref(),
+        Some(format!("system:serviceaccount:{}:agent", ns.name()).as_str())
+    );
+
+    // A token for the API server's own audience authenticates requests; RBAC still applies.
+    let token = cluster.service_account_token(ns.name(), "agent", &[]).await;
+    let as_agent = cluster.client_with_token(&token);
+    as_agent
+        .apiserver_version()
+        .await
+        .expect("GET /version with a service-account token");
+    let pods: Api<Pod> = Api::namespaced(as_agent, ns.name());
+    match pods.list(&ListParams::default()).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
+        other => panic!("a service account without roles listed pods: {other:?}"),
+    }
 }
 
 #[tokio::test]
