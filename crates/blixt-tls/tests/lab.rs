@@ -257,7 +257,7 @@ struct LbProxy {
 }
 
 impl LbProxy {
-    fn start(lab: &Lab) -> Self {
+    fn start(lab: &Lab, manage_local_routes: bool) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Cmd>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = lab.lb.run_in(move || {
@@ -275,7 +275,7 @@ impl LbProxy {
                     let mut svc = match TlsPassthrough::new(
                         config,
                         Steering::SkLookup {
-                            manage_local_routes: true,
+                            manage_local_routes,
                         },
                     ) {
                         Ok(s) => s,
@@ -354,9 +354,15 @@ fn expect_reset(r: std::io::Result<(usize, Tls)>, what: &str) {
     }
 }
 
+/// The lab tests build namespaces with the same prefix: one at a time.
+static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn tls_passthrough_in_the_lab() {
     require_root();
+    let _one = LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = Lab::build(LabSpec::with_backends(3)).expect("lab");
     let backends: Vec<TlsBackend> = (0..3).map(|i| start_backend(&lab, i)).collect();
     let certs: Vec<CertificateDer<'static>> = backends.iter().map(|b| b.cert.clone()).collect();
@@ -370,7 +376,7 @@ fn tls_passthrough_in_the_lab() {
             routes,
         }]
     };
-    let proxy = LbProxy::start(&lab);
+    let proxy = LbProxy::start(&lab, true);
     proxy.apply(table(vec![
         route("a.example.com", vec![be(&lab, 0, 1)]),
         route("b.example.com", vec![be(&lab, 1, 1)]),
@@ -493,4 +499,56 @@ fn tls_passthrough_in_the_lab() {
         "{routes}"
     );
     drop(backends);
+}
+
+/// What docs/tls-passthrough.md claims: sk_lookup runs only for packets routed as local, so
+/// without the `local` route the lb does not deliver the VIP to any socket (it has no route
+/// for it and answers unreachable); with the route, the same program steers it.
+#[test]
+fn sk_lookup_needs_a_local_route_for_the_vip() {
+    require_root();
+    let _one = LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let lab = Lab::build(LabSpec::with_backends(1)).expect("lab");
+    let backend = start_backend(&lab, 0);
+    let certs = vec![backend.cert.clone()];
+    let vip = SocketAddr::new(lab.vip4(2).into(), TLS_PORT);
+    let proxy = LbProxy::start(&lab, false);
+    proxy.apply(vec![TlsFrontend {
+        name: "default/gw/tls".into(),
+        vip: vip.ip(),
+        port: vip.port(),
+        routes: vec![route("a.example.com", vec![be(&lab, 0, 1)])],
+    }]);
+    let err = lab
+        .client
+        .ns
+        .run_in(|| connect(vip, Some("a.example.com"), &certs).map(|(i, _)| i))
+        .expect_err("no local route: the VIP must not reach the proxy");
+    eprintln!("without a local route: {err}");
+    let (_, steer) = proxy.stats();
+    assert_eq!(steer.expect("sk_lookup").steered, 0);
+
+    lab.lb
+        .ip(&[
+            "route",
+            "add",
+            "local",
+            &format!("{}/32", vip.ip()),
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ])
+        .expect("ip route add local");
+    let (got, _) = lab
+        .client
+        .ns
+        .run_in(|| connect(vip, Some("a.example.com"), &certs))
+        .expect("with the local route the program steers the VIP");
+    assert_eq!(got, 0);
+    assert_eq!(proxy.stats().1.expect("sk_lookup").steered, 1);
+    drop(proxy);
+    drop(backend);
 }

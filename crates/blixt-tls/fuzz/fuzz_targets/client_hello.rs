@@ -1,5 +1,10 @@
 //! Feeds arbitrary bytes to the ClientHello parser, whole and in chunks chosen by the input,
 //! and checks that both ways agree and that the buffer stays within the limit.
+//!
+//! Input: one control byte, then the stream. Control bit 0 selects the mode: raw (the bytes
+//! are the stream as received) or framed (the bytes are a ClientHello body, wrapped here in a
+//! handshake header and records, so that most inputs reach the extension parser). The other
+//! bits choose the read size and the record fragment size.
 #![no_main]
 
 #[path = "../../src/client_hello.rs"]
@@ -10,12 +15,31 @@ use libfuzzer_sys::fuzz_target;
 
 const LIMIT: usize = 4096;
 
+fn framed(body: &[u8], frag: usize) -> Vec<u8> {
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(body);
+    let mut out = Vec::new();
+    for chunk in hs.chunks(frag) {
+        out.extend_from_slice(&[22, 3, 1]);
+        out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
 fuzz_target!(|input: &[u8]| {
-    // First byte: chunk size for the incremental run; the rest is the stream.
-    let Some((&chunk, data)) = input.split_first() else {
+    let Some((&ctl, rest)) = input.split_first() else {
         return;
     };
-    let chunk = usize::from(chunk).max(1);
+    let chunk = usize::from(ctl >> 1).max(1);
+    let owned;
+    let data: &[u8] = if ctl & 1 == 0 {
+        rest
+    } else {
+        owned = framed(rest, usize::from(ctl >> 4) * 97 + 1);
+        &owned
+    };
 
     let whole = ClientHelloParser::new(LIMIT).feed(data);
 
