@@ -56,7 +56,7 @@ async fn backend(l: TcpListener, hello_len: usize) {
         };
         tokio::spawn(async move {
             let _ = s.set_nodelay(true);
-            let mut buf = vec![0u8; 256 * 1024];
+            let mut buf = vec![0u8; 64 * 1024];
             let mut got = 0;
             while got < hello_len {
                 match s.read(&mut buf).await {
@@ -206,6 +206,7 @@ fn main() {
         .expect("runtime");
     let proxy_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("blixt-proxy")
         .enable_all()
         .build()
         .expect("runtime");

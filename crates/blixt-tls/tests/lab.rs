@@ -368,13 +368,18 @@ fn tls_passthrough_in_the_lab() {
     let certs: Vec<CertificateDer<'static>> = backends.iter().map(|b| b.cert.clone()).collect();
     let vip = SocketAddr::new(lab.vip4(1).into(), TLS_PORT);
 
+    let vip6 = SocketAddr::new(lab.vip6(1).into(), TLS_PORT);
+    // The same routes on an IPv4 and an IPv6 VIP (one Gateway with two addresses).
     let table = |routes: Vec<SniRoute>| {
-        vec![TlsFrontend {
-            name: "default/gw/tls".into(),
-            vip: vip.ip(),
-            port: vip.port(),
-            routes,
-        }]
+        [vip, vip6]
+            .into_iter()
+            .map(|v| TlsFrontend {
+                name: "default/gw/tls".into(),
+                vip: v.ip(),
+                port: v.port(),
+                routes: routes.clone(),
+            })
+            .collect::<Vec<_>>()
     };
     let proxy = LbProxy::start(&lab, true);
     proxy.apply(table(vec![
@@ -412,6 +417,10 @@ fn tls_passthrough_in_the_lab() {
             assert_eq!(got, want, "{sni} landed on be{got}");
             assert_eq!(ping(&mut tls, "hello"), format!("be{want}: hello"));
         }
+        let (got, mut tls) = connect(vip6, Some("b.example.com"), &certs).expect("IPv6 VIP");
+        assert_eq!(got, 1, "b.example.com over IPv6");
+        assert_eq!(ping(&mut tls, "v6"), "be1: v6");
+        expect_reset(connect(vip6, None, &certs), "no SNI over IPv6");
         expect_reset(connect(vip, Some("unknown.example.org"), &certs), "unknown");
         expect_reset(connect(vip, Some("wild.example.com"), &certs), "apex");
         expect_reset(connect(vip, None, &certs), "no SNI");
@@ -421,7 +430,9 @@ fn tls_passthrough_in_the_lab() {
     assert_eq!(l.forwarded, 4);
     assert_eq!(l.rejects[&RejectReason::NoMatch], 2);
     assert_eq!(l.rejects[&RejectReason::NoSni], 1);
-    assert!(steer.expect("sk_lookup").steered >= 7, "{steer:?}");
+    assert!(steer.expect("sk_lookup").steered >= 9, "{steer:?}");
+    let l6 = stats.listener(vip6).expect("IPv6 listener stats");
+    assert_eq!((l6.forwarded, l6.rejects[&RejectReason::NoSni]), (1, 1));
 
     // Weights 70/30 over 1,000 connections, within ±5 points.
     let n = 1000;
