@@ -223,10 +223,10 @@ impl Inner {
         drop(permit);
         let sni = match outcome {
             Err(_) => Err((RejectReason::HandshakeTimeout, String::new())),
-            Ok(Err(e)) => Err((RejectReason::Malformed, format!("read: {e}"))),
+            Ok(Err(e)) => Err((RejectReason::ClientClosed, e.to_string())),
             Ok(Ok(Progress::Done(info))) => Ok(info.sni),
             Ok(Ok(Progress::Error(e))) => Err((reason_of(&e), e.to_string())),
-            Ok(Ok(Progress::NeedMore)) => Err((RejectReason::Malformed, "eof".to_string())),
+            Ok(Ok(Progress::NeedMore)) => Err((RejectReason::ClientClosed, "eof".to_string())),
         };
         let sni = match sni {
             Ok(sni) => sni,

@@ -41,6 +41,9 @@ pub enum RejectReason {
     TooLarge,
     /// The ClientHello did not arrive within the handshake timeout.
     HandshakeTimeout,
+    /// The client closed or reset the connection before its ClientHello was complete (port
+    /// scanners, TCP health checks).
+    ClientClosed,
     /// Too many connections were waiting for their ClientHello.
     PendingLimit,
     /// The backend refused or did not answer in time.
@@ -51,7 +54,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, for exhaustive metric exports.
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::NoSni,
         RejectReason::NoMatch,
         RejectReason::NoRoute,
@@ -61,6 +64,7 @@ impl RejectReason {
         RejectReason::Malformed,
         RejectReason::TooLarge,
         RejectReason::HandshakeTimeout,
+        RejectReason::ClientClosed,
         RejectReason::PendingLimit,
         RejectReason::ConnectFailed,
         RejectReason::UnknownFrontend,
@@ -78,6 +82,7 @@ impl RejectReason {
             RejectReason::Malformed => "malformed",
             RejectReason::TooLarge => "too_large",
             RejectReason::HandshakeTimeout => "handshake_timeout",
+            RejectReason::ClientClosed => "client_closed",
             RejectReason::PendingLimit => "pending_limit",
             RejectReason::ConnectFailed => "connect_failed",
             RejectReason::UnknownFrontend => "unknown_frontend",

@@ -183,10 +183,21 @@ async fn routes_by_sni_and_resets_the_rest() {
     rejected(p.addr, &hello("unknown.example.org")).await;
     rejected(p.addr, &Hello::default().flight(16384)).await;
     rejected(p.addr, b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n").await;
+    // a client that gives up in the middle of its hello
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&hello("a.example.com")[..30]).await.unwrap();
+    drop(s);
 
+    for _ in 0..100 {
+        if p.proxy.stats().rejects(RejectReason::ClientClosed) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let st = p.proxy.stats();
     let l = st.listener(p.addr).unwrap();
-    assert_eq!(l.accepted, 7);
+    assert_eq!(l.rejects[&RejectReason::ClientClosed], 1);
+    assert_eq!(l.accepted, 8);
     assert_eq!(l.forwarded, 3);
     assert_eq!(l.rejects[&RejectReason::NoMatch], 2);
     assert_eq!(l.rejects[&RejectReason::NoSni], 1);
