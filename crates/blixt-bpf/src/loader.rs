@@ -21,6 +21,17 @@ use crate::shared::{
 
 /// The compiled load-balancer object (lb_xdp.bpf.c).
 pub static LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb_xdp.o"));
+/// An XDP program that passes everything (peer_pass.bpf.c), for the far end of lab veths.
+pub static PEER_PASS_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/peer_pass.o"));
+
+/// Writes [`PEER_PASS_OBJ`] to a file (for `ip link set ... xdp obj`) and returns its path.
+pub fn peer_pass_object() -> io::Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("blixt-peer-pass-{}.o", std::process::id()));
+    fs::write(&path, PEER_PASS_OBJ)?;
+    Ok(path)
+}
+
 static NEIGH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/neigh_tc.o"));
 
 /// Name of the XDP program in lb_xdp.bpf.c.

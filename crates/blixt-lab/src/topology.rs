@@ -453,6 +453,28 @@ impl Lab {
         std::iter::once(&self.client.link).chain(self.backends.iter().map(|b| &b.link))
     }
 
+    /// Attaches the XDP program in the object file `obj` (section `xdp`, native mode) to the
+    /// far end of every link (client and backends). A load balancer that bounces frames back
+    /// with XDP_TX on a veth needs the receiving end to have an XDP program: the veth driver
+    /// only schedules the receiver after an XDP_TX when it has one.
+    pub fn attach_peer_xdp(&self, obj: &std::path::Path) -> Result<()> {
+        let obj = obj.to_str().context("object path is not UTF-8")?;
+        for node in std::iter::once(&self.client).chain(&self.backends) {
+            node.ns.ip(&[
+                "link",
+                "set",
+                "dev",
+                &node.link.peer_ifname,
+                "xdpdrv",
+                "obj",
+                obj,
+                "sec",
+                "xdp",
+            ])?;
+        }
+        Ok(())
+    }
+
     /// `(name, ifindex)` of every lb-side interface, client link first.
     pub fn lb_interfaces(&self) -> Vec<(String, u32)> {
         self.links()

@@ -148,6 +148,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     };
     p.step("building the lab: client, load-balancer node, 3 backends (veth, IPv4 + IPv6)");
     let lab = Lab::build(LabSpec::with_backends(3)).context("building the lab")?;
+    lab.attach_peer_xdp(&blixt_bpf::loader::peer_pass_object()?)?;
     let _servers: Vec<EchoServer> = lab
         .backends
         .iter()

@@ -64,6 +64,8 @@ impl Harness {
     fn new(spec: LabSpec) -> Harness {
         require_root();
         let lab = Lab::build(spec).expect("building the lab");
+        lab.attach_peer_xdp(&blixt_bpf::loader::peer_pass_object().unwrap())
+            .expect("XDP on the peers");
         let servers = lab
             .backends
             .iter()
@@ -443,4 +445,41 @@ fn unresolved_neighbours_go_through_the_tc_companion() {
         g[shared::STAT_FIB_NO_NEIGH as usize] > 0,
         "the first packets to unknown neighbours took the TC path: {g:?}"
     );
+}
+
+#[test]
+fn invalid_backends_are_rejected_live_tcp_reset_udp_drop() {
+    let mut h = Harness::new(LabSpec::with_backends(3));
+    let mut snap = h.snapshot(&[(0, 1, BackendState::Active)]);
+    for f in &mut snap.frontends {
+        f.backends.clear(); // every backendRef invalid
+        f.reject_weight = 1;
+    }
+    h.apply(&snap);
+    h.start_agent();
+    for v6 in [false, true] {
+        let (tcp, udp) = (h.tcp_target(v6), h.udp_target(v6));
+        let (t, u) = h.lab.client.ns.run_in(|| {
+            let opts = UdpOptions {
+                timeout: Duration::from_millis(200),
+                retries: 0,
+                ..UdpOptions::default()
+            };
+            (
+                traffic::tcp_burst(tcp, 20, 4, Duration::from_secs(3)).unwrap(),
+                traffic::udp_flows(udp, 20, &opts).unwrap(),
+            )
+        });
+        assert_eq!(t.ok, 0, "{}", t.summary());
+        // the reset arrives at once: refused, not timed out
+        assert_eq!(
+            t.errors.get("connect: refused"),
+            Some(&20),
+            "v6={v6}: {}",
+            t.summary()
+        );
+        assert_eq!(u.ok, 0, "{}", u.summary());
+    }
+    let g = h.pinned().global_counters().unwrap();
+    assert!(g[shared::STAT_REJECT_NO_BACKEND as usize] >= 80, "{g:?}");
 }

@@ -1,0 +1,438 @@
+//! Standalone mode end to end: `blixt run --config DIR` on the lab's load-balancer node with
+//! the manifests of examples/standalone, real traffic from the client, edits on disk while
+//! connections stay open, a broken file refused, and `blixt status` / `blixt inspect` checked
+//! against what was configured and sent.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use blixt_lab::process::LabProcess;
+use blixt_lab::topology::{Lab, LabSpec};
+use blixt_lab::traffic::{self, LongLived, UdpOptions};
+use blixt_lab::{EchoConfig, EchoServer};
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/standalone");
+const BLIXT: &str = env!("CARGO_BIN_EXE_blixt");
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("needs root (BPF, network namespaces): run as root, as `make test` does");
+    }
+}
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// Fields drop in order: the running blixt, its pins and files, the servers, the lab.
+struct Standalone {
+    run: Option<LabProcess>,
+    pins: PathBuf,
+    dir: PathBuf,
+    _servers: Vec<EchoServer>,
+    generation: u64,
+    lab: Lab,
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.run.take() {
+            let _ = r.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.pins);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Standalone {
+    fn start() -> Standalone {
+        require_root();
+        let lab = Lab::build(LabSpec::with_backends(3)).expect("lab");
+        lab.attach_peer_xdp(&blixt_bpf::loader::peer_pass_object().unwrap())
+            .expect("XDP on the peers");
+        assert_eq!(
+            lab.backends[0].v4().to_string(),
+            "10.99.10.2",
+            "examples/ assume the lab's addresses"
+        );
+        let servers = lab
+            .backends
+            .iter()
+            .map(|b| EchoServer::start_in(&b.ns, EchoConfig::new(b.name.clone(), 8080)).unwrap())
+            .collect();
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("blixt-standalone-{id}"));
+        let pins = PathBuf::from(format!("/sys/fs/bpf/blixt-standalone-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["gateway.yaml", "routes.yaml", "backends.yaml", "node.yaml"] {
+            let text = std::fs::read_to_string(Path::new(EXAMPLES).join(f)).unwrap();
+            let text = text
+                .replace(
+                    "pinDir: /sys/fs/bpf/blixt",
+                    &format!("pinDir: {}", pins.display()),
+                )
+                .replace(
+                    "statusSocket: /run/blixt/status.sock",
+                    &format!("statusSocket: {}", dir.join("status.sock").display()),
+                );
+            std::fs::write(dir.join(f), text).unwrap();
+        }
+        let mut cmd = Command::new(BLIXT);
+        cmd.arg("run").arg("--config").arg(&dir);
+        let run = lab
+            .lb
+            .spawn_netns_only("blixt run", cmd)
+            .expect("blixt run");
+        let mut s = Standalone {
+            run: Some(run),
+            pins,
+            dir,
+            _servers: servers,
+            generation: 0,
+            lab,
+        };
+        s.wait_next_generation();
+        s
+    }
+
+    fn wait_next_generation(&mut self) {
+        self.generation += 1;
+        let want = format!("\"generation\":{}}}", self.generation);
+        self.run
+            .as_mut()
+            .unwrap()
+            .wait_for_line(Duration::from_secs(20), |l| l.contains(&want))
+            .unwrap_or_else(|e| panic!("generation {} not applied: {e:#}", self.generation));
+    }
+
+    /// Replaces `file` in the config directory atomically (as an editor's save does).
+    fn write(&self, file: &str, text: &str) {
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.dir.join(file)).unwrap();
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(file)).unwrap()
+    }
+
+    fn blixt(&self, args: &[&str]) -> String {
+        let out = Command::new(BLIXT).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "blixt {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn status(&self, format: &str) -> String {
+        let sock = self.dir.join("status.sock");
+        self.blixt(&["status", "--socket", sock.to_str().unwrap(), "-o", format])
+    }
+
+    fn inspect(&self) -> serde_json::Value {
+        let out = self.blixt(&[
+            "inspect",
+            "-o",
+            "json",
+            "--pin-dir",
+            self.pins.to_str().unwrap(),
+        ]);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn vip(&self, v6: bool) -> IpAddr {
+        if v6 {
+            self.lab.vip6(1).into()
+        } else {
+            self.lab.vip4(1).into()
+        }
+    }
+}
+
+fn within(counts: &std::collections::BTreeMap<String, usize>, weights: &[(&str, f64)]) {
+    let total: usize = counts.values().sum();
+    for (name, share) in weights {
+        let got = *counts.get(*name).unwrap_or(&0) as f64 / total as f64;
+        assert!(
+            (got - share).abs() <= 0.05,
+            "{name}: {got:.3} vs {share:.3} ({counts:?})"
+        );
+    }
+}
+
+#[test]
+fn manifests_in_balanced_traffic_statuses_and_inspect_out() {
+    let s = Standalone::start();
+    for v6 in [false, true] {
+        let (tcp, udp) = (
+            SocketAddr::new(s.vip(v6), 80),
+            SocketAddr::new(s.vip(v6), 53),
+        );
+        let (t, u) = s.lab.client.ns.run_in(|| {
+            (
+                traffic::tcp_burst(tcp, 1000, 32, Duration::from_secs(5)).unwrap(),
+                traffic::udp_flows(udp, 1000, &UdpOptions::default()).unwrap(),
+            )
+        });
+        assert_eq!((t.ok, t.wrong_source), (1000, 0), "{}", t.summary());
+        assert_eq!((u.ok, u.wrong_source), (1000, 0), "{}", u.summary());
+        within(&t.backends, &[("be0", 0.5), ("be1", 0.25), ("be2", 0.25)]);
+        within(
+            &u.backends,
+            &[("be0", 1.0 / 3.0), ("be1", 1.0 / 3.0), ("be2", 1.0 / 3.0)],
+        );
+    }
+
+    let table = s.status("table");
+    assert!(table.contains("at generation 1"), "{table}");
+    let gw_line = table
+        .lines()
+        .find(|l| l.starts_with("default/demo "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(
+        gw_line.split_whitespace().collect::<Vec<_>>(),
+        [
+            "default/demo",
+            "blixt",
+            "10.99.100.1,fd99:100::1",
+            "True",
+            "True"
+        ],
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&s.status("json")).unwrap();
+    let gw = json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "Gateway")
+        .unwrap();
+    let listeners = gw["status"]["listeners"].as_array().unwrap();
+    assert_eq!(listeners.len(), 2);
+    assert!(
+        listeners.iter().all(|l| l["attachedRoutes"] == 1),
+        "{listeners:?}"
+    );
+
+    let v = s.inspect();
+    let fes = v["frontends"].as_array().unwrap();
+    assert_eq!(fes.len(), 4, "TCP and UDP on both families: {v:#}");
+    for fe in fes {
+        assert_eq!(fe["new_flows"], 1000, "{fe:#}");
+        let mut shares: Vec<f64> = fe["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["share_percent"].as_f64().unwrap())
+            .collect();
+        shares.sort_by(f64::total_cmp);
+        let want: &[f64] = if fe["protocol"] == "TCP" {
+            &[25.0, 25.0, 50.0]
+        } else {
+            &[33.3, 33.3, 33.3]
+        };
+        for (g, w) in shares.iter().zip(want) {
+            assert!(
+                (g - w).abs() < 1.0,
+                "{} Maglev shares {shares:?}",
+                fe["protocol"]
+            );
+        }
+    }
+}
+
+#[test]
+fn edits_on_disk_apply_without_breaking_connections_and_bad_files_are_refused() {
+    let mut s = Standalone::start();
+    let tcp4 = SocketAddr::new(s.vip(false), 80);
+    let tcp6 = SocketAddr::new(s.vip(true), 80);
+    let long: Vec<LongLived> = s.lab.client.ns.run_in(|| {
+        [tcp4, tcp6]
+            .iter()
+            .map(|t| {
+                LongLived::start(*t, 100, Duration::from_millis(20), Duration::from_secs(3))
+                    .unwrap()
+            })
+            .collect()
+    });
+    for l in &long {
+        l.wait_rounds(3, Duration::from_secs(10)).unwrap();
+    }
+
+    // 1. weights 2:1:1 -> 0:1:1 (be0 drained of new connections)
+    let routes = s.read("routes.yaml");
+    let drained = routes.replacen(
+        "name: be0\n      port: 8080\n      weight: 2",
+        "name: be0\n      port: 8080\n      weight: 0",
+        1,
+    );
+    assert_ne!(drained, routes);
+    s.write("routes.yaml", &drained);
+    s.wait_next_generation();
+    let burst = s
+        .lab
+        .client
+        .ns
+        .run_in(|| traffic::tcp_burst(tcp4, 300, 16, Duration::from_secs(5)).unwrap());
+    assert_eq!(burst.ok, 300, "{}", burst.summary());
+    assert!(
+        !burst.backends.contains_key("be0"),
+        "weight 0 gets no new connection: {:?}",
+        burst.backends
+    );
+
+    // 2. a new listener and route: port 8081 to be2 only
+    let gateway = s.read("gateway.yaml");
+    s.write(
+        "gateway.yaml",
+        &(gateway.clone() + "  - name: extra\n    protocol: TCP\n    port: 8081\n"),
+    );
+    s.write(
+        "extra.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\nmetadata: {name: extra, namespace: default}\nspec:\n  parentRefs: [{name: demo, sectionName: extra}]\n  rules:\n  - backendRefs: [{name: be2, port: 8080}]\n",
+    );
+    s.wait_next_generation();
+    // the two files may land in one generation or two
+    let extra = SocketAddr::new(s.vip(false), 8081);
+    let mut r = s
+        .lab
+        .client
+        .ns
+        .run_in(|| traffic::tcp_burst(extra, 50, 8, Duration::from_secs(2)).unwrap());
+    if r.ok != 50 {
+        s.wait_next_generation();
+        r = s
+            .lab
+            .client
+            .ns
+            .run_in(|| traffic::tcp_burst(extra, 50, 8, Duration::from_secs(2)).unwrap());
+    }
+    assert_eq!(r.ok, 50, "{}", r.summary());
+    assert_eq!(
+        r.backends.keys().collect::<Vec<_>>(),
+        ["be2"],
+        "{:?}",
+        r.backends
+    );
+
+    // 3. the route deleted: its listener has nothing to serve
+    std::fs::remove_file(s.dir.join("extra.yaml")).unwrap();
+    s.wait_next_generation();
+    let r = s
+        .lab
+        .client
+        .ns
+        .run_in(|| traffic::tcp_burst(extra, 5, 5, Duration::from_millis(500)).unwrap());
+    assert_eq!(r.ok, 0, "no route, no service: {}", r.summary());
+    let table = s.status("table");
+    let extra_line = table
+        .lines()
+        .find(|l| l.starts_with("default/demo/extra"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(
+        extra_line.split_whitespace().nth(3),
+        Some("0"),
+        "attachedRoutes 0: {extra_line}"
+    );
+
+    // 4. a broken file: refused with file, line and field; the previous config keeps serving
+    let generation = s.generation;
+    s.write(
+        "routes.yaml",
+        &drained.replacen("port: 8080", "port: eighty", 1),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let table = s.status("table");
+    assert!(
+        table.contains(&format!("at generation {generation}")),
+        "{table}"
+    );
+    assert!(
+        table.contains("routes.yaml:")
+            && table.contains("spec.rules[0].backendRefs[0].port")
+            && table.contains("eighty"),
+        "the refusal names file, field and value:\n{table}"
+    );
+    let burst = s
+        .lab
+        .client
+        .ns
+        .run_in(|| traffic::tcp_burst(tcp6, 200, 16, Duration::from_secs(5)).unwrap());
+    assert_eq!(burst.ok, 200, "{}", burst.summary());
+    assert!(
+        !burst.backends.contains_key("be0"),
+        "still the drained config: {:?}",
+        burst.backends
+    );
+
+    for l in long {
+        let r = l.stop();
+        assert_eq!(r.broken, 0, "{}", r.summary());
+        assert!(
+            r.backends.get("be0").copied().unwrap_or(0) > 0,
+            "some were on the drained be0: {}",
+            r.summary()
+        );
+    }
+}
+
+#[test]
+fn vips_on_the_clients_link_are_answered_by_arp_and_ndp() {
+    let s = Standalone::start();
+    // the client now treats the VIP block as on-link: it must resolve each VIP itself
+    let (v4, v6) = (s.lab.vip_v4.to_string(), s.lab.vip_v6.to_string());
+    s.lab
+        .client
+        .ns
+        .ip_batch(&[
+            format!("route replace {v4} dev eth0"),
+            format!("route replace {v6} dev eth0"),
+        ])
+        .unwrap();
+    for v6 in [false, true] {
+        let t = SocketAddr::new(s.vip(v6), 80);
+        let r = s
+            .lab
+            .client
+            .ns
+            .run_in(|| traffic::tcp_burst(t, 100, 8, Duration::from_secs(5)).unwrap());
+
+        assert_eq!(r.ok, 100, "v6={v6}: {}", r.summary());
+    }
+    let neigh = s
+        .lab
+        .client
+        .ns
+        .ip(&["neigh", "show", "dev", "eth0"])
+        .unwrap();
+    let lb_mac = s.lab.client.link.lb_mac.to_string();
+    for vip in [s.vip(false).to_string(), s.vip(true).to_string()] {
+        let line = neigh
+            .lines()
+            .find(|l| l.starts_with(&format!("{vip} ")))
+            .unwrap_or_else(|| panic!("{vip} not resolved:\n{neigh}"));
+        assert!(
+            line.contains(&lb_mac),
+            "{vip} resolves to the node's MAC {lb_mac}: {line}"
+        );
+    }
+    let v = s.inspect();
+    assert!(
+        v["events"]["arp_reply"].as_u64().unwrap() >= 1,
+        "{}",
+        v["events"]
+    );
+    assert!(
+        v["events"]["ndp_reply"].as_u64().unwrap() >= 1,
+        "{}",
+        v["events"]
+    );
+}
