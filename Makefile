@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool
 
-.PHONY: demo test deps build lint unit fixtures lab bench clean help
+.PHONY: demo test deps k8s-bins build lint unit fixtures lab bench clean help
 
 help:
 	@echo "make demo   - build and run the demo lab (root)"
@@ -15,6 +15,11 @@ help:
 ## deps: Debian packages (clang for the BPF C programs, bpftool, iproute2) and a bpffs mount.
 deps:
 	@bash hack/deps.sh $(APT_PACKAGES)
+
+## k8s-bins: kube-apiserver, kube-controller-manager and etcd built from the Go module proxy
+## (cached under ~/.cache/blixt/k8s/<version>; the first build takes ~20 minutes on 2 cores).
+k8s-bins:
+	@bash tests/k8s/build.sh
 
 build: deps
 	$(CARGO) build --workspace --all-targets
@@ -28,7 +33,7 @@ lint: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## test: everything — unit tests, packet fixtures (BPF_PROG_TEST_RUN), the namespace lab.
-test: deps lint
+test: deps lint k8s-bins
 	@bash hack/require-root.sh "make test"
 	$(CARGO) test --workspace --no-fail-fast
 
