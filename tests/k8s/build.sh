@@ -59,8 +59,9 @@ pinned="$(mod_version k8s.io/kubernetes)"
 etcd_version="$(mod_version go.etcd.io/etcd/server/v3)"
 
 if [[ ${#missing[@]} -gt 0 ]]; then
-    log "downloading modules (kubernetes $KUBERNETES_VERSION, etcd $etcd_version)"
-    go mod download
+    # go build downloads only the modules the three binaries need (a `go mod download` would
+    # fetch the whole graph, test-only modules included).
+    log "building from kubernetes $KUBERNETES_VERSION and etcd $etcd_version (modules download on first use)"
 
     # The same variables hack/lib/version.sh sets. The module proxy does not carry the git commit,
     # so gitCommit stays empty; buildDate is the release's module time, which keeps the build

@@ -109,7 +109,7 @@ extern "C" fn stop_shared() {
 }
 
 impl Cluster {
-    /// Starts a cluster of its own (tens of seconds; prefer [`shared`]). Panics with the reason
+    /// Starts a cluster of its own (about 5 s on 2 cores; prefer [`shared`]). Panics with the reason
     /// and the end of the failing component's log.
     pub fn start() -> Self {
         Self::try_start().unwrap_or_else(|e| panic!("starting the test control plane: {e:#}"))

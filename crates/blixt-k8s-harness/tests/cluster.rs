@@ -209,7 +209,7 @@ async fn endpointslice_controller_follows_pod_readiness() {
     }
 
     let by_service = ListParams::default().labels("kubernetes.io/service-name=echo");
-    let endpoints = |ready_only: bool| {
+    let endpoints = || {
         let slices = slices.clone();
         let by_service = by_service.clone();
         async move {
@@ -231,10 +231,8 @@ async fn endpointslice_controller_follows_pod_readiness() {
                         .as_ref()
                         .and_then(|c| c.ready)
                         .unwrap_or(false);
-                    if ready || !ready_only {
-                        for address in endpoint.addresses {
-                            seen.insert((address, port, ready));
-                        }
+                    for address in endpoint.addresses {
+                        seen.insert((address, port, ready));
                     }
                 }
             }
@@ -251,7 +249,7 @@ async fn endpointslice_controller_follows_pod_readiness() {
         Duration::from_secs(30),
         || {
             let want = want.clone();
-            let endpoints = endpoints(false);
+            let endpoints = endpoints();
             async move { (endpoints.await == want).then_some(()) }
         },
     )
@@ -269,7 +267,7 @@ async fn endpointslice_controller_follows_pod_readiness() {
         Duration::from_secs(30),
         || {
             let want = want.clone();
-            let endpoints = endpoints(false);
+            let endpoints = endpoints();
             async move { (endpoints.await == want).then_some(()) }
         },
     )
@@ -279,9 +277,11 @@ async fn endpointslice_controller_follows_pod_readiness() {
     pods.delete("echo-a", &DeleteParams::default().grace_period(0))
         .await
         .expect("deleting pod echo-a");
+    let want: BTreeSet<_> = [("192.0.2.11".to_owned(), Some(8080), false)].into();
     eventually("echo-a leaves the slice", Duration::from_secs(30), || {
-        let endpoints = endpoints(true);
-        async move { endpoints.await.is_empty().then_some(()) }
+        let want = want.clone();
+        let endpoints = endpoints();
+        async move { (endpoints.await == want).then_some(()) }
     })
     .await;
 }
