@@ -61,6 +61,10 @@ async fn api_server_reports_the_pinned_version_and_serves_gateway_api() {
         blixt_k8s_harness::kubernetes_version(),
         "the build script's ldflags set /version"
     );
+    let minor = blixt_k8s_harness::kubernetes_version().split('.').nth(1);
+    assert_eq!(version.major, "1", "{version:?}");
+    assert_eq!(Some(version.minor.as_str()), minor, "{version:?}");
+    assert_eq!(version.git_tree_state, "clean", "{version:?}");
 
     let installed: BTreeSet<&str> = cluster
         .gateway_api_crds()
