@@ -115,11 +115,11 @@ pub struct EnvOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Target {
     /// Does nothing (returns XDP_PASS): the fixed cost of a run.
-    Empty,
+    Empty = 0,
     /// Parses like the load balancer and returns XDP_TX.
-    Floor,
+    Floor = 1,
     /// The load balancer.
-    Lb,
+    Lb = 2,
 }
 
 impl Target {

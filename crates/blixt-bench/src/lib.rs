@@ -16,6 +16,7 @@ pub mod env;
 pub mod maglev;
 pub mod packet_cost;
 pub mod plot;
+pub mod profile;
 pub mod report;
 pub mod results;
 pub mod stats;
@@ -76,6 +77,7 @@ pub fn run(
     let want = |s: u32| suites.is_empty() || suites.contains(&s);
     let mut metrics = Vec::new();
     let mut programs = Vec::new();
+    let mut profiles = Vec::new();
     let mut findings = Vec::new();
     let mut sizes = std::collections::BTreeMap::new();
     if want(1) {
@@ -88,12 +90,13 @@ pub fn run(
         for (path, s) in &pc.paths {
             if s.ct_insert_failures > 0 {
                 findings.push(format!(
-                    "{}: {} new flows could not be tracked (conntrack insert failed) and were \
+                    "{}: {} new flow(s) could not be tracked (conntrack insert failed) and were \
                      forwarded statelessly",
                     path.id(),
                     s.ct_insert_failures
                 ));
             }
+            profiles.extend(s.profiles.iter().cloned());
             if *path == packet_cost::Path::NewTcpFull {
                 sizes.insert(
                     "packet_cost.conntrack_at_start_full".into(),
@@ -127,6 +130,7 @@ pub fn run(
         sizes,
         metrics,
         programs,
+        profiles,
         findings,
     })
 }

@@ -50,6 +50,8 @@ pub struct Sizes {
     /// Backends per frontend. Full-NAT allocates source ports per backend, so this sets how
     /// crowded the port space is when conntrack is full; see [`Path::NewTcpFull`].
     pub backends: u8,
+    /// Milliseconds of hot loop to profile with `perf` per path and wrapper (0: no profile).
+    pub profile_ms: u64,
 }
 
 impl Sizes {
@@ -63,6 +65,7 @@ impl Sizes {
                 new_flow_calls: 16_384,
                 conntrack_entries: 262_144,
                 backends: 32,
+                profile_ms: 800,
             },
             crate::Mode::Quick => Sizes {
                 rounds: 5,
@@ -72,6 +75,7 @@ impl Sizes {
                 new_flow_calls: 8_192,
                 conntrack_entries: 262_144,
                 backends: 32,
+                profile_ms: 400,
             },
             crate::Mode::Tiny => Sizes {
                 rounds: 1,
@@ -81,6 +85,7 @@ impl Sizes {
                 new_flow_calls: 40,
                 conntrack_entries: 4_096,
                 backends: 4,
+                profile_ms: 0,
             },
         }
     }
@@ -167,6 +172,9 @@ impl Path {
     }
 }
 
+/// Calls of one program in a row before the next program's turn (per-call method).
+const PER_CALL_CHUNK: usize = 50;
+
 /// What one path's runs must show.
 #[derive(Debug, Clone)]
 struct Case {
@@ -191,6 +199,8 @@ pub struct PathSamples {
     pub ct_insert_failures: u64,
     /// Conntrack entries when the measurement started.
     pub conntrack_at_start: usize,
+    /// Where the time goes, for Blixt's wrapper and the empty one (when `perf` is there).
+    pub profiles: Vec<crate::profile::Profile>,
 }
 
 /// Suite 1's results.
@@ -202,6 +212,11 @@ pub struct PacketCost {
 
 /// Runs suite 1 at `sizes`, printing progress to stderr.
 pub fn run(sizes: Sizes, only: &[Path]) -> Result<PacketCost> {
+    let mut sizes = sizes;
+    if sizes.profile_ms > 0 && !crate::profile::available() {
+        eprintln!("blixt-bench: perf not found: no profiles (apt-get install linux-perf)");
+        sizes.profile_ms = 0;
+    }
     let opts = env::EnvOptions {
         conntrack_entries: sizes.conntrack_entries,
         backends: sizes.backends,
@@ -697,40 +712,125 @@ fn measure(env: &mut Env, sizes: &Sizes, path: Path, seq: &mut u64) -> Result<Pa
             }
             s.hot.entry(t.name().into()).or_default().push(r.kernel_ns);
         }
+        // Per call: the three programs take turns in small chunks, so that the shared
+        // machine's noise (other processes, frequency changes) falls on all three alike.
+        let pkts: Vec<Vec<u8>> = match case.vary {
+            Some(v) => (0..calls as u64)
+                .map(|i| {
+                    let mut p = case.packet.clone();
+                    v.stamp(&mut p, *seq + i);
+                    with_valid_checksums(&p)
+                })
+                .collect(),
+            None => vec![case.packet.clone(); calls],
+        };
+        if case.vary.is_some() {
+            *seq += calls as u64;
+        }
+        if path.clears_conntrack() {
+            env.clear_conntrack()?;
+        }
+        let before = env.counts()?;
+        let mut wall: [Vec<f64>; 3] = Default::default();
+        let mut kernel: [Vec<f64>; 3] = Default::default();
+        let mut verdicts = [[0u64; 8]; 3];
+        for chunk in pkts.chunks(PER_CALL_CHUNK) {
+            for t in order {
+                let b = env.call_batch(t, chunk, case.ifindex)?;
+                wall[t as usize].push(b.wall_ns);
+                kernel[t as usize].push(b.kernel_ns);
+                for (acc, v) in verdicts[t as usize].iter_mut().zip(b.verdicts) {
+                    *acc += v;
+                }
+            }
+        }
+        let after = env.counts()?;
         for t in order {
-            let pkts: Vec<Vec<u8>> = match case.vary {
-                Some(v) => (0..calls as u64)
-                    .map(|i| {
-                        let mut p = case.packet.clone();
-                        v.stamp(&mut p, *seq + i);
-                        with_valid_checksums(&p)
-                    })
-                    .collect(),
-                None => vec![case.packet.clone(); calls],
-            };
-            if case.vary.is_some() {
-                *seq += calls as u64;
-            }
-            if path.clears_conntrack() && t == Target::Lb {
-                env.clear_conntrack()?;
-            }
-            let before = env.counts()?;
-            let b = env.call_batch(t, &pkts, case.ifindex)?;
-            let after = env.counts()?;
             let what = format!("per-call runs of {}", t.name());
-            check_verdicts(&what, &b.verdicts, expected_verdict(&case, t), calls as u64)?;
-            if t == Target::Lb {
-                s.ct_insert_failures += check_counts(&case, calls as u64, &before, &after)
-                    .with_context(|| what.clone())?;
-            }
-            s.wall.entry(t.name().into()).or_default().push(b.wall_ns);
+            let v = &verdicts[t as usize];
+            check_verdicts(&what, v, expected_verdict(&case, t), calls as u64)?;
+            // the median chunk: a chunk that shared its core with someone else's burst of
+            // work is an outlier, not a slower load balancer
+            s.wall
+                .entry(t.name().into())
+                .or_default()
+                .push(Summary::of(&wall[t as usize]).median);
             s.kernel
                 .entry(t.name().into())
                 .or_default()
-                .push(b.kernel_ns);
+                .push(Summary::of(&kernel[t as usize]).median);
+        }
+        s.ct_insert_failures +=
+            check_counts(&case, calls as u64, &before, &after).context("per-call runs of blixt")?;
+        if path.clears_conntrack() {
+            let len = env.conntrack_len();
+            ensure!(
+                len == 2 * calls,
+                "per-call runs: {calls} new flows left {len} conntrack entries"
+            );
+        }
+    }
+    if sizes.profile_ms > 0 {
+        for t in [Target::Lb, Target::Empty] {
+            s.profiles.push(
+                profile(env, sizes, &case, t, seq)
+                    .with_context(|| format!("profiling the {} wrapper", t.name()))?,
+            );
         }
     }
     Ok(s)
+}
+
+/// Runs `t`'s wrapper on `case` for about `sizes.profile_ms` of kernel time under
+/// `perf record`, and attributes the samples.
+fn profile(
+    env: &mut Env,
+    sizes: &Sizes,
+    case: &Case,
+    t: Target,
+    seq: &mut u64,
+) -> Result<crate::profile::Profile> {
+    let repeat = if case.path.is_new_flow() {
+        sizes.new_flow_repeat
+    } else {
+        sizes.hot_repeat
+    };
+    let prog = match t {
+        Target::Lb => "bench_wrap_lb",
+        Target::Floor => "bench_wrap_floor",
+        Target::Empty => "bench_wrap_empty",
+    };
+    let budget = sizes.profile_ms as f64 * 1e6;
+    let rec = crate::profile::Recorder::start(&format!("{}-{}", case.path.id(), t.name()))?;
+    let (mut spent, mut iters) = (0.0, 0.0);
+    while spent < budget {
+        if case.path.clears_conntrack() && t == Target::Lb {
+            env.clear_conntrack()?;
+        }
+        let r = env.hot_loop(t, &case.packet, case.vary, *seq, case.ifindex, repeat)?;
+        if case.vary.is_some() {
+            *seq = r.state.seq;
+        }
+        ensure!(r.state.errors == 0, "restore errors while profiling");
+        check_verdicts(
+            "profiled run",
+            &r.state.verdicts,
+            expected_verdict(case, t),
+            repeat.into(),
+        )?;
+        spent += r.kernel_ns * f64::from(repeat);
+        iters += f64::from(repeat);
+    }
+    let stacks = rec.finish()?;
+    let (samples, shares) = crate::profile::attribute(&stacks, prog)
+        .with_context(|| format!("perf recorded no sample inside {prog}"))?;
+    Ok(crate::profile::Profile {
+        path: case.path.id().into(),
+        target: t.name().into(),
+        samples,
+        shares,
+        ns_per_iteration: spent / iters,
+    })
 }
 
 /// Paired per-round differences `a - b` of two series.

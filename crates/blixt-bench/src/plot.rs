@@ -77,6 +77,8 @@ pub struct BarChart {
     pub markers: Vec<Marker>,
     /// Digits after the point in value labels.
     pub decimals: usize,
+    /// Where the legend goes (where the bars are short).
+    pub legend: SeriesLabelPosition,
 }
 
 impl BarChart {
@@ -178,10 +180,115 @@ impl BarChart {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(self.legend.clone())
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
             .label_font((FONT, 15).into_font())
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        root.present()
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path.to_path_buf())
+    }
+}
+
+/// A horizontal stacked bar chart: one bar per category, made of colored segments.
+#[derive(Debug, Clone)]
+pub struct StackedChart {
+    pub title: String,
+    pub x_label: String,
+    pub categories: Vec<String>,
+    /// (segment label, color, value per category).
+    pub segments: Vec<(String, RGBColor, Vec<f64>)>,
+}
+
+/// Colors for stacked segments, in order.
+pub const PALETTE: [RGBColor; 7] = [
+    BLUE,
+    RED,
+    ORANGE,
+    GREEN,
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    GREY,
+];
+
+impl StackedChart {
+    pub fn draw(&self, path: &Path) -> Result<PathBuf> {
+        register_font()?;
+        if self.categories.is_empty() || self.segments.is_empty() {
+            bail!("{}: nothing to plot", self.title);
+        }
+        let n = self.categories.len();
+        let height = 200 + 44 * n as u32 + 22 * self.segments.len() as u32;
+        let root = BitMapBackend::new(path, (1100, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        let totals: Vec<f64> = (0..n)
+            .map(|i| self.segments.iter().map(|s| s.2[i].max(0.0)).sum())
+            .collect();
+        let x_max = totals.iter().copied().fold(1e-9, f64::max) * 1.12;
+        let categories = self.categories.clone();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&self.title, (FONT, 22).into_font())
+            .margin(12)
+            .x_label_area_size(50)
+            .y_label_area_size(330)
+            .build_cartesian_2d(0.0..x_max, (n as f64 - 0.5)..-0.5)
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n + 1)
+            .y_label_formatter(&|y| {
+                let i = y.round();
+                if (y - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < categories.len() {
+                    categories[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .x_desc(&self.x_label)
+            .label_style((FONT, 15).into_font())
+            .axis_desc_style((FONT, 16).into_font())
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut start = vec![0.0f64; n];
+        for (label, color, values) in &self.segments {
+            let color = *color;
+            let rects: Vec<_> = (0..n)
+                .map(|i| {
+                    let v = values[i].max(0.0);
+                    let r = Rectangle::new(
+                        [(start[i], i as f64 - 0.35), (start[i] + v, i as f64 + 0.35)],
+                        color.filled(),
+                    );
+                    start[i] += v;
+                    r
+                })
+                .collect();
+            chart
+                .draw_series(rects)
+                .map_err(|e| anyhow!("{e}"))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
+                });
+        }
+        chart
+            .draw_series((0..n).map(|i| {
+                Text::new(
+                    format!("{:.0}", totals[i]),
+                    (totals[i] + x_max * 0.008, i as f64 - 0.1),
+                    (FONT, 14).into_font(),
+                )
+            }))
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .label_font((FONT, 14).into_font())
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
         root.present()

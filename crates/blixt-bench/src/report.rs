@@ -7,12 +7,43 @@ use std::path::{Path as FsPath, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::packet_cost::{self, Path, GOAL_ESTABLISHED_ABOVE_FLOOR, GOAL_NEW_FLOW};
-use crate::plot::{BarChart, Marker, Series, BLUE, GREY, ORANGE, RED};
+use plotters::chart::SeriesLabelPosition;
+
+use crate::plot::{BarChart, Marker, Series, StackedChart, BLUE, GREY, ORANGE, PALETTE, RED};
+use crate::profile::{self, CATEGORIES};
 use crate::results::{Metric, Results, Value, BLIXT};
 
 const PLOT_HOT: &str = "packet_cost_hot_loop.png";
 const PLOT_ABOVE_FLOOR: &str = "packet_cost_above_floor.png";
 const PLOT_MAGLEV: &str = "maglev_disruption.png";
+const PLOT_PROFILE: &str = "packet_cost_profile.png";
+
+/// Blixt's ns per packet on `path` by profile category: the load balancer wrapper's time in
+/// each category minus the empty wrapper's (which removes the wrapper's own share).
+pub fn breakdown(r: &Results, path: &str) -> Option<Vec<(&'static str, f64)>> {
+    let lb = r
+        .profiles
+        .iter()
+        .find(|p| p.path == path && p.target == BLIXT)?;
+    let em = r
+        .profiles
+        .iter()
+        .find(|p| p.path == path && p.target == "empty")?;
+    Some(
+        CATEGORIES
+            .iter()
+            .filter(|c| **c != profile::CAT_WRAPPER)
+            .map(|c| (*c, (lb.ns(c) - em.ns(c)).max(0.0)))
+            .collect(),
+    )
+}
+
+fn profiled_paths(r: &Results) -> Vec<(Path, Vec<(&'static str, f64)>)> {
+    Path::ALL
+        .into_iter()
+        .filter_map(|p| breakdown(r, p.id()).map(|b| (p, b)))
+        .collect()
+}
 
 /// Writes the report to `doc` and its plots into `plots` (linked relative to the report).
 pub fn write(r: &Results, doc: &FsPath, plots: &FsPath) -> Result<()> {
@@ -120,6 +151,7 @@ fn draw_plots(r: &Results, dir: &FsPath) -> Result<Vec<(String, PathBuf)>> {
             ],
             markers: vec![],
             decimals: 0,
+            legend: SeriesLabelPosition::UpperRight,
         };
         out.push(("hot".into(), chart.draw(&dir.join(PLOT_HOT))?));
         let chart = BarChart {
@@ -152,11 +184,33 @@ fn draw_plots(r: &Results, dir: &FsPath) -> Result<Vec<(String, PathBuf)>> {
                 color: RED,
             }],
             decimals: 0,
+            legend: SeriesLabelPosition::UpperRight,
         };
         out.push((
             "above_floor".into(),
             chart.draw(&dir.join(PLOT_ABOVE_FLOOR))?,
         ));
+    }
+    let prof = profiled_paths(r);
+    if !prof.is_empty() {
+        let chart = StackedChart {
+            title: "Where Blixt's time goes per packet (perf, hot loop, wrapper removed)".into(),
+            x_label: "ns per packet, by what the program was doing when sampled".into(),
+            categories: prof.iter().map(|(p, _)| p.short().to_string()).collect(),
+            segments: prof[0]
+                .1
+                .iter()
+                .enumerate()
+                .map(|(i, (c, _))| {
+                    (
+                        (*c).to_string(),
+                        PALETTE[i % PALETTE.len()],
+                        prof.iter().map(|(_, b)| b[i].1).collect(),
+                    )
+                })
+                .collect(),
+        };
+        out.push(("profile".into(), chart.draw(&dir.join(PLOT_PROFILE))?));
     }
     let ns_maglev: Vec<usize> = [3usize, 10, 100]
         .into_iter()
@@ -199,6 +253,7 @@ fn draw_plots(r: &Results, dir: &FsPath) -> Result<Vec<(String, PathBuf)>> {
             ],
             markers: vec![],
             decimals: 2,
+            legend: SeriesLabelPosition::LowerRight,
         };
         out.push(("maglev".into(), chart.draw(&dir.join(PLOT_MAGLEV))?));
     }
@@ -405,10 +460,13 @@ fn packet_cost_section(w: &mut String, r: &Results, links: &[(String, String)]) 
          the wrapper's own cost cancels out; differences are taken per round, then the median.\n\
          - **per call**: repeat = 1, {} separate syscalls per round ({} on new-flow paths), on \
          the real attached program (`blixt_lb` as the dataplane loads it, not the wrapper), \
-         timed from user space around the whole batch: includes the syscall and the test run's \
-         set-up (copying the packet in, looking up the ingress device), which is why the empty \
-         program already costs hundreds of ns. The kernel's own per-call figure is listed \
-         too.\n",
+         timed from user space around chunks of 50 calls, the three programs taking turns \
+         chunk by chunk; a round's figure is its median chunk (a chunk that shared its core \
+         with another process's burst is an outlier, not a slower program). It includes the \
+         syscall and the test run's set-up (copying the packet in and out, looking up the \
+         ingress device), which is why the empty program already costs over a microsecond, \
+         and it is far noisier than the hot loop on a shared machine. The kernel's own \
+         per-call run time is listed too.\n",
         size("hot_repeat"),
         size("new_flow_repeat"),
         size("calls"),
@@ -518,9 +576,62 @@ fn packet_cost_section(w: &mut String, r: &Results, links: &[(String, String)]) 
     }
     let _ = writeln!(w);
 
+    profile_section(w, r, links);
     new_flow_paragraph(w, r);
     programs_section(w, r);
     findings_section(w, r);
+}
+
+fn profile_section(w: &mut String, r: &Results, links: &[(String, String)]) {
+    let _ = writeln!(w, "### Where the time goes\n");
+    let prof = profiled_paths(r);
+    if prof.is_empty() {
+        let _ = writeln!(
+            w,
+            "Not profiled in this run (`perf` was not available, or the run was too small).\n"
+        );
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "`perf record -g` sampled the benchmark's thread while the load balancer's wrapper, and \
+         then the empty wrapper, ran their hot loops on each path. A sample inside the BPF \
+         program is charged to the helper (or inlined map operation) the program was in, or to \
+         the program's own instructions; shares times the wrapper's measured ns per iteration \
+         give ns, and the empty wrapper's ns per category are subtracted, which removes the \
+         wrapper's own work. The total is the profile's own estimate of ns per packet above \
+         an empty program (taken in a separate stretch of runs, so it differs a little from the \
+         table above).\n"
+    );
+    let cats: Vec<&str> = prof[0].1.iter().map(|(c, _)| *c).collect();
+    let _ = write!(w, "| path |");
+    for c in &cats {
+        let _ = write!(w, " {c} |");
+    }
+    let _ = writeln!(w, " total |");
+    let _ = writeln!(w, "|---|{}---|", "---|".repeat(cats.len()));
+    for (p, b) in &prof {
+        let total: f64 = b.iter().map(|(_, v)| v).sum();
+        let _ = write!(w, "| {} |", p.title());
+        for (_, v) in b {
+            let _ = write!(w, " {} ({:.0}%) |", ns(*v), 100.0 * v / total.max(1e-9));
+        }
+        let _ = writeln!(w, " {} |", ns(total));
+    }
+    if let Some(l) = link(links, "profile") {
+        let _ = writeln!(w, "\n![Where the time goes]({l})\n");
+    }
+    let samples: Vec<String> = r
+        .profiles
+        .iter()
+        .filter(|p| p.target == BLIXT)
+        .map(|p| format!("{} {}", p.path, p.samples))
+        .collect();
+    let _ = writeln!(
+        w,
+        "Samples inside Blixt's wrapper per path: {}.\n",
+        samples.join(", ")
+    );
 }
 
 fn new_flow_paragraph(w: &mut String, r: &Results) {
@@ -598,43 +709,97 @@ fn programs_section(w: &mut String, r: &Results) {
     let _ = writeln!(w);
 }
 
+fn cat_ns(r: &Results, path: &str, cat: &str) -> Option<f64> {
+    breakdown(r, path)?
+        .into_iter()
+        .find(|(c, _)| *c == cat)
+        .map(|(_, v)| v)
+}
+
 fn findings_section(w: &mut String, r: &Results) {
     let mut items: Vec<String> = r.findings.clone();
-    let get = |id: &str| {
+    let above = |id: &str| {
         r.metric(&format!("{id}.hot_loop.above_floor"))
             .map(|m| m.median)
     };
-    let getn = |id: &str| {
+    let per_pkt = |id: &str| {
         r.metric(&format!("{id}.hot_loop.ns_per_packet"))
             .map(|m| m.median)
     };
-    if let (Some(pass), Some(est)) = (get("non_vip_pass"), get("tcp_established")) {
+    let fib = |id: &str| cat_ns(r, id, profile::CAT_FIB);
+    let maps = |id: &str| cat_ns(r, id, profile::CAT_MAPS);
+    if let (Some(est), Some(f)) = (above("tcp_established"), fib("tcp_established")) {
+        let met = est <= GOAL_ESTABLISHED_ABOVE_FLOOR;
         items.push(format!(
-            "Non-VIP traffic costs {} ns above the floor ({:.0}% of an established packet's \
-             {} ns): before it can pass a packet the program hashes its 40-byte 5-tuple for a \
-             conntrack lookup (LRU hash) and, on the miss, looks the destination up among the \
-             frontends. A check of the destination address alone (the `blixt_vips` map already \
-             exists) before the conntrack lookup would cost one smaller hash lookup, at the \
-             price of one more lookup on every VIP packet.",
-            ns(pass),
-            100.0 * pass / est.max(1e-9),
-            ns(est)
+            "**Established TCP is {} ns above the floor; the goal is {GOAL_ESTABLISHED_ABOVE_FLOOR:.0} \
+             ns ({}).** The largest single cost is `bpf_fib_lookup`, about {} ns per packet \
+             (the route lookup, the MTU check on the result, the neighbour lookup), then the \
+             conntrack lookup (hashing the 40-byte key, walking the bucket: about {} ns) and \
+             `bpf_ktime_get_coarse_ns` (about {} ns). An established flow's next hop does not \
+             change from one packet to the next: keeping the FIB result (egress ifindex, source \
+             and destination MAC) in the conntrack entry when the flow is created, refreshed \
+             when `last_seen` is refreshed (at most once a second) or when the agent sees a \
+             route or neighbour change (a generation number in the config map), would take \
+             about {} ns off, i.e. to roughly {} ns above the floor.",
+            ns(est),
+            if met { "met" } else { "not met" },
+            ns(f),
+            ns(maps("tcp_established").unwrap_or(0.0)),
+            ns(cat_ns(r, "tcp_established", profile::CAT_CLOCK).unwrap_or(0.0)),
+            ns(f),
+            ns((est - f).max(0.0)),
         ));
     }
-    if let (Some(v4), Some(v6)) = (getn("tcp_established"), getn("tcp6_established")) {
+    if let (Some(v4), Some(v6)) = (per_pkt("tcp_established"), per_pkt("tcp6_established")) {
+        let f6 = fib("tcp6_established")
+            .map(|f| format!(", of which `bpf_fib_lookup` takes about {} ns", ns(f)))
+            .unwrap_or_default();
         items.push(format!(
-            "IPv6 established costs {} ns against {} ns for IPv4 ({:+.0} ns): the \
-             checksum-neutral rewrite of two 16-byte addresses and the larger FIB lookup.",
+            "IPv6 established costs {} ns per packet against {} ns for IPv4{f6}: the IPv6 FIB \
+             lookup is the dearer one, so the cached next hop above helps IPv6 most.",
             ns(v6),
             ns(v4),
-            v6 - v4
         ));
     }
-    if let (Some(new), Some(full)) = (getn("tcp_new_flow"), getn("tcp_new_flow_ct_full")) {
+    if let (Some(new), Some(m)) = (per_pkt("tcp_new_flow"), maps("tcp_new_flow")) {
+        let met = new <= GOAL_NEW_FLOW;
+        let full = per_pkt("tcp_new_flow_ct_full")
+            .zip(maps("tcp_new_flow_ct_full"))
+            .map(|(f, fm)| {
+                format!(
+                    " With conntrack full a new flow costs {} ns, {} ns of it in the maps.",
+                    ns(f),
+                    ns(fm)
+                )
+            })
+            .unwrap_or_default();
         items.push(format!(
-            "A new flow with conntrack full costs {:+.0} ns more than with it nearly empty: two \
-             LRU inserts that each evict, on cold memory.",
-            full - new
+            "**A new TCP flow costs {} ns with a nearly empty conntrack; the goal is \
+             {GOAL_NEW_FLOW:.0} ns ({}).** About {} ns of it is spent in the conntrack map: a new \
+             flow makes a lookup that misses, a frontend lookup, then two inserts into the LRU \
+             hash (the reply entry with `BPF_NOEXIST`, then the forward entry). Each insert pops \
+             a preallocated node from the LRU's free lists (`bpf_lru_pop_free`, which refills a \
+             per-CPU cache in batches by rotating and shrinking the shared LRU lists, touching \
+             cold nodes), copies key and value into it and walks the bucket.{full} The FIB lookup \
+             is about {} ns here. Ways to cut it, to be measured with this suite: a conntrack that \
+             is a preallocated plain hash (the agent's sweeper already expires entries, and a \
+             full table already falls back to stateless forwarding) instead of an LRU; per-CPU \
+             LRU lists (`BPF_F_NO_COMMON_LRU`); one entry per flow instead of two where the \
+             reply's key can be derived.",
+            ns(new),
+            if met { "met" } else { "not met" },
+            ns(m),
+            ns(fib("tcp_new_flow").unwrap_or(0.0)),
+        ));
+    }
+    if let (Some(pass), Some(m)) = (above("non_vip_pass"), maps("non_vip_pass")) {
+        items.push(format!(
+            "Non-VIP traffic costs {} ns above the floor before `XDP_PASS`, about {} ns of it in \
+             two hash lookups that both miss: conntrack (40-byte key) and frontends. A first \
+             test on the destination address alone (VIPs and the node's SNAT addresses, which \
+             replies are sent to) would pass such traffic after one smaller lookup.",
+            ns(pass),
+            ns(m)
         ));
     }
     if items.is_empty() {
@@ -687,6 +852,21 @@ fn maglev_section(w: &mut String, r: &Results, links: &[(String, String)]) {
             pct(j.systems["ideal"].median),
             pct(1.0 / n as f64 + 0.02),
             yes_no(met)
+        );
+    }
+    if let (Some(big), Some(small)) = (
+        r.metric("maglev.leave.n100.m65537"),
+        r.metric("maglev.leave.n100"),
+    ) {
+        let _ = writeln!(
+            w,
+            "\nWith 100 backends the default table of 16381 slots (about 164 per backend) moves \
+             {} of flows when one leaves, {:.1}x the ideal 1%; a table of 65537 slots moves {} \
+             (worst {}). Frontends with many backends want the larger table.",
+            pct(small.median),
+            small.median / 0.01,
+            pct(big.median),
+            pct(big.max)
         );
     }
     if let Some(l) = link(links, "maglev") {

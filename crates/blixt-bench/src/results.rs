@@ -152,6 +152,9 @@ pub struct Results {
     pub sizes: BTreeMap<String, u64>,
     pub metrics: Vec<Metric>,
     pub programs: Vec<ProgramStats>,
+    /// perf profiles of the hot loops (empty when perf was not available).
+    #[serde(default)]
+    pub profiles: Vec<crate::profile::Profile>,
     /// Observations of the run worth reading next to the numbers (e.g. a path much slower
     /// than expected and why).
     pub findings: Vec<String>,

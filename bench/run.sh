@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Body of `make bench` (QUICK=1 for the short run): installs what the benchmarks need beyond
+# `make deps`, builds blixt-bench in release mode and runs it as root from the repository root.
+# It writes target/bench/results.json and regenerates docs/benchmarks.md and docs/bench/*.png.
+# Extra arguments go to blixt-bench (see `blixt-bench --help`), e.g. --suites 5.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash hack/require-root.sh "make bench"
+# the plots' font (plotters draws text with ab_glyph from a TrueType file)
+bash hack/deps.sh fonts-dejavu-core
+# perf is optional: it profiles where the time goes; the report says so when it is missing
+bash hack/deps.sh linux-perf || echo "bench: linux-perf not installed; the report will have no profile" >&2
+args=()
+if [ -n "${QUICK:-}" ] && [ "${QUICK}" != 0 ]; then
+  args+=(--quick)
+fi
+cargo build --release -p blixt-bench
+exec "${CARGO_TARGET_DIR:-target}/release/blixt-bench" "${args[@]}" "$@"
