@@ -199,6 +199,8 @@ fn main() {
         .nth(1)
         .map(|s| s.parse().expect("seconds"))
         .unwrap_or(5.0);
+    // optional second argument: only this target (direct, blixt, haproxy)
+    let only = std::env::args().nth(2);
     let load = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -221,7 +223,14 @@ fn main() {
     let blixt_addr = proxy_rt.block_on(async {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let a = l.local_addr().expect("addr");
-        let proxy = TlsProxy::new(ProxyConfig::default());
+        let mut config = ProxyConfig::default();
+        if let Some(kib) = std::env::var("BENCH_COPY_KIB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            config.copy_buffer_size = kib * 1024;
+        }
+        let proxy = TlsProxy::new(config);
         proxy.apply(&[TlsFrontend {
             name: "bench".into(),
             vip: a.ip(),
@@ -256,8 +265,15 @@ fn main() {
         "target", "conn/s", "p50", "p99", "errors", "Gbit/s"
     );
     for (name, target) in targets {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         let (rate, p50, p99, errors) = load.block_on(cps(target, hello.clone(), 32, secs));
-        let gbps = load.block_on(throughput(target, &hello, 4 << 30));
+        let gbps = if std::env::var_os("BENCH_NO_STREAM").is_some() {
+            0.0
+        } else {
+            load.block_on(throughput(target, &hello, 4 << 30))
+        };
         println!(
             "{name:<8} {rate:>10.0} {:>10.1?} {:>10.1?} {errors:>7} {gbps:>10.2}",
             p50, p99

@@ -358,3 +358,32 @@ async fn weights_over_many_connections() {
     let share = f64::from(n0) * 100.0 / f64::from(n);
     assert!((share - 80.0).abs() < 6.0, "be0 got {share}%");
 }
+
+#[tokio::test]
+async fn half_close_is_passed_on() {
+    let b0 = backend("be0").await;
+    let p = start(
+        ProxyConfig {
+            copy_buffer_size: 1024, // many reads per transfer
+            ..ProxyConfig::default()
+        },
+        vec![route("a.example.com", vec![be(b0.addr, 1)], 0)],
+    )
+    .await;
+    let h = hello("a.example.com");
+    let (_, mut s) = through(p.addr, &h).await;
+    let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    s.write_all(&payload).await.unwrap();
+    // FIN from the client: the backend sees EOF after the payload, echoes it all, closes.
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back))
+        .await
+        .expect("in time")
+        .expect("a clean EOF, not a reset");
+    assert_eq!(back, payload);
+    let st = p.proxy.stats();
+    let bs = st.backend(p.addr, b0.addr).unwrap();
+    assert_eq!(bs.bytes_sent, (h.len() + payload.len()) as u64);
+    assert_eq!(bs.bytes_received, (4 + h.len() + payload.len()) as u64);
+}
