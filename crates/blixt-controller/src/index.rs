@@ -1,0 +1,113 @@
+//! The kube provider: one reflector per kind the translator reads, filling stores; every event
+//! (including deletions) wakes the translator loop. `KubeIndex::objects()` copies the stores
+//! into the translator's plain `ObjectIndex`.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use blixt_core::translator::ObjectIndex;
+use blixt_gateway_api::{Gateway, GatewayClass, ReferenceGrant, TcpRoute, TlsRoute, UdpRoute};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tracing::warn;
+
+/// Stores of every kind the translator reads.
+#[derive(Clone)]
+pub struct KubeIndex {
+    gateway_classes: Store<GatewayClass>,
+    gateways: Store<Gateway>,
+    tcp_routes: Store<TcpRoute>,
+    udp_routes: Store<UdpRoute>,
+    tls_routes: Store<TlsRoute>,
+    reference_grants: Store<ReferenceGrant>,
+    services: Store<Service>,
+    endpoint_slices: Store<EndpointSlice>,
+    namespaces: Store<Namespace>,
+}
+
+impl std::fmt::Debug for KubeIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeIndex").finish_non_exhaustive()
+    }
+}
+
+/// Starts a reflector for `K` (all namespaces) that notifies `changed` on every event.
+fn reflect<K>(client: &Client, changed: Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let stream =
+        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => changed.notify_one(),
+                Err(e) => warn!(kind = %K::kind(&K::DynamicType::default()), "watch: {e}"),
+            }
+        }
+    });
+    reader
+}
+
+impl KubeIndex {
+    /// Starts watching everything; `changed` is notified on every add, update and delete.
+    pub fn start(client: &Client, changed: Arc<Notify>) -> Self {
+        KubeIndex {
+            gateway_classes: reflect(client, changed.clone()),
+            gateways: reflect(client, changed.clone()),
+            tcp_routes: reflect(client, changed.clone()),
+            udp_routes: reflect(client, changed.clone()),
+            tls_routes: reflect(client, changed.clone()),
+            reference_grants: reflect(client, changed.clone()),
+            services: reflect(client, changed.clone()),
+            endpoint_slices: reflect(client, changed.clone()),
+            namespaces: reflect(client, changed),
+        }
+    }
+
+    /// Waits until every store has its initial list, so the first translation sees the whole
+    /// cluster (and writes no status from a partial view).
+    pub async fn ready(&self) -> anyhow::Result<()> {
+        self.gateway_classes.wait_until_ready().await?;
+        self.gateways.wait_until_ready().await?;
+        self.tcp_routes.wait_until_ready().await?;
+        self.udp_routes.wait_until_ready().await?;
+        self.tls_routes.wait_until_ready().await?;
+        self.reference_grants.wait_until_ready().await?;
+        self.services.wait_until_ready().await?;
+        self.endpoint_slices.wait_until_ready().await?;
+        self.namespaces.wait_until_ready().await?;
+        Ok(())
+    }
+
+    /// The current objects, as the translator takes them.
+    pub fn objects(&self) -> ObjectIndex {
+        fn all<K: Resource + Clone>(s: &Store<K>) -> Vec<K>
+        where
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            s.state().iter().map(|o| (**o).clone()).collect()
+        }
+        ObjectIndex {
+            gateway_classes: all(&self.gateway_classes),
+            gateways: all(&self.gateways),
+            tcp_routes: all(&self.tcp_routes),
+            udp_routes: all(&self.udp_routes),
+            tls_routes: all(&self.tls_routes),
+            reference_grants: all(&self.reference_grants),
+            services: all(&self.services),
+            endpoint_slices: all(&self.endpoint_slices),
+            namespaces: all(&self.namespaces),
+        }
+    }
+}

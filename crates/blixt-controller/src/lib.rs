@@ -1,0 +1,166 @@
+//! Blixt's Kubernetes controller: the kube provider (watchers into the object index), the
+//! translator loop, the status writer (leader only) and leader election. The translation is
+//! the same pure function standalone mode uses; Kubernetes is only another way of filling the
+//! object index.
+
+pub mod index;
+pub mod leader;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use blixt_core::snapshot::Snapshot;
+use blixt_core::tls::TlsFrontend;
+use blixt_core::translator::{translate, Statuses, TranslatorConfig};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{Api, Client};
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
+
+use crate::index::KubeIndex;
+use crate::leader::{Leadership, LeaseConfig};
+use crate::status::StatusWriter;
+
+/// The CRDs the controller watches; startup fails with an install hint when one is missing.
+pub const REQUIRED_CRDS: &[&str] = &[
+    "gatewayclasses.gateway.networking.k8s.io",
+    "gateways.gateway.networking.k8s.io",
+    "tcproutes.gateway.networking.k8s.io",
+    "udproutes.gateway.networking.k8s.io",
+    "tlsroutes.gateway.networking.k8s.io",
+    "referencegrants.gateway.networking.k8s.io",
+];
+
+/// Checks the Gateway API CRDs are installed and serve v1.
+pub async fn check_crds(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut missing = Vec::new();
+    for name in REQUIRED_CRDS {
+        match api.get_opt(name).await.context("reading CRDs")? {
+            Some(crd) if crd.spec.versions.iter().any(|v| v.name == "v1" && v.served) => {}
+            Some(_) => missing.push(format!("{name} (installed, but v1 not served)")),
+            None => missing.push(name.to_string()),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "Gateway API CRDs missing: {}. Install the v1.6.1 standard channel: \
+             kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.6.1/standard-install.yaml",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// What the translator loop publishes for snapshot distribution.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Published {
+    pub snapshot: Snapshot,
+    pub tls: Vec<TlsFrontend>,
+}
+
+/// Controller settings.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    pub translator: TranslatorConfig,
+    pub lease: LeaseConfig,
+    /// Quiet time after a change before translating (changes often come in bursts).
+    pub debounce: Duration,
+    /// Everything is rewritten this often, repairing statuses others changed.
+    pub resync: Duration,
+}
+
+/// A running controller's handles.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub leadership: Leadership,
+    /// Every new snapshot (generation increases only when the snapshot changes).
+    pub snapshots: watch::Receiver<Published>,
+    /// The statuses of the latest translation.
+    pub statuses: watch::Receiver<Statuses>,
+}
+
+/// Starts watching, electing and translating. Runs until the process ends.
+pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
+    check_crds(&client).await?;
+    let changed = Arc::new(Notify::new());
+    let index = KubeIndex::start(&client, changed.clone());
+    index
+        .ready()
+        .await
+        .context("initial list of the watched kinds")?;
+    info!("object index ready");
+    let leadership = leader::spawn(client.clone(), opts.lease.clone());
+    let (snap_tx, snap_rx) = watch::channel(Published::default());
+    let (status_tx, status_rx) = watch::channel(Statuses::default());
+    let running = Running {
+        leadership: leadership.clone(),
+        snapshots: snap_rx,
+        statuses: status_rx,
+    };
+    tokio::spawn(async move {
+        let mut writer = StatusWriter::default();
+        let mut generation = 0u64;
+        let mut was_leader = false;
+        let mut last_resync = Instant::now();
+        loop {
+            let objects = index.objects();
+            let now = Time(k8s_openapi::jiff::Timestamp::now());
+            let t = translate(&objects, &opts.translator, &now);
+            let published = Published {
+                snapshot: Snapshot {
+                    generation,
+                    ..t.snapshot.clone()
+                },
+                tls: t.tls.clone(),
+            };
+            if published.snapshot.frontends != snap_tx.borrow().snapshot.frontends
+                || published.tls != snap_tx.borrow().tls
+                || generation == 0
+            {
+                generation += 1;
+                snap_tx.send_replace(Published {
+                    snapshot: Snapshot {
+                        generation,
+                        ..t.snapshot
+                    },
+                    tls: t.tls,
+                });
+                info!(generation, "new snapshot");
+            }
+            let leader = leadership.is_leader();
+            if leader && (!was_leader || last_resync.elapsed() > opts.resync) {
+                writer.reset();
+                last_resync = Instant::now();
+            }
+            was_leader = leader;
+            let mut failed = 0;
+            if leader {
+                failed = writer
+                    .write(
+                        &client,
+                        &objects,
+                        &t.statuses,
+                        &opts.translator.controller_name,
+                    )
+                    .await;
+            }
+            status_tx.send_replace(t.statuses);
+            // wait for a change (or retry soon after failed writes / to notice leadership)
+            let wait = if failed > 0 {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(2)
+            };
+            let _ = tokio::time::timeout(wait, changed.notified()).await;
+            tokio::time::sleep(opts.debounce).await;
+            if failed > 0 {
+                warn!(failed, "status writes failed; retrying");
+            }
+        }
+    });
+    Ok(running)
+}

@@ -1,0 +1,423 @@
+//! The controller against a real kube-apiserver (tests/k8s): objects created through the API,
+//! statuses observed through the API. Each test has its own namespace and its own
+//! controllerName, so the controllers of concurrent tests never touch each other's classes.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use blixt_controller::leader::LeaseConfig;
+use blixt_controller::{start, ControllerOptions, Running};
+use blixt_core::translator::{TranslatorConfig, GATEWAY_EXISTS_FINALIZER};
+use blixt_gateway_api::{Gateway, GatewayClass, TcpRoute};
+use blixt_k8s_harness::{apply, mark_pod_ready, parse_documents, shared, test_pod, TempNamespace};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::Client;
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not true after 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A controller for this test's namespace (its own controllerName and Lease).
+async fn controller(ns: &TempNamespace, pool: &[&str]) -> (Running, String) {
+    let cluster = shared();
+    let controller_name = format!("blixt.dev/test-{}", ns.name());
+    let opts = ControllerOptions {
+        translator: TranslatorConfig {
+            controller_name: controller_name.clone(),
+            address_pool: pool.iter().map(|a| a.parse().unwrap()).collect(),
+            ..TranslatorConfig::default()
+        },
+        lease: LeaseConfig {
+            namespace: ns.name().to_string(),
+            name: "blixt-controller".into(),
+            identity: format!("{}-a", ns.name()),
+            lease_duration: Duration::from_secs(6),
+            renew_every: Duration::from_secs(1),
+        },
+        debounce: Duration::from_millis(50),
+        resync: Duration::from_secs(300),
+    };
+    let running = start(cluster.client(), opts)
+        .await
+        .expect("controller starts");
+    (running, controller_name)
+}
+
+async fn apply_yaml(client: &Client, yaml: &str) {
+    for obj in parse_documents(yaml).expect("test manifest") {
+        apply(client, &obj).await.expect("apply");
+    }
+}
+
+fn cond<'a>(
+    conds: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    t: &str,
+) -> Option<(&'a str, &'a str)> {
+    conds
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| (c.status.as_str(), c.reason.as_str()))
+}
+
+fn class_yaml(name: &str, controller: &str) -> String {
+    format!("apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {name}}}\nspec: {{controllerName: {controller}}}\n")
+}
+
+fn service_yaml(ns: &str, name: &str, addrs: &[&str]) -> String {
+    let mut y = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{name: p, port: 8080, protocol: TCP, targetPort: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-x\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: p, port: 8080, protocol: TCP}}]\nendpoints:\n"
+    );
+    for a in addrs {
+        y.push_str(&format!(
+            "- addresses: [\"{a}\"]\n  conditions: {{ready: true}}\n"
+        ));
+    }
+    y
+}
+
+#[tokio::test]
+async fn class_gateway_and_route_statuses_through_the_api_server() {
+    let cluster = shared();
+    let client = cluster.client();
+    let ns = cluster.temp_namespace().await;
+    let n = ns.name();
+    let (running, controller_name) = controller(&ns, &["192.0.2.10"]).await;
+    let class = format!("{n}-blixt");
+    let other_class = format!("{n}-other");
+    apply_yaml(&client, &class_yaml(&class, &controller_name)).await;
+    apply_yaml(
+        &client,
+        &class_yaml(&other_class, "example.com/someone-else"),
+    )
+    .await;
+    apply_yaml(
+        &client,
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: {n}}}\nspec:\n  gatewayClassName: {class}\n  listeners:\n  - {{name: tcp, protocol: TCP, port: 80}}\n  - {{name: web, protocol: HTTP, port: 8080}}\n"
+        ),
+    )
+    .await;
+    apply_yaml(&client, &service_yaml(n, "app", &["10.1.0.1", "10.1.0.2"])).await;
+    apply_yaml(
+        &client,
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\nmetadata: {{name: r, namespace: {n}}}\nspec:\n  parentRefs: [{{name: gw, sectionName: tcp}}]\n  rules:\n  - backendRefs: [{{name: app, port: 8080}}, {{name: missing, port: 8080}}]\n"
+        ),
+    )
+    .await;
+
+    let classes: Api<GatewayClass> = Api::all(client.clone());
+    let gc = eventually("GatewayClass accepted", || async {
+        let gc = classes.get(&class).await.ok()?;
+        let c = gc.status.as_ref()?.conditions.as_ref()?;
+        (cond(c, "Accepted") == Some(("True", "Accepted"))).then_some(gc)
+    })
+    .await;
+    let features: Vec<String> = gc
+        .status
+        .unwrap()
+        .supported_features
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    let mut sorted = features.clone();
+    sorted.sort();
+    assert_eq!(features, sorted, "supportedFeatures sorted");
+    assert!(features.contains(&"TCPRoute".to_string()));
+    eventually("finalizer while a Gateway uses the class", || async {
+        let gc = classes.get(&class).await.ok()?;
+        gc.metadata
+            .finalizers?
+            .contains(&GATEWAY_EXISTS_FINALIZER.to_string())
+            .then_some(())
+    })
+    .await;
+
+    let gws: Api<Gateway> = Api::namespaced(client.clone(), n);
+    let gw = eventually("Gateway programmed with the pool address", || async {
+        let gw = gws.get("gw").await.ok()?;
+        let st = gw.status.clone()?;
+        let c = st.conditions.as_ref()?;
+        let routes_seen = st
+            .listeners
+            .as_ref()?
+            .iter()
+            .any(|l| l.name == "tcp" && l.attached_routes == 1);
+        (cond(c, "Programmed") == Some(("True", "Programmed"))
+            && routes_seen
+            && st
+                .addresses
+                .as_ref()?
+                .iter()
+                .any(|a| a.value == "192.0.2.10"))
+        .then_some(gw)
+    })
+    .await;
+    let st = gw.status.unwrap();
+    assert_eq!(
+        cond(st.conditions.as_ref().unwrap(), "Accepted"),
+        Some(("True", "ListenersNotValid")),
+        "one listener is HTTP"
+    );
+    for c in st.conditions.as_ref().unwrap() {
+        assert_eq!(c.observed_generation, gw.metadata.generation, "{c:?}");
+    }
+    let listeners = st.listeners.unwrap();
+    let tcp = listeners.iter().find(|l| l.name == "tcp").unwrap();
+    assert_eq!(tcp.attached_routes, 1);
+    let web = listeners.iter().find(|l| l.name == "web").unwrap();
+    assert_eq!(
+        cond(&web.conditions, "Accepted"),
+        Some(("False", "UnsupportedProtocol"))
+    );
+
+    let routes: Api<TcpRoute> = Api::namespaced(client.clone(), n);
+    let r = eventually("TCPRoute status", || async {
+        let r = routes.get("r").await.ok()?;
+        (!r.status.as_ref()?.parents.is_empty()).then_some(r)
+    })
+    .await;
+    let parent = &r.status.unwrap().parents[0];
+    assert_eq!(parent.controller_name, controller_name);
+    assert_eq!(
+        parent.parent_ref.group.as_deref(),
+        Some("gateway.networking.k8s.io")
+    );
+    assert_eq!(parent.parent_ref.kind.as_deref(), Some("Gateway"));
+    assert_eq!(parent.parent_ref.namespace.as_deref(), Some(n));
+    assert_eq!(
+        cond(&parent.conditions, "Accepted"),
+        Some(("True", "Accepted"))
+    );
+    assert_eq!(
+        cond(&parent.conditions, "ResolvedRefs"),
+        Some(("False", "BackendNotFound"))
+    );
+
+    // the snapshot carries the route: two backends, the missing Service's share rejected
+    let mut snaps = running.snapshots.clone();
+    let fe = eventually("snapshot frontend", || {
+        let s = snaps.borrow_and_update().clone();
+        async move {
+            s.snapshot
+                .frontends
+                .into_iter()
+                .find(|f| f.name == format!("{n}/gw/tcp"))
+        }
+    })
+    .await;
+    assert_eq!(fe.backends.len(), 2);
+    // the missing Service's weight (1 of 2) is rejected: half of the new flows
+    let served: u32 = fe.backends.iter().map(|b| b.weight).sum();
+    assert_eq!(fe.reject_weight, served, "{fe:?}");
+
+    // another controller's class is left alone
+    let other = classes.get(&other_class).await.unwrap();
+    assert!(
+        other
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .all(|c| c.reason != "Accepted" || c.status != "True"),
+        "status written for someone else's class"
+    );
+
+    // generation bump: observedGeneration follows
+    let mut gc = classes.get(&class).await.unwrap();
+    gc.spec.description = Some("changed".into());
+    classes
+        .replace(&class, &PostParams::default(), &gc)
+        .await
+        .unwrap();
+    eventually(
+        "observedGeneration follows the class's generation",
+        || async {
+            let gc = classes.get(&class).await.ok()?;
+            let c = gc.status.as_ref()?.conditions.as_ref()?;
+            c.iter()
+                .all(|c| c.observed_generation == gc.metadata.generation)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // deleting the Gateway releases the class's finalizer
+    gws.delete("gw", &DeleteParams::default()).await.unwrap();
+    eventually(
+        "finalizer removed once no Gateway uses the class",
+        || async {
+            let gc = classes.get(&class).await.ok()?;
+            (!gc.metadata
+                .finalizers
+                .unwrap_or_default()
+                .contains(&GATEWAY_EXISTS_FINALIZER.to_string()))
+            .then_some(())
+        },
+    )
+    .await;
+    classes
+        .delete(&class, &DeleteParams::default())
+        .await
+        .unwrap();
+    classes
+        .delete(&other_class, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reference_grant_grants_and_its_deletion_revokes() {
+    let cluster = shared();
+    let client = cluster.client();
+    let ns = cluster.temp_namespace().await;
+    let backend_ns = cluster.temp_namespace().await;
+    let (n, b) = (ns.name(), backend_ns.name());
+    let (running, controller_name) = controller(&ns, &["192.0.2.20"]).await;
+    let class = format!("{n}-blixt");
+    apply_yaml(&client, &class_yaml(&class, &controller_name)).await;
+    apply_yaml(&client, &format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: {n}}}\nspec:\n  gatewayClassName: {class}\n  listeners: [{{name: tcp, protocol: TCP, port: 80}}]\n")).await;
+    apply_yaml(&client, &service_yaml(b, "app", &["10.2.0.1"])).await;
+    apply_yaml(&client, &format!("apiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\nmetadata: {{name: r, namespace: {n}}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: [{{name: app, namespace: {b}, port: 8080}}]\n")).await;
+
+    let routes: Api<TcpRoute> = Api::namespaced(client.clone(), n);
+    let resolved = |want: (&'static str, &'static str)| {
+        let routes = routes.clone();
+        async move {
+            let r = routes.get("r").await.ok()?;
+            let p = r.status?.parents.into_iter().next()?;
+            (cond(&p.conditions, "ResolvedRefs") == Some(want)).then_some(())
+        }
+    };
+    eventually("RefNotPermitted without a grant", || {
+        resolved(("False", "RefNotPermitted"))
+    })
+    .await;
+
+    apply_yaml(&client, &format!("apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\nmetadata: {{name: allow, namespace: {b}}}\nspec:\n  from: [{{group: gateway.networking.k8s.io, kind: TCPRoute, namespace: {n}}}]\n  to: [{{group: \"\", kind: Service}}]\n")).await;
+    eventually("granted", || resolved(("True", "ResolvedRefs"))).await;
+    let mut snaps = running.snapshots.clone();
+    eventually("traffic allowed: a backend in the snapshot", || {
+        let s = snaps.borrow_and_update().clone();
+        async move {
+            s.snapshot
+                .frontends
+                .iter()
+                .any(|f| f.name == format!("{n}/gw/tcp") && f.backends.len() == 1)
+                .then_some(())
+        }
+    })
+    .await;
+
+    let grants: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        b,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "ReferenceGrant"),
+            "referencegrants",
+        ),
+    );
+    grants
+        .delete("allow", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("revoked", || resolved(("False", "RefNotPermitted"))).await;
+    eventually("traffic stops: no backend in the snapshot", || {
+        let s = snaps.borrow_and_update().clone();
+        async move {
+            s.snapshot
+                .frontends
+                .iter()
+                .any(|f| f.name == format!("{n}/gw/tcp") && f.backends.is_empty())
+                .then_some(())
+        }
+    })
+    .await;
+    Api::<GatewayClass>::all(client)
+        .delete(&class, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn endpoint_slice_controller_changes_reach_the_snapshot() {
+    let cluster = shared();
+    let client = cluster.client();
+    let ns = cluster.temp_namespace().await;
+    let n = ns.name();
+    let (running, controller_name) = controller(&ns, &["192.0.2.30"]).await;
+    let class = format!("{n}-blixt");
+    apply_yaml(&client, &class_yaml(&class, &controller_name)).await;
+    apply_yaml(&client, &format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: {n}}}\nspec:\n  gatewayClassName: {class}\n  listeners: [{{name: tcp, protocol: TCP, port: 80}}]\n")).await;
+    // a Service with a selector: the real EndpointSlice controller fills its slices from Pods
+    apply_yaml(&client, &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: {n}}}\nspec:\n  selector: {{app: web}}\n  ports: [{{name: p, port: 8080, protocol: TCP, targetPort: 8080}}]\n")).await;
+    apply_yaml(&client, &format!("apiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\nmetadata: {{name: r, namespace: {n}}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: [{{name: app, port: 8080}}]\n")).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), n);
+    for (i, ip) in ["10.3.0.1", "10.3.0.2"].iter().enumerate() {
+        let name = format!("web-{i}");
+        pods.create(
+            &PostParams::default(),
+            &test_pod(&name, &[("app", "web")], cluster.node_name(), 8080),
+        )
+        .await
+        .unwrap();
+        mark_pod_ready(&client, n, &name, ip, true).await;
+    }
+    let mut snaps = running.snapshots.clone();
+    let mut backends = |want: BTreeSet<&'static str>| {
+        let s = snaps.borrow_and_update().clone();
+        let fe_name = format!("{n}/gw/tcp");
+        async move {
+            let fe = s
+                .snapshot
+                .frontends
+                .into_iter()
+                .find(|f| f.name == fe_name)?;
+            let got: BTreeSet<String> = fe
+                .backends
+                .iter()
+                .filter(|b| b.weight > 0 && b.state == blixt_core::snapshot::BackendState::Active)
+                .map(|b| b.addr.addr.to_string())
+                .collect();
+            (got == want.iter().map(|s| s.to_string()).collect()).then_some(())
+        }
+    };
+    eventually("both ready pods", || {
+        backends(["10.3.0.1", "10.3.0.2"].into())
+    })
+    .await;
+    mark_pod_ready(&client, n, "web-1", "10.3.0.2", false).await;
+    eventually("unready pod leaves new flows", || {
+        backends(["10.3.0.1"].into())
+    })
+    .await;
+    let p = pods
+        .create(
+            &PostParams::default(),
+            &test_pod("web-2", &[("app", "web")], cluster.node_name(), 8080),
+        )
+        .await;
+    p.unwrap();
+    mark_pod_ready(&client, n, "web-2", "10.3.0.3", true).await;
+    eventually("new pod joins", || {
+        backends(["10.3.0.1", "10.3.0.3"].into())
+    })
+    .await;
+    Api::<GatewayClass>::all(client)
+        .delete(&class, &DeleteParams::default())
+        .await
+        .unwrap();
+}
