@@ -26,11 +26,11 @@ use crate::client_hello::{ClientHelloParser, ParseError, Progress, DEFAULT_MAX_H
 use crate::routing::{normalize, ConnTuple, Decision, RejectReason, SniTable};
 use crate::stats::{BackendCounters, ListenerCounters, LogLimiter, ProxyStats, Registry};
 
-/// Copy buffers kept for reuse at most (with the default size, 8 MiB).
+/// Copy buffers kept for reuse at most (with the default size, 16 MiB).
 const POOLED_BUFFERS: usize = 256;
 
 /// Default [`ProxyConfig::copy_buffer_size`]; see docs/tls-passthrough.md for the measurement.
-pub const DEFAULT_COPY_BUFFER: usize = 32 * 1024;
+pub const DEFAULT_COPY_BUFFER: usize = 64 * 1024;
 
 /// Limits and timeouts of the proxy. The defaults suit an internet-facing node.
 #[derive(Debug, Clone)]
