@@ -107,12 +107,22 @@ pub(crate) fn ensure_openssl() -> &'static str {
             .unwrap_or(false)
     };
     if !works() {
-        let status = Command::new("apt-get")
-            .args(["install", "-y", "-q", "openssl"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
+        let install = || {
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "openssl"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        // A fresh machine may have no package lists yet.
+        let installed = install()
+            || (Command::new("apt-get")
+                .args(["update", "-q"])
+                .status()
+                .is_ok_and(|s| s.success())
+                && install());
         assert!(
-            matches!(status, Ok(s) if s.success()) && works(),
+            installed && works(),
             "openssl is missing and `apt-get install -y openssl` failed: install Debian's openssl package (needs root)"
         );
     }
