@@ -149,8 +149,12 @@ static __always_inline int rewrite(struct xdp_md *ctx, struct pkt *p, const __u8
 	return 0;
 }
 
-/* Sends the packet on by FIB lookup of its (rewritten) destination. */
-static __always_inline int forward(struct xdp_md *ctx, struct pkt *p)
+/*
+ * Sends the packet on by FIB lookup of its (rewritten) destination. With `cache`, a successful
+ * lookup is remembered in that conntrack entry, so later packets of the flow skip the FIB (it
+ * is about half the cost of an established packet) until the next once-a-second refresh.
+ */
+static __always_inline int forward(struct xdp_md *ctx, struct pkt *p, struct blixt_ct_entry *cache)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -184,10 +188,17 @@ static __always_inline int forward(struct xdp_md *ctx, struct pkt *p)
 			return XDP_DROP;
 		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+		if (cache) {
+			__builtin_memcpy(cache->fib_dmac, fib.dmac, ETH_ALEN);
+			__builtin_memcpy(cache->fib_smac, fib.smac, ETH_ALEN);
+			cache->fib_ifindex = fib.ifindex;
+		}
 		if (fib.ifindex == ctx->ingress_ifindex)
 			return XDP_TX;
 		return bpf_redirect(fib.ifindex, 0);
 	}
+	if (cache)
+		cache->fib_ifindex = 0;
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		/*
 		 * XDP cannot resolve a neighbour. Leave the egress ifindex in metadata and let the TC
@@ -547,8 +558,10 @@ static __always_inline int tracked_flow(struct xdp_md *ctx, struct pkt *p, struc
 	/* writes dirty a shared cache line: only when something changed */
 	if (state > ct->state)
 		ct->state = state;
-	if (now - ct->last_seen_ns > NSEC_PER_SEC)
+	if (now - ct->last_seen_ns > NSEC_PER_SEC) {
 		ct->last_seen_ns = now;
+		p->fib_refresh = 1; /* routes and neighbours may have changed */
+	}
 
 	count(&blixt_backend_stats, ct->backend_id, p->len, 0, 0);
 	return ACT_FORWARD;
@@ -694,7 +707,7 @@ int blixt_lb(struct xdp_md *ctx)
 	case PARSE_ICMP_ERR:
 		/* already rewritten in place; only the route is left */
 		act = icmp_error(ctx, &p);
-		return act == ACT_FORWARD ? forward(ctx, &p) : act;
+		return act == ACT_FORWARD ? forward(ctx, &p, 0) : act;
 	case PARSE_FRAGMENT:
 		return fragment(&p);
 	case PARSE_ARP:
@@ -706,9 +719,12 @@ int blixt_lb(struct xdp_md *ctx)
 	}
 
 	act = ACT_NEW_FLOW;
+	int tracked = 0;
 	ct = bpf_map_lookup_elem(&blixt_conntrack, &p.key);
-	if (ct)
+	if (ct) {
 		act = tracked_flow(ctx, &p, ct);
+		tracked = act == ACT_FORWARD;
+	}
 	if (act == ACT_NEW_FLOW)
 		act = lookup_frontend_and_start(ctx, &p, &ct);
 	if (act == ACT_RST)
@@ -720,7 +736,22 @@ int blixt_lb(struct xdp_md *ctx)
 	__builtin_memcpy(&nports, &ct->nsport, 4);
 	if (rewrite(ctx, &p, ct->nsrc, ct->ndst, nports))
 		return XDP_DROP;
-	return forward(ctx, &p);
+	if (!tracked)
+		return forward(ctx, &p, 0);
+	__u32 ifindex = ct->fib_ifindex;
+	if (!ifindex || p.fib_refresh)
+		return forward(ctx, &p, ct);
+	/* the cached next hop */
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(eth->h_dest, ct->fib_dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, ct->fib_smac, ETH_ALEN);
+	if (ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(ifindex, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -151,6 +151,10 @@ pub struct CtEntry {
     pub pad1: u32,
     pub last_seen_ns: u64,
     pub created_ns: u64,
+    /// Next hop cached from bpf_fib_lookup (0: none yet).
+    pub fib_ifindex: u32,
+    pub fib_smac: [u8; 6],
+    pub fib_dmac: [u8; 6],
 }
 
 #[repr(C)]

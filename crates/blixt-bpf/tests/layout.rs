@@ -75,7 +75,8 @@ fn shared_structs_match_the_c_header() {
         "nsrc" => nsrc, "ndst" => ndst, "nsport" => nsport, "ndport" => ndport,
         "backend_id" => backend_id, "backend_gen" => backend_gen, "frontend_id" => frontend_id,
         "state" => state, "dir" => dir, "flags" => flags, "pad0" => pad0, "pad1" => pad1,
-        "last_seen_ns" => last_seen_ns, "created_ns" => created_ns });
+        "last_seen_ns" => last_seen_ns, "created_ns" => created_ns,
+        "fib_ifindex" => fib_ifindex, "fib_smac" => fib_smac, "fib_dmac" => fib_dmac });
     same_layout!(btf, "blixt_config", Config, {
         "snat_v4" => snat_v4, "snat_v6" => snat_v6, "port_min" => port_min,
         "port_max" => port_max, "flags" => flags, "tcp_syn_timeout_s" => tcp_syn_timeout_s,

@@ -106,6 +106,10 @@ struct blixt_ct_entry {
 	__u32 pad1;
 	__u64 last_seen_ns; /* bpf_ktime_get_coarse_ns(), refreshed at most once a second */
 	__u64 created_ns;
+	/* next hop cached from bpf_fib_lookup(), refreshed with last_seen; 0: look it up */
+	__u32 fib_ifindex;
+	__u8 fib_smac[6];
+	__u8 fib_dmac[6];
 };
 
 /* Global configuration, one entry, written by the agent. */

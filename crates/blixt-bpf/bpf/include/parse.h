@@ -68,7 +68,9 @@ struct pkt {
 	__u8 proto;     /* L4 protocol of the packet (or of the quoted packet for ICMP errors) */
 	__u8 tcp_flags; /* byte 13 of the TCP header */
 	__u8 icmp_v6;   /* ICMP error is ICMPv6 */
-	struct blixt_flow_key key; /* 5-tuple as it arrives (ICMP errors: the quoted packet's) */
+	__u8 fib_refresh; /* the flow's cached next hop is due for a new FIB lookup */
+	/* 5-tuple as it arrives (ICMP errors: the quoted packet's); hashed as 32-bit words */
+	struct blixt_flow_key key __attribute__((aligned(8)));
 };
 
 #define TCPF_FIN 0x01
