@@ -47,8 +47,7 @@ lab: deps
 	$(CARGO) test -p blixt --test lab
 
 bench: deps
-	@bash hack/require-root.sh "make bench"
-	$(CARGO) run --release -p blixt-bench -- $(if $(QUICK),--quick,)
+	@QUICK=$(QUICK) bash bench/run.sh
 
 clean:
 	$(CARGO) clean
