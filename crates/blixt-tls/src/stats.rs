@@ -200,6 +200,150 @@ impl ProxyStats {
     }
 }
 
+impl ProxyStats {
+    /// Registers every counter as Prometheus families (prefix from `registry`, e.g.
+    /// `blixt_tls_rejects_total{frontend,vip,port,reason}`); the agent calls this at scrape
+    /// time with the registry it encodes.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+
+        type Labels = Vec<(String, String)>;
+        let tls = registry.sub_registry_with_prefix("tls");
+        let counter = |r: &mut prometheus_client::registry::Registry, name: &str, help: &str| {
+            let f = Family::<Labels, Counter>::default();
+            r.register(name, help, f.clone());
+            f
+        };
+        let gauge = |r: &mut prometheus_client::registry::Registry, name: &str, help: &str| {
+            let f = Family::<Labels, Gauge>::default();
+            r.register(name, help, f.clone());
+            f
+        };
+        let accepted = counter(
+            tls,
+            "connections_accepted",
+            "TCP connections accepted per TLS frontend",
+        );
+        let forwarded = counter(
+            tls,
+            "connections_forwarded",
+            "Connections forwarded to a backend per TLS frontend",
+        );
+        let active = gauge(
+            tls,
+            "connections_active",
+            "Forwarded connections open now per TLS frontend",
+        );
+        let rejects = counter(
+            tls,
+            "rejects",
+            "Connections reset per TLS frontend and reason",
+        );
+        let idle = counter(
+            tls,
+            "idle_timeouts",
+            "Forwarded connections closed by the idle timeout",
+        );
+        let bytes = counter(tls, "bytes", "Bytes per TLS frontend and direction");
+        let route_conns = counter(
+            tls,
+            "route_connections",
+            "Connections forwarded per SNI route",
+        );
+        let route_rejects = counter(
+            tls,
+            "route_rejects",
+            "Connections reset per SNI route and reason",
+        );
+        let be_conns = counter(
+            tls,
+            "backend_connections",
+            "Connections forwarded per backend",
+        );
+        let be_active = gauge(
+            tls,
+            "backend_connections_active",
+            "Open connections per backend",
+        );
+        let be_errors = counter(tls, "backend_connect_errors", "Failed connects per backend");
+        let be_bytes = counter(tls, "backend_bytes", "Bytes per backend and direction");
+        let pending = Gauge::<i64>::default();
+        tls.register(
+            "pending_handshakes",
+            "Connections waiting for their ClientHello",
+            pending.clone(),
+        );
+        let updates = Counter::<u64>::default();
+        tls.register("table_updates", "SNI tables applied", updates.clone());
+
+        let fe_labels = |name: &str, addr: SocketAddr| -> Labels {
+            vec![
+                ("frontend".into(), name.to_string()),
+                ("vip".into(), addr.ip().to_string()),
+                ("port".into(), addr.port().to_string()),
+            ]
+        };
+        let with = |mut l: Labels, k: &str, v: String| {
+            l.push((k.to_string(), v));
+            l
+        };
+        let names: BTreeMap<SocketAddr, &str> = self
+            .listeners
+            .iter()
+            .map(|l| (l.addr, l.name.as_str()))
+            .collect();
+        for l in &self.listeners {
+            let base = fe_labels(&l.name, l.addr);
+            accepted.get_or_create(&base).inc_by(l.accepted);
+            forwarded.get_or_create(&base).inc_by(l.forwarded);
+            active.get_or_create(&base).set(l.active as i64);
+            idle.get_or_create(&base).inc_by(l.idle_timeouts);
+            bytes
+                .get_or_create(&with(base.clone(), "direction", "from_client".into()))
+                .inc_by(l.bytes_from_clients);
+            bytes
+                .get_or_create(&with(base.clone(), "direction", "to_client".into()))
+                .inc_by(l.bytes_to_clients);
+            for (reason, n) in &l.rejects {
+                rejects
+                    .get_or_create(&with(base.clone(), "reason", reason.label().into()))
+                    .inc_by(*n);
+            }
+        }
+        for r in &self.routes {
+            let name = names.get(&r.frontend).copied().unwrap_or("");
+            let base = with(fe_labels(name, r.frontend), "route", r.route.clone());
+            route_conns.get_or_create(&base).inc_by(r.connections);
+            for (reason, n) in &r.rejects {
+                route_rejects
+                    .get_or_create(&with(base.clone(), "reason", reason.label().into()))
+                    .inc_by(*n);
+            }
+        }
+        for b in &self.backends {
+            let name = names.get(&b.frontend).copied().unwrap_or("");
+            let base = with(
+                fe_labels(name, b.frontend),
+                "backend",
+                b.backend.to_string(),
+            );
+            be_conns.get_or_create(&base).inc_by(b.connections);
+            be_active.get_or_create(&base).set(b.active as i64);
+            be_errors.get_or_create(&base).inc_by(b.connect_errors);
+            be_bytes
+                .get_or_create(&with(base.clone(), "direction", "to_backend".into()))
+                .inc_by(b.bytes_sent);
+            be_bytes
+                .get_or_create(&with(base.clone(), "direction", "from_backend".into()))
+                .inc_by(b.bytes_received);
+        }
+        pending.set(self.pending_handshakes as i64);
+        updates.inc_by(self.table_updates);
+    }
+}
+
 /// Counters of one TLS frontend (VIP:port).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerStats {
@@ -281,6 +425,31 @@ impl LogLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prometheus_families() {
+        let r = Registry::default();
+        let a: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let b: SocketAddr = "10.0.0.1:8443".parse().unwrap();
+        let l = r.listener(a, "ns/gw/tls");
+        l.accepted.fetch_add(5, Relaxed);
+        l.reject(RejectReason::NoSni);
+        r.route(a, "ns/r").connections.fetch_add(4, Relaxed);
+        r.backend(a, b).bytes_sent.fetch_add(1000, Relaxed);
+        let mut reg = prometheus_client::registry::Registry::with_prefix("blixt");
+        r.snapshot().register(&mut reg);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        for want in [
+            r#"blixt_tls_connections_accepted_total{frontend="ns/gw/tls",vip="192.0.2.1",port="443"} 5"#,
+            r#"blixt_tls_rejects_total{frontend="ns/gw/tls",vip="192.0.2.1",port="443",reason="no_sni"} 1"#,
+            r#"blixt_tls_route_connections_total{frontend="ns/gw/tls",vip="192.0.2.1",port="443",route="ns/r"} 4"#,
+            r#"blixt_tls_backend_bytes_total{frontend="ns/gw/tls",vip="192.0.2.1",port="443",backend="10.0.0.1:8443",direction="to_backend"} 1000"#,
+            "blixt_tls_pending_handshakes 0",
+        ] {
+            assert!(out.contains(want), "missing {want} in\n{out}");
+        }
+    }
 
     #[test]
     fn limiter_lets_one_line_per_interval() {
