@@ -4,7 +4,7 @@
 //! each first gets back the pool addresses its status already shows (so adding a Gateway never
 //! moves another one's VIP), then free pool addresses in pool order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use blixt_gateway_api::Gateway;
@@ -46,14 +46,14 @@ impl Slot {
 }
 
 /// Reads a Gateway's `spec.addresses`.
-pub(crate) fn request(gw: &Gateway, config: &TranslatorConfig) -> AddressRequest {
+pub(crate) fn request(gw: &Gateway, pool: &[IpAddr]) -> AddressRequest {
     let mut req = AddressRequest::default();
     let spec = gw.spec.addresses.as_deref().unwrap_or_default();
     if spec.is_empty() {
-        if config.address_pool.iter().any(IpAddr::is_ipv4) {
+        if pool.iter().any(IpAddr::is_ipv4) {
             req.slots.push(Slot::V4);
         }
-        if config.address_pool.iter().any(IpAddr::is_ipv6) {
+        if pool.iter().any(IpAddr::is_ipv6) {
             req.slots.push(Slot::V6);
         }
         return req;
@@ -98,6 +98,8 @@ pub(crate) struct AddressOutcome {
 pub(crate) struct Claimant<'a> {
     pub key: ObjectKey,
     pub request: &'a AddressRequest,
+    /// The pool of its GatewayClass.
+    pub pool: &'a [IpAddr],
     /// Addresses in the Gateway's current status (for sticky allocation).
     pub previous: Vec<IpAddr>,
 }
@@ -136,13 +138,6 @@ pub(crate) fn assign(
         }
     }
 
-    let mut pool = Vec::new();
-    let mut seen = BTreeSet::new();
-    for &ip in &config.address_pool {
-        if seen.insert(ip) {
-            pool.push(ip);
-        }
-    }
     let mut by_name: Vec<&Claimant<'_>> = claimants
         .iter()
         .filter(|c| !c.request.slots.is_empty() && out[&c.key].unusable.is_empty())
@@ -159,7 +154,7 @@ pub(crate) fn assign(
         for (i, slot) in c.request.slots.iter().enumerate() {
             let keep = c.previous.iter().copied().find(|ip| {
                 slot.fits(*ip)
-                    && seen.contains(ip)
+                    && c.pool.contains(ip)
                     && !taken.contains_key(ip)
                     && !slots.contains(&Some(*ip))
             });
@@ -176,7 +171,8 @@ pub(crate) fn assign(
             if slots[i].is_some() {
                 continue;
             }
-            if let Some(&ip) = pool
+            if let Some(&ip) = c
+                .pool
                 .iter()
                 .find(|ip| slot.fits(**ip) && !taken.contains_key(ip))
             {

@@ -14,6 +14,11 @@ use crate::snapshot::Protocol;
 /// `controllerName` of every route parent status Blixt writes.
 pub const CONTROLLER_NAME: &str = "blixt.dev/gateway-controller";
 
+/// Group of Blixt's own kinds (GatewayClass parameters).
+pub const PARAMETERS_GROUP: &str = "blixt.dev";
+/// The kind a GatewayClass `parametersRef` may name: a pool of Gateway addresses.
+pub const ADDRESS_POOL_KIND: &str = "AddressPool";
+
 /// Finalizer put on a GatewayClass while Gateways use it (Gateway API's well-known name).
 pub const GATEWAY_EXISTS_FINALIZER: &str = "gateway-exists-finalizer.gateway.networking.k8s.io";
 
@@ -40,6 +45,11 @@ pub struct TranslatorConfig {
     /// `IPAddress` entry without a value). A Gateway without `spec.addresses` gets one
     /// address of each family present in the pool (dual stack when the pool has both).
     pub address_pool: Vec<IpAddr>,
+    /// Named address pools (Blixt's `AddressPool` objects, group [`PARAMETERS_GROUP`], kind
+    /// [`ADDRESS_POOL_KIND`]): a GatewayClass whose `parametersRef` names one allocates its
+    /// Gateways' addresses from it instead of `address_pool`. A missing pool makes the class
+    /// `Accepted=False/InvalidParameters`.
+    pub address_pools: std::collections::BTreeMap<String, Vec<IpAddr>>,
     /// Where static `spec.addresses` may lie. Empty: anywhere. An address outside every range
     /// makes the Gateway `Programmed=False/AddressNotUsable`.
     pub static_address_ranges: Vec<IpNet>,
@@ -61,6 +71,7 @@ impl Default for TranslatorConfig {
         TranslatorConfig {
             controller_name: CONTROLLER_NAME.to_string(),
             address_pool: Vec::new(),
+            address_pools: std::collections::BTreeMap::new(),
             static_address_ranges: Vec::new(),
             reserved_ports: BTreeSet::new(),
             max_frontends: None,

@@ -52,7 +52,8 @@ use self::objects::{age_key, Lookup, RouteKind, RouteView};
 use self::routes::{FullParentRef, ParentOutcome};
 
 pub use self::config::{
-    IpNet, TranslatorConfig, CONTROLLER_NAME, GATEWAY_EXISTS_FINALIZER, SUPPORTED_FEATURES,
+    IpNet, TranslatorConfig, ADDRESS_POOL_KIND, CONTROLLER_NAME, GATEWAY_EXISTS_FINALIZER,
+    PARAMETERS_GROUP, SUPPORTED_FEATURES,
 };
 pub use self::objects::{ObjectIndex, ObjectKey};
 
@@ -162,7 +163,8 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
         .map(|g| {
             let class_accepted = classes[g.spec.gateway_class_name.as_str()].1.is_true();
             let listeners = listeners::evaluate(g, config, &lookup);
-            let request = addresses::request(g, config);
+            let pool = class_pool(&classes[g.spec.gateway_class_name.as_str()].0, config);
+            let request = addresses::request(g, pool);
             let accepted = gateway_accepted(g, class_accepted, &listeners, &request);
             GatewayEval {
                 obj: g,
@@ -185,6 +187,7 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
         .map(|g| Claimant {
             key: g.key.clone(),
             request: &g.request,
+            pool: class_pool(&classes[g.obj.spec.gateway_class_name.as_str()].0, config),
             previous: g
                 .obj
                 .status
@@ -441,6 +444,15 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
     }
 }
 
+/// The addresses a class's Gateways allocate from: its AddressPool, or the default pool.
+fn class_pool<'c>(gc: &GatewayClass, config: &'c TranslatorConfig) -> &'c [IpAddr] {
+    gc.spec
+        .parameters_ref
+        .as_ref()
+        .and_then(|p| config.address_pools.get(&p.name))
+        .map_or(&config.address_pool[..], |v| &v[..])
+}
+
 fn class_condition(gc: &GatewayClass, name: &str, config: &TranslatorConfig) -> Cond {
     if let Some(allowed) = &config.gateway_class_names {
         if !allowed.contains(name) {
@@ -456,15 +468,25 @@ fn class_condition(gc: &GatewayClass, name: &str, config: &TranslatorConfig) -> 
         }
     }
     if let Some(p) = &gc.spec.parameters_ref {
-        return Cond::new(
-            ct::ACCEPTED,
-            false,
-            reason::INVALID_PARAMETERS,
-            format!(
-                "parametersRef {}/{} {:?}: Blixt defines no GatewayClass parameters kind yet",
-                p.group, p.kind, p.name
-            ),
-        );
+        if p.group != PARAMETERS_GROUP || p.kind != ADDRESS_POOL_KIND {
+            return Cond::new(
+                ct::ACCEPTED,
+                false,
+                reason::INVALID_PARAMETERS,
+                format!(
+                    "parametersRef {}/{} {:?}: Blixt's GatewayClass parameters are {PARAMETERS_GROUP}/{ADDRESS_POOL_KIND}",
+                    p.group, p.kind, p.name
+                ),
+            );
+        }
+        if !config.address_pools.contains_key(&p.name) {
+            return Cond::new(
+                ct::ACCEPTED,
+                false,
+                reason::INVALID_PARAMETERS,
+                format!("parametersRef: {ADDRESS_POOL_KIND} {:?} not found", p.name),
+            );
+        }
     }
     Cond::new(
         ct::ACCEPTED,

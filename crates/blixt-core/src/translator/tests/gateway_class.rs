@@ -81,6 +81,69 @@ spec:
     assert_eq!(gc.status.supported_features, None);
 }
 
+fn pool_class(pool: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: blixt}}\nspec:\n  controllerName: blixt.dev/gateway-controller\n  parametersRef: {{group: blixt.dev, kind: AddressPool, name: {pool}}}\n"
+    )
+}
+
+#[test]
+fn address_pool_parameters_select_the_pool() {
+    let mut cfg = config_v4();
+    cfg.address_pools
+        .insert("edge".into(), vec!["198.51.100.7".parse().unwrap()]);
+    let yaml = pool_class("edge")
+        + &gateway("infra", "gw", "  - {name: tcp, protocol: TCP, port: 9000}")
+        + &gateway("infra", "gw2", "  - {name: tcp, protocol: TCP, port: 9000}");
+    let t = run_with(&yaml, &cfg);
+    assert_eq!(
+        summary(
+            t.statuses.gateway_classes["blixt"]
+                .status
+                .conditions
+                .as_ref()
+                .unwrap()
+        ),
+        expect(&[("Accepted", "True", "Accepted")])
+    );
+    let gw = &t.statuses.gateways[&ObjectKey::new("infra", "gw")];
+    let addrs: Vec<&str> = gw
+        .addresses
+        .iter()
+        .flatten()
+        .map(|a| a.value.as_str())
+        .collect();
+    assert_eq!(
+        addrs,
+        ["198.51.100.7"],
+        "from the class's pool, not the default one"
+    );
+    // the pool has one address: the second Gateway gets none
+    assert_eq!(
+        gateway_conds(&t, "infra", "gw2")[1],
+        (
+            "Programmed".into(),
+            "False".into(),
+            "AddressNotAssigned".into()
+        )
+    );
+}
+
+#[test]
+fn missing_address_pool_is_invalid_parameters() {
+    let t = run(&pool_class("nope"));
+    let c = &t.statuses.gateway_classes["blixt"]
+        .status
+        .conditions
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "InvalidParameters")
+    );
+    assert!(c.message.contains("\"nope\" not found"), "{}", c.message);
+}
+
 #[test]
 fn class_not_in_configured_names_is_unsupported() {
     let mut cfg = config_v4();
