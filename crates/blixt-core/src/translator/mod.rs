@@ -163,7 +163,7 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
         .map(|g| {
             let class_accepted = classes[g.spec.gateway_class_name.as_str()].1.is_true();
             let listeners = listeners::evaluate(g, config, &lookup);
-            let pool = class_pool(&classes[g.spec.gateway_class_name.as_str()].0, config);
+            let pool = class_pool(classes[g.spec.gateway_class_name.as_str()].0, config);
             let request = addresses::request(g, pool);
             let accepted = gateway_accepted(g, class_accepted, &listeners, &request);
             GatewayEval {
@@ -187,7 +187,7 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
         .map(|g| Claimant {
             key: g.key.clone(),
             request: &g.request,
-            pool: class_pool(&classes[g.obj.spec.gateway_class_name.as_str()].0, config),
+            pool: class_pool(classes[g.obj.spec.gateway_class_name.as_str()].0, config),
             previous: g
                 .obj
                 .status
