@@ -173,3 +173,126 @@ mod tests {
         assert!("nonsense/8".parse::<IpNet>().is_err());
     }
 }
+
+/// One entry of an address pool (standalone NodeConfig `addressPool`, AddressPool objects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum AddressBlock {
+    /// `192.0.2.10`
+    Single(IpAddr),
+    /// `192.0.2.16/28`: every address of the prefix, the first and last included (as
+    /// MetalLB does by default; VIPs are host addresses, no subnet broadcast applies).
+    Prefix(IpNet),
+    /// `192.0.2.20-192.0.2.29`, both ends included.
+    Range(IpAddr, IpAddr),
+}
+
+/// An address as a number (IPv4 in the low 32 bits), for ranges.
+pub fn ip_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u32::from(a).into(),
+        IpAddr::V6(a) => a.into(),
+    }
+}
+
+fn same_family(like: IpAddr, n: u128) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::V4((n as u32).into()),
+        IpAddr::V6(_) => IpAddr::V6(n.into()),
+    }
+}
+
+impl AddressBlock {
+    /// First and last address, same family.
+    pub fn bounds(&self) -> (IpAddr, IpAddr) {
+        match *self {
+            AddressBlock::Single(a) => (a, a),
+            AddressBlock::Range(a, b) => (a, b),
+            AddressBlock::Prefix(net) => {
+                let bits = if net.addr.is_ipv4() { 32 } else { 128 };
+                let host_bits = bits - u32::from(net.prefix_len);
+                let size_mask = if host_bits >= 128 {
+                    u128::MAX
+                } else {
+                    (1u128 << host_bits) - 1
+                };
+                let first = ip_u128(net.addr) & !size_mask;
+                (
+                    same_family(net.addr, first),
+                    same_family(net.addr, first | size_mask),
+                )
+            }
+        }
+    }
+
+    /// How many addresses the block holds.
+    pub fn len(&self) -> u128 {
+        let (a, b) = self.bounds();
+        (ip_u128(b) - ip_u128(a)).saturating_add(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Every address, in order. Callers check [`AddressBlock::len`] first.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let (a, b) = self.bounds();
+        (ip_u128(a)..=ip_u128(b)).map(move |n| same_family(a, n))
+    }
+}
+
+impl FromStr for AddressBlock {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some((a, b)) = s.split_once('-') {
+            let parse = |x: &str| {
+                x.trim().parse::<IpAddr>().map_err(|_| {
+                    format!("invalid address range {s:?}: expected FIRST-LAST, e.g. 192.0.2.20-192.0.2.29")
+                })
+            };
+            let (a, b) = (parse(a)?, parse(b)?);
+            if a.is_ipv4() != b.is_ipv4() {
+                return Err(format!("address range {s:?} mixes IPv4 and IPv6"));
+            }
+            if ip_u128(a) > ip_u128(b) {
+                return Err(format!("address range {s:?} ends before it starts"));
+            }
+            return Ok(AddressBlock::Range(a, b));
+        }
+        if s.contains('/') {
+            return s
+                .parse::<IpNet>()
+                .map(AddressBlock::Prefix)
+                .map_err(|e| e.to_string());
+        }
+        s.parse::<IpAddr>().map(AddressBlock::Single).map_err(|_| {
+            format!("invalid pool entry {s:?}: expected an address, ADDRESS/LENGTH or FIRST-LAST")
+        })
+    }
+}
+
+impl TryFrom<String> for AddressBlock {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<AddressBlock> for String {
+    fn from(b: AddressBlock) -> String {
+        b.to_string()
+    }
+}
+
+impl fmt::Display for AddressBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddressBlock::Single(a) => write!(f, "{a}"),
+            AddressBlock::Prefix(n) => write!(f, "{n}"),
+            AddressBlock::Range(a, b) => write!(f, "{a}-{b}"),
+        }
+    }
+}
