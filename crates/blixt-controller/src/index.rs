@@ -17,6 +17,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tracing::warn;
 
+use crate::crd::AddressPool;
+
 /// Stores of every kind the translator reads.
 #[derive(Clone)]
 pub struct KubeIndex {
@@ -29,6 +31,8 @@ pub struct KubeIndex {
     services: Store<Service>,
     endpoint_slices: Store<EndpointSlice>,
     namespaces: Store<Namespace>,
+    /// Blixt's AddressPools, when their CRD is installed.
+    address_pools: Option<Store<AddressPool>>,
 }
 
 impl std::fmt::Debug for KubeIndex {
@@ -61,7 +65,7 @@ where
 
 impl KubeIndex {
     /// Starts watching everything; `changed` is notified on every add, update and delete.
-    pub fn start(client: &Client, changed: Arc<Notify>) -> Self {
+    pub fn start(client: &Client, changed: Arc<Notify>, address_pools: bool) -> Self {
         KubeIndex {
             gateway_classes: reflect(client, changed.clone()),
             gateways: reflect(client, changed.clone()),
@@ -71,7 +75,8 @@ impl KubeIndex {
             reference_grants: reflect(client, changed.clone()),
             services: reflect(client, changed.clone()),
             endpoint_slices: reflect(client, changed.clone()),
-            namespaces: reflect(client, changed),
+            namespaces: reflect(client, changed.clone()),
+            address_pools: address_pools.then(|| reflect(client, changed)),
         }
     }
 
@@ -87,7 +92,18 @@ impl KubeIndex {
         self.services.wait_until_ready().await?;
         self.endpoint_slices.wait_until_ready().await?;
         self.namespaces.wait_until_ready().await?;
+        if let Some(s) = &self.address_pools {
+            s.wait_until_ready().await?;
+        }
         Ok(())
+    }
+
+    /// The AddressPools (empty when their CRD is not installed).
+    pub fn address_pools(&self) -> Vec<AddressPool> {
+        self.address_pools
+            .as_ref()
+            .map(|s| s.state().iter().map(|p| (**p).clone()).collect())
+            .unwrap_or_default()
     }
 
     /// The current objects, as the translator takes them.

@@ -3,6 +3,7 @@
 //! the same pure function standalone mode uses; Kubernetes is only another way of filling the
 //! object index.
 
+pub mod crd;
 pub mod index;
 pub mod leader;
 pub mod status;
@@ -86,8 +87,13 @@ pub struct Running {
 /// Starts watching, electing and translating. Runs until the process ends.
 pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
     check_crds(&client).await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let pools_installed = crds.get_opt("addresspools.blixt.dev").await?.is_some();
+    if !pools_installed {
+        warn!("the AddressPool CRD (addresspools.blixt.dev) is not installed: GatewayClasses with a parametersRef will be InvalidParameters; install deploy/helm/blixt/crds");
+    }
     let changed = Arc::new(Notify::new());
-    let index = KubeIndex::start(&client, changed.clone());
+    let index = KubeIndex::start(&client, changed.clone(), pools_installed);
     index
         .ready()
         .await
@@ -109,7 +115,13 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
         loop {
             let objects = index.objects();
             let now = Time(k8s_openapi::jiff::Timestamp::now());
-            let t = translate(&objects, &opts.translator, &now);
+            let (pools, problems) = crd::expand(&index.address_pools());
+            for p in &problems {
+                warn!("{p}");
+            }
+            let mut config = opts.translator.clone();
+            config.address_pools.extend(pools);
+            let t = translate(&objects, &config, &now);
             let published = Published {
                 snapshot: Snapshot {
                     generation,

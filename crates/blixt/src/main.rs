@@ -1,6 +1,7 @@
 //! The blixt command.
 
 mod agent_cmd;
+mod controller_cmd;
 mod demo;
 mod inspect_cmd;
 mod run_cmd;
@@ -23,6 +24,9 @@ enum Command {
     Run(run_cmd::RunArgs),
     /// Show Gateways, listeners and routes with their conditions.
     Status(status_cmd::StatusArgs),
+    /// Run the Kubernetes controller: watch Gateway API objects, write statuses (as the elected
+    /// leader) and publish dataplane snapshots.
+    Controller(controller_cmd::ControllerArgs),
     /// Run the node agent: program the dataplane from a snapshot file (JSON), re-applied
     /// whenever the file changes.
     Agent(agent_cmd::AgentArgs),
@@ -45,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run_cmd::run(args),
         Command::Status(args) => status_cmd::run(args),
         Command::Agent(args) => agent_cmd::run(args),
+        Command::Controller(args) => controller_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Inspect(args) => inspect_cmd::run(args),
     }

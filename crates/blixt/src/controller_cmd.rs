@@ -1,0 +1,93 @@
+//! `blixt controller`: the Kubernetes controller (watch, translate, write statuses as the
+//! elected leader, publish snapshots).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use blixt_controller::leader::LeaseConfig;
+use blixt_controller::ControllerOptions;
+use blixt_core::translator::{TranslatorConfig, CONTROLLER_NAME};
+use tracing::info;
+
+#[derive(Debug, clap::Args)]
+pub struct ControllerArgs {
+    /// Kubeconfig file; in-cluster configuration (or $KUBECONFIG) when absent.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The controller's own namespace (its leader-election Lease lives there).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "blixt-system")]
+    namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "blixt-controller")]
+    leader_election_id: String,
+    /// This replica's identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// The controllerName GatewayClasses must name.
+    #[arg(long, default_value = CONTROLLER_NAME)]
+    controller_name: String,
+    /// Addresses for Gateways of classes without an AddressPool (repeat).
+    #[arg(long = "address-pool")]
+    address_pool: Vec<IpAddr>,
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig and not in a cluster")?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+pub fn run(args: ControllerArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let client = client(args.kubeconfig.as_ref()).await?;
+        let identity = args.identity.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| format!("blixt-{}", std::process::id()))
+        });
+        let opts = ControllerOptions {
+            translator: TranslatorConfig {
+                controller_name: args.controller_name,
+                address_pool: args.address_pool,
+                ..TranslatorConfig::default()
+            },
+            lease: LeaseConfig {
+                namespace: args.namespace,
+                name: args.leader_election_id,
+                identity,
+                lease_duration: Duration::from_secs(15),
+                renew_every: Duration::from_secs(2),
+            },
+            debounce: Duration::from_millis(100),
+            resync: Duration::from_secs(300),
+        };
+        let mut running = blixt_controller::start(client, opts).await?;
+        info!("controller running");
+        loop {
+            tokio::select! {
+                changed = running.snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let g = running.snapshots.borrow().snapshot.generation;
+                    println!("{{\"event\":\"snapshot\",\"generation\":{g}}}");
+                }
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        Ok(())
+    })
+}
