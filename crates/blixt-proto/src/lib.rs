@@ -19,7 +19,12 @@ use blixt_core::snapshot::{
 use blixt_core::tls::{SniRoute, TlsFrontend};
 
 /// The generated protobuf messages, client and server of package `blixt.v1`.
-#[allow(missing_docs, clippy::all, clippy::pedantic, missing_debug_implementations)]
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations
+)]
 pub mod pb {
     tonic::include_proto!("blixt.v1");
 }

@@ -1,7 +1,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 
 use super::*;
 
@@ -227,7 +227,11 @@ fn errors_name_the_field() {
         ),
     ];
     for (err, field, problem) in cases {
-        assert_eq!((err.field.as_str(), &err.problem), (field, &problem), "{err}");
+        assert_eq!(
+            (err.field.as_str(), &err.problem),
+            (field, &problem),
+            "{err}"
+        );
     }
 }
 
@@ -267,7 +271,10 @@ fn single_messages_convert_with_relative_paths() {
     let fe = &sample().snapshot.frontends[0];
     assert_eq!(&Frontend::try_from(&pb::Frontend::from(fe)).unwrap(), fe);
     let t = &sample().tls[0];
-    assert_eq!(&TlsFrontend::try_from(&pb::TlsFrontend::from(t)).unwrap(), t);
+    assert_eq!(
+        &TlsFrontend::try_from(&pb::TlsFrontend::from(t)).unwrap(),
+        t
+    );
 }
 
 #[test]

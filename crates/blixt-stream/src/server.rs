@@ -1,0 +1,531 @@
+//! The controller's side: publishes snapshots to every subscribed agent and records their acks.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use blixt_core::snapshot::{Snapshot, SnapshotError};
+use blixt_core::tls::TlsFrontend;
+use blixt_proto::pb;
+use blixt_proto::pb::snapshot_service_server::SnapshotServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info};
+
+use crate::auth::{AccessPolicy, AuthRequest, Authenticator, Identity};
+use crate::tls::{tls_incoming, ServerTls, TlsError};
+
+/// What subscribers are sent.
+#[derive(Debug)]
+struct Published {
+    generation: u64,
+    snapshot: Arc<Snapshot>,
+    tls: Arc<Vec<TlsFrontend>>,
+    /// Converted once per generation, not once per subscriber.
+    wire: pb::SnapshotUpdate,
+}
+
+/// The last ack of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckRecord {
+    pub generation: u64,
+    pub ok: bool,
+    /// Why the node could not apply `generation` (it serves its previous one).
+    pub error: Option<String>,
+    pub last_seen: SystemTime,
+}
+
+/// What the server knows of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The last ack, successful or not.
+    pub last_ack: Option<AckRecord>,
+    /// The newest generation the node acked as applied.
+    pub applied: Option<u64>,
+    /// Open subscriptions (more than one while a restarted agent's old stream drains).
+    pub subscriptions: usize,
+    pub agent_version: String,
+    /// The identity the node last authenticated as, for logs and `blixt inspect`.
+    pub identity: String,
+    /// Last subscription, ack or disconnection.
+    pub last_seen: SystemTime,
+}
+
+/// Whether a generation is programmed on the nodes that should program it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgrammedState {
+    /// Every expected node serves this generation or a newer one.
+    Programmed { nodes: Vec<String> },
+    /// Some node refused or failed to apply it (and serves an older one); it will not
+    /// converge before the next generation.
+    Failed {
+        /// node -> (generation it failed on, error)
+        errors: BTreeMap<String, (u64, String)>,
+    },
+    /// Waiting for these nodes' acks (empty when any node would do and none has acked).
+    Pending { waiting: Vec<String> },
+}
+
+impl ProgrammedState {
+    pub fn is_programmed(&self) -> bool {
+        matches!(self, ProgrammedState::Programmed { .. })
+    }
+}
+
+/// Why [`SnapshotServer::publish`] refused a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("generation {offered} is not newer than the published generation {current}")]
+    NotNewer { current: u64, offered: u64 },
+    #[error("invalid snapshot: {0}")]
+    Invalid(#[source] SnapshotError),
+}
+
+/// Serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+struct Inner {
+    current: watch::Sender<Option<Arc<Published>>>,
+    nodes: Mutex<BTreeMap<String, NodeStatus>>,
+    changes: watch::Sender<()>,
+    authenticator: Arc<dyn Authenticator>,
+    policy: AccessPolicy,
+}
+
+/// The snapshot distributor of the controller. Cheap to clone; every clone is the same
+/// server.
+///
+/// Subscribers get the current snapshot when they connect and then every newer generation;
+/// one that reads slowly skips to the newest (a `watch` channel: never a backlog). Before the
+/// first [`publish`](Self::publish), and after [`withdraw`](Self::withdraw), subscriptions are
+/// answered `UNAVAILABLE`, so agents retry (and reach the leader through the Service).
+#[derive(Clone)]
+pub struct SnapshotServer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SnapshotServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotServer")
+            .field("generation", &self.current_generation())
+            .field("authenticator", &self.inner.authenticator)
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a node name the way Kubernetes does (an RFC 1123 subdomain).
+pub(crate) fn check_node_name(field: &str, name: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{field}: {name:?} is not a node name (lowercase RFC 1123 subdomain)"
+        )))
+    }
+}
+
+impl SnapshotServer {
+    pub fn new(authenticator: Arc<dyn Authenticator>, policy: AccessPolicy) -> Self {
+        SnapshotServer {
+            inner: Arc::new(Inner {
+                current: watch::Sender::new(None),
+                nodes: Mutex::new(BTreeMap::new()),
+                changes: watch::Sender::new(()),
+                authenticator,
+                policy,
+            }),
+        }
+    }
+
+    /// Makes `snapshot` (with its generation) and the TLS frontends current. Generations must
+    /// increase; across controller restarts and leader changes too if acks are to compare
+    /// (seed the counter from the clock, for instance).
+    pub fn publish(&self, snapshot: Snapshot, tls: Vec<TlsFrontend>) -> Result<(), PublishError> {
+        snapshot.validate().map_err(PublishError::Invalid)?;
+        let generation = snapshot.generation;
+        let published = Arc::new(Published {
+            generation,
+            wire: pb::SnapshotUpdate::from_core(&snapshot, &tls),
+            snapshot: Arc::new(snapshot),
+            tls: Arc::new(tls),
+        });
+        let mut refused = None;
+        self.inner.current.send_if_modified(|cur| match cur {
+            Some(c) if c.generation >= generation => {
+                refused = Some(c.generation);
+                false
+            }
+            _ => {
+                *cur = Some(published);
+                true
+            }
+        });
+        if let Some(current) = refused {
+            return Err(PublishError::NotNewer {
+                current,
+                offered: generation,
+            });
+        }
+        debug!(generation, "snapshot published");
+        Ok(())
+    }
+
+    /// Stops serving (leadership lost): open subscriptions end with `UNAVAILABLE` and new ones
+    /// are refused until the next [`publish`](Self::publish). Agents keep what they applied.
+    pub fn withdraw(&self) {
+        self.inner.current.send_replace(None);
+    }
+
+    /// The published generation, if any.
+    pub fn current_generation(&self) -> Option<u64> {
+        self.inner.current.borrow().as_ref().map(|p| p.generation)
+    }
+
+    /// The published snapshot and TLS frontends, if any.
+    pub fn current(&self) -> Option<(Arc<Snapshot>, Arc<Vec<TlsFrontend>>)> {
+        self.inner
+            .current
+            .borrow()
+            .as_ref()
+            .map(|p| (p.snapshot.clone(), p.tls.clone()))
+    }
+
+    /// The last ack of every node that acked.
+    pub fn acks(&self) -> BTreeMap<String, AckRecord> {
+        self.lock_nodes()
+            .iter()
+            .filter_map(|(n, s)| Some((n.clone(), s.last_ack.clone()?)))
+            .collect()
+    }
+
+    /// Every node seen since this server started (or since [`forget_node`](Self::forget_node)).
+    pub fn nodes(&self) -> BTreeMap<String, NodeStatus> {
+        self.lock_nodes().clone()
+    }
+
+    /// Drops what is known of a node (its Node object was deleted).
+    pub fn forget_node(&self, node: &str) {
+        if self.lock_nodes().remove(node).is_some() {
+            self.inner.changes.send_replace(());
+        }
+    }
+
+    /// Changes whenever a node subscribes, disconnects or acks: the status writer waits on it
+    /// to re-evaluate [`programmed`](Self::programmed).
+    pub fn changes(&self) -> watch::Receiver<()> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Whether `generation` is programmed on every node of `expected_nodes`; with no expected
+    /// node, whether at least one node programmed it (the "no agent has acknowledged" rule).
+    /// A node programmed a generation when it acked it, or a newer one, as applied.
+    pub fn programmed<I, S>(&self, generation: u64, expected_nodes: I) -> ProgrammedState
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nodes = self.lock_nodes();
+        let mut expected: Vec<String> = expected_nodes
+            .into_iter()
+            .map(|s| s.as_ref().to_owned())
+            .collect();
+        let any = expected.is_empty();
+        if any {
+            expected = nodes.keys().cloned().collect();
+        }
+        let mut done = Vec::new();
+        let mut waiting = Vec::new();
+        let mut errors = BTreeMap::new();
+        for node in expected {
+            let status = nodes.get(&node);
+            if status
+                .and_then(|s| s.applied)
+                .is_some_and(|a| a >= generation)
+            {
+                done.push(node);
+                continue;
+            }
+            match status.and_then(|s| s.last_ack.as_ref()) {
+                Some(ack) if !ack.ok && ack.generation >= generation => {
+                    let error = ack.error.clone().unwrap_or_default();
+                    errors.insert(node, (ack.generation, error));
+                }
+                _ => waiting.push(node),
+            }
+        }
+        if any {
+            return if !done.is_empty() {
+                ProgrammedState::Programmed { nodes: done }
+            } else if !errors.is_empty() {
+                ProgrammedState::Failed { errors }
+            } else {
+                ProgrammedState::Pending {
+                    waiting: Vec::new(),
+                }
+            };
+        }
+        if !errors.is_empty() {
+            ProgrammedState::Failed { errors }
+        } else if !waiting.is_empty() {
+            ProgrammedState::Pending { waiting }
+        } else {
+            ProgrammedState::Programmed { nodes: done }
+        }
+    }
+
+    /// The gRPC service, to add to a tonic server of one's own. Cancelling `stop` ends every
+    /// open subscription; do it when shutting that server down, or its graceful shutdown waits
+    /// for streams that never end.
+    pub fn service(&self, stop: CancellationToken) -> SnapshotServiceServer<SnapshotService> {
+        SnapshotServiceServer::new(SnapshotService {
+            server: self.clone(),
+            stop,
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` completes: TLS when `tls` is given (required for
+    /// client certificates, and to keep bearer tokens off the wire), plaintext otherwise.
+    /// Open subscriptions end at shutdown so agents reconnect elsewhere.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        tls: Option<&ServerTls>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let stop = CancellationToken::new();
+        let addr = listener.local_addr().ok();
+        let mut builder = tonic::transport::Server::builder()
+            // Finds agents that vanished without closing (node down, partition).
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .tcp_nodelay(true);
+        let router = builder.add_service(self.service(stop.clone()));
+        let signal = {
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                stop.cancel();
+            }
+        };
+        info!(?addr, tls = tls.is_some(), "snapshot server listening");
+        let result = match tls {
+            Some(tls) => {
+                let incoming = tls_incoming(listener, tls.server_config()?, stop.clone());
+                router.serve_with_incoming_shutdown(incoming, signal).await
+            }
+            None => {
+                let incoming = TcpListenerStream::new(listener);
+                router.serve_with_incoming_shutdown(incoming, signal).await
+            }
+        };
+        stop.cancel();
+        Ok(result?)
+    }
+
+    fn lock_nodes(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, NodeStatus>> {
+        // A panic while holding this lock leaves consistent data (plain inserts): keep going.
+        self.inner
+            .nodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn authorize<T>(&self, req: &Request<T>, node_name: &str) -> Result<Identity, Status> {
+        let certs = req.peer_certs();
+        let auth = AuthRequest {
+            metadata: req.metadata(),
+            peer_certs: certs
+                .as_deref()
+                .map(Vec::as_slice)
+                .filter(|c| !c.is_empty()),
+            remote_addr: req.remote_addr(),
+        };
+        let identity = match self.inner.authenticator.authenticate(&auth).await {
+            Ok(id) => id,
+            Err(status) => {
+                debug!(peer = ?auth.remote_addr, "snapshot server: {}", status.message());
+                return Err(status);
+            }
+        };
+        check_node_name("node_name", node_name)?;
+        self.inner.policy.check(&identity, node_name)?;
+        Ok(identity)
+    }
+
+    fn connected(&self, node: &str, identity: &Identity, agent_version: &str) {
+        let now = SystemTime::now();
+        let mut nodes = self.lock_nodes();
+        let s = nodes.entry(node.to_owned()).or_insert_with(|| NodeStatus {
+            last_ack: None,
+            applied: None,
+            subscriptions: 0,
+            agent_version: String::new(),
+            identity: String::new(),
+            last_seen: now,
+        });
+        s.subscriptions += 1;
+        s.agent_version = agent_version.to_owned();
+        s.identity = identity.to_string();
+        s.last_seen = now;
+        drop(nodes);
+        self.inner.changes.send_replace(());
+    }
+
+    fn disconnected(&self, node: &str) {
+        if let Some(s) = self.lock_nodes().get_mut(node) {
+            s.subscriptions = s.subscriptions.saturating_sub(1);
+            s.last_seen = SystemTime::now();
+        }
+        self.inner.changes.send_replace(());
+    }
+
+    fn record_ack(&self, ack: &pb::AckRequest, identity: &Identity) {
+        let now = SystemTime::now();
+        let mut nodes = self.lock_nodes();
+        let s = nodes
+            .entry(ack.node_name.clone())
+            .or_insert_with(|| NodeStatus {
+                last_ack: None,
+                applied: None,
+                subscriptions: 0,
+                agent_version: String::new(),
+                identity: identity.to_string(),
+                last_seen: now,
+            });
+        s.last_ack = Some(AckRecord {
+            generation: ack.generation,
+            ok: ack.ok,
+            error: (!ack.ok).then(|| ack.error.clone()),
+            last_seen: now,
+        });
+        if ack.ok {
+            // The agent applies whatever the server sends, so its newest ack is what it
+            // serves, even when lower (a controller restarted with a lower counter).
+            s.applied = Some(ack.generation);
+        }
+        s.last_seen = now;
+        drop(nodes);
+        self.inner.changes.send_replace(());
+    }
+}
+
+/// The tonic service of a [`SnapshotServer`] (see [`SnapshotServer::service`]).
+#[derive(Debug, Clone)]
+pub struct SnapshotService {
+    server: SnapshotServer,
+    stop: CancellationToken,
+}
+
+/// Ends a subscription's bookkeeping when its stream goes away, however it ends.
+struct Subscription {
+    server: SnapshotServer,
+    node: String,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        debug!(node = %self.node, "agent unsubscribed");
+        self.server.disconnected(&self.node);
+    }
+}
+
+#[tonic::async_trait]
+impl pb::snapshot_service_server::SnapshotService for SnapshotService {
+    type SubscribeStream = ReceiverStream<Result<pb::SnapshotUpdate, Status>>;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let identity = self
+            .server
+            .authorize(&req, &req.get_ref().node_name)
+            .await?;
+        let sub = req.into_inner();
+        let mut rx = self.server.inner.current.subscribe();
+        if rx.borrow_and_update().is_none() {
+            return Err(Status::unavailable(
+                "no snapshot to serve (this controller is not the leader, or has not translated yet)",
+            ));
+        }
+        rx.mark_changed();
+        info!(node = %sub.node_name, %identity, agent_version = %sub.agent_version,
+              last_generation = sub.last_generation, "agent subscribed");
+        self.server
+            .connected(&sub.node_name, &identity, &sub.agent_version);
+        let guard = Subscription {
+            server: self.server.clone(),
+            node: sub.node_name,
+        };
+        // One message in flight at most: while the agent reads slowly, the watch channel keeps
+        // only the newest generation, which is the next one sent.
+        let (tx, out) = mpsc::channel(1);
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            loop {
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { break },
+                    () = tx.closed() => break,
+                    () = stop.cancelled() => {
+                        let _ = tx.try_send(Err(Status::unavailable("snapshot server shutting down")));
+                        break;
+                    }
+                }
+                let msg = match &*rx.borrow_and_update() {
+                    Some(p) => Ok(p.wire.clone()),
+                    None => Err(Status::unavailable(
+                        "snapshot server withdrew (leadership lost); reconnect",
+                    )),
+                };
+                let last = msg.is_err();
+                tokio::select! {
+                    sent = tx.send(msg) => if sent.is_err() { break },
+                    () = stop.cancelled() => break,
+                }
+                if last {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let identity = self
+            .server
+            .authorize(&req, &req.get_ref().node_name)
+            .await?;
+        let ack = req.into_inner();
+        if ack.ok {
+            debug!(node = %ack.node_name, generation = ack.generation, "agent applied");
+        } else {
+            info!(node = %ack.node_name, generation = ack.generation, error = %ack.error,
+                  "agent could not apply the snapshot");
+        }
+        self.server.record_ack(&ack, &identity);
+        Ok(Response::new(pb::AckResponse {}))
+    }
+}
