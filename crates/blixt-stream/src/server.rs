@@ -365,12 +365,17 @@ impl SnapshotServer {
         let identity = match self.inner.authenticator.authenticate(&auth).await {
             Ok(id) => id,
             Err(status) => {
-                debug!(peer = ?auth.remote_addr, "snapshot server: {}", status.message());
+                // Agents retry with backoff, so this stays readable even when misconfigured.
+                info!(peer = ?auth.remote_addr, code = ?status.code(),
+                      "snapshot server refused a caller: {}", status.message());
                 return Err(status);
             }
         };
         check_node_name("node_name", node_name)?;
-        self.inner.policy.check(&identity, node_name)?;
+        if let Err(status) = self.inner.policy.check(&identity, node_name) {
+            info!(peer = ?auth.remote_addr, "snapshot server denied: {}", status.message());
+            return Err(status);
+        }
         Ok(identity)
     }
 
