@@ -1,10 +1,14 @@
 //! `blixt inspect`: the live dataplane, read from the pinned maps (read-only, so it works
 //! beside a running agent): frontends, backends with states, Maglev shares, counters,
-//! conntrack entries and drop reasons.
+//! conntrack entries and drop reasons. TLS passthrough lives in the `blixt run` process, not
+//! in maps: with `--socket` its SNI tables and counters come from the status socket.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use blixt_bpf::shared::{
@@ -12,7 +16,10 @@ use blixt_bpf::shared::{
     CT_DIR_FORWARD, CT_ESTABLISHED, FE_F_ALL_REJECT, SLOT_REJECT, STAT_NAMES,
 };
 use blixt_bpf::PinnedDataplane;
+use blixt_core::snapshot::BackendState;
 use serde::Serialize;
+
+use crate::run_cmd::{StatusMessage, TlsStatus};
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
@@ -28,6 +35,10 @@ pub struct InspectArgs {
     /// Only conntrack entries whose client, VIP, node or backend address is this one.
     #[arg(long)]
     addr: Option<IpAddr>,
+    /// Status socket of a running `blixt run` (NodeConfig `statusSocket`): adds its TLS
+    /// passthrough listeners, SNI routes, backends and counters.
+    #[arg(long)]
+    socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -42,6 +53,9 @@ pub struct Inspection {
     conntrack_entries: usize,
     flows: Vec<FlowInfo>,
     events: BTreeMap<String, u64>,
+    /// From `--socket`: `None` without it, or when `blixt run` serves no TLS listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -194,7 +208,128 @@ pub fn inspect(
         conntrack_entries,
         flows,
         events,
+        tls: None,
     })
+}
+
+/// The TLS part of a running `blixt run`, from its status socket.
+pub fn tls_from_socket(path: &Path) -> Result<Option<TlsStatus>> {
+    let mut conn = UnixStream::connect(path)
+        .with_context(|| format!("connecting to {} (is `blixt run` running?)", path.display()))?;
+    let mut body = Vec::new();
+    conn.read_to_end(&mut body)?;
+    let msg: StatusMessage = serde_json::from_slice(&body).context("status message")?;
+    Ok(msg.tls)
+}
+
+fn sock_addr(a: SocketAddr) -> String {
+    match a.ip() {
+        IpAddr::V4(ip) => format!("{ip}:{}", a.port()),
+        IpAddr::V6(ip) => format!("[{ip}]:{}", a.port()),
+    }
+}
+
+fn reasons(r: &BTreeMap<String, u64>) -> String {
+    if r.is_empty() {
+        return "-".to_string();
+    }
+    r.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The TLS section of the table: each frontend with its counters, its SNI entries in
+/// precedence order with their route's counters, and each entry's backends with theirs.
+pub fn render_tls(t: &TlsStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<28} {:<30} {:>9} {:>9} {:>6}  REJECTS",
+        "TLS FRONTEND", "NAME", "ACCEPTED", "FORWARDED", "ACTIVE"
+    );
+    for fe in &t.frontends {
+        let addr = SocketAddr::new(fe.vip, fe.port);
+        let l = t.listeners.iter().find(|l| l.addr == addr);
+        let _ = writeln!(
+            out,
+            "{:<28} {:<30} {:>9} {:>9} {:>6}  {}",
+            sock_addr(addr),
+            fe.name,
+            l.map_or(0, |l| l.accepted),
+            l.map_or(0, |l| l.forwarded),
+            l.map_or(0, |l| l.active),
+            l.map_or_else(|| "-".to_string(), |l| reasons(&l.rejects)),
+        );
+        for r in &fe.routes {
+            let label = r
+                .route
+                .clone()
+                .unwrap_or_else(|| format!("listener:{}", r.hostname.to_ascii_lowercase()));
+            let rc = t
+                .routes
+                .iter()
+                .find(|c| c.frontend == addr && c.route == label);
+            let target = match &r.route {
+                Some(route) => format!("TLSRoute {route}"),
+                None => format!("listener {} (no route: rejects)", r.listener),
+            };
+            let _ = writeln!(
+                out,
+                "  SNI {:<24} -> {:<34} connections {:>7}  rejects {}",
+                r.hostname,
+                target,
+                rc.map_or(0, |c| c.connections),
+                rc.map_or_else(|| "-".to_string(), |c| reasons(&c.rejects)),
+            );
+            if r.reject_weight > 0 {
+                let _ = writeln!(
+                    out,
+                    "      └ (invalid backends)              weight {:>3}",
+                    r.reject_weight
+                );
+            }
+            for b in &r.backends {
+                let baddr = SocketAddr::new(b.addr.addr, b.addr.port);
+                let bc = t
+                    .backends
+                    .iter()
+                    .find(|c| c.frontend == addr && c.backend == baddr);
+                let state = match b.state {
+                    BackendState::Active => "active",
+                    BackendState::Terminating => "terminating",
+                };
+                let _ = writeln!(
+                    out,
+                    "      └ {:<30} {:<11} weight {:>3}  connections {:>7}  active {:>5}  connect errors {}  bytes {} out / {} in",
+                    sock_addr(baddr),
+                    state,
+                    b.weight,
+                    bc.map_or(0, |c| c.connections),
+                    bc.map_or(0, |c| c.active),
+                    bc.map_or(0, |c| c.connect_errors),
+                    bc.map_or(0, |c| c.bytes_sent),
+                    bc.map_or(0, |c| c.bytes_received),
+                );
+            }
+        }
+    }
+    if t.frontends.is_empty() {
+        let _ = writeln!(out, "  (no TLS listener)");
+    }
+    let steering = t.steering.map_or_else(
+        || "-".to_string(),
+        |s| format!("steered {}, assign failed {}", s.steered, s.assign_failed),
+    );
+    let _ = writeln!(
+        out,
+        "tls: generation {}, tables applied {}, pending handshakes {}, sk_lookup {steering}",
+        t.generation, t.table_updates, t.pending_handshakes
+    );
+    if let Some(e) = &t.error {
+        let _ = writeln!(out, "tls error: {e}");
+    }
+    out
 }
 
 fn print_table(i: &Inspection) {
@@ -262,10 +397,177 @@ fn print_table(i: &Inspection) {
 pub fn run(args: InspectArgs) -> Result<()> {
     let p = PinnedDataplane::open(&args.pin_dir)
         .with_context(|| format!("opening the dataplane pinned at {}", args.pin_dir.display()))?;
-    let i = inspect(&p, args.conntrack, args.addr)?;
+    let mut i = inspect(&p, args.conntrack, args.addr)?;
+    if let Some(sock) = &args.socket {
+        i.tls = tls_from_socket(sock)?;
+    }
     match args.output {
-        Format::Table => print_table(&i),
+        Format::Table => {
+            print_table(&i);
+            match (&i.tls, &args.socket) {
+                (Some(t), _) => print!("\n{}", render_tls(t)),
+                (None, Some(_)) => println!("\ntls: no TLS listener configured"),
+                (None, None) => {}
+            }
+        }
         Format::Json => println!("{}", serde_json::to_string_pretty(&i)?),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run_cmd::{TlsBackendCounters, TlsListenerCounters, TlsRouteCounters};
+    use blixt_core::snapshot::{Backend, BackendAddr};
+    use blixt_core::tls::{SniRoute, TlsFrontend};
+
+    fn status() -> TlsStatus {
+        let vip: SocketAddr = "10.99.100.2:443".parse().unwrap();
+        let be0: SocketAddr = "10.99.10.2:8443".parse().unwrap();
+        let backend = |a: SocketAddr, weight| Backend {
+            addr: BackendAddr {
+                addr: a.ip(),
+                port: a.port(),
+            },
+            weight,
+            state: BackendState::Active,
+        };
+        TlsStatus {
+            generation: 3,
+            error: None,
+            frontends: vec![TlsFrontend {
+                name: "default/demo-tls/tls".into(),
+                vip: vip.ip(),
+                port: vip.port(),
+                routes: vec![
+                    SniRoute {
+                        hostname: "a.example.com".into(),
+                        listener: "tls".into(),
+                        route: Some("default/tls-a".into()),
+                        backends: vec![backend(be0, 1)],
+                        reject_weight: 1,
+                    },
+                    SniRoute {
+                        hostname: "*.Other.example.com".into(),
+                        listener: "other".into(),
+                        route: None,
+                        backends: vec![],
+                        reject_weight: 0,
+                    },
+                ],
+            }],
+            listeners: vec![TlsListenerCounters {
+                addr: vip,
+                name: "default/demo-tls/tls".into(),
+                accepted: 7,
+                forwarded: 4,
+                active: 2,
+                idle_timeouts: 0,
+                bytes_from_clients: 100,
+                bytes_to_clients: 200,
+                rejects: [("no_sni".to_string(), 1), ("no_match".to_string(), 2)].into(),
+            }],
+            routes: vec![
+                TlsRouteCounters {
+                    frontend: vip,
+                    route: "default/tls-a".into(),
+                    connections: 4,
+                    rejects: BTreeMap::new(),
+                },
+                TlsRouteCounters {
+                    frontend: vip,
+                    route: "listener:*.other.example.com".into(),
+                    connections: 0,
+                    rejects: [("no_route".to_string(), 5)].into(),
+                },
+            ],
+            backends: vec![TlsBackendCounters {
+                frontend: vip,
+                backend: be0,
+                connections: 4,
+                active: 2,
+                connect_errors: 1,
+                bytes_sent: 1234,
+                bytes_received: 5678,
+            }],
+            pending_handshakes: 0,
+            table_updates: 3,
+            steering: Some(crate::run_cmd::TlsSteerCounters {
+                steered: 7,
+                assign_failed: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn tls_table_shows_frontends_routes_backends_and_counters() {
+        let out = render_tls(&status());
+        let lines: Vec<&str> = out.lines().collect();
+        let words = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            words(lines[1]),
+            [
+                "10.99.100.2:443",
+                "default/demo-tls/tls",
+                "7",
+                "4",
+                "2",
+                "no_match=2",
+                "no_sni=1"
+            ],
+            "{out}"
+        );
+        assert_eq!(
+            words(lines[2]),
+            [
+                "SNI",
+                "a.example.com",
+                "->",
+                "TLSRoute",
+                "default/tls-a",
+                "connections",
+                "4",
+                "rejects",
+                "-"
+            ],
+            "{out}"
+        );
+        assert!(lines[3].contains("(invalid backends)") && lines[3].contains("weight   1"));
+        assert!(
+            lines[4].contains("10.99.10.2:8443")
+                && lines[4].contains("connections       4")
+                && lines[4].contains("connect errors 1")
+                && lines[4].contains("bytes 1234 out / 5678 in"),
+            "{out}"
+        );
+        // an isolation entry: no route, its counters under listener:<hostname>
+        assert!(
+            lines[5].contains("*.Other.example.com")
+                && lines[5].contains("listener other (no route: rejects)")
+                && lines[5].contains("no_route=5"),
+            "{out}"
+        );
+        assert!(
+            out.contains("tls: generation 3, tables applied 3, pending handshakes 0, sk_lookup steered 7, assign failed 0"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn status_message_carries_tls_and_older_messages_still_parse() {
+        let msg = StatusMessage {
+            generation: 3,
+            tls: Some(status()),
+            ..StatusMessage::default()
+        };
+        let json = serde_json::to_string(&msg).unwrap();
+        let back: StatusMessage = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.tls, Some(status()));
+        // a `blixt run` without TLS (or an older one) sends no `tls` field
+        let plain = serde_json::to_string(&StatusMessage::default()).unwrap();
+        assert!(!plain.contains("tls"), "{plain}");
+        let back: StatusMessage = serde_json::from_str(&plain).unwrap();
+        assert_eq!(back.tls, None);
+    }
 }

@@ -1,0 +1,665 @@
+//! TLS passthrough in standalone mode, end to end: `blixt run --config DIR` with the manifests
+//! of examples/standalone (tls.yaml: Gateway `demo-tls` on 10.99.100.2 and fd99:100::2, port
+//! 443, TLSRoutes for a.example.com, b.example.com and *.wild.example.com) on the lab's
+//! load-balancer node; rustls servers with distinct self-signed certificates on port 8443 of
+//! the three backends; rustls clients in the client namespace. Which backend a connection
+//! reached is proved by the certificate it got. Also: `blixt status`, `blixt inspect
+//! --socket`, the metrics endpoint, a route edit on disk under 100 open TLS connections, and
+//! the steering removed on shutdown.
+//!
+//! Needs root (namespaces, BPF).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use blixt_lab::process::LabProcess;
+use blixt_lab::topology::{Lab, LabSpec};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/standalone");
+const BLIXT: &str = env!("CARGO_BIN_EXE_blixt");
+const BACKEND_PORT: u16 = 8443;
+const FILES: [&str; 5] = [
+    "gateway.yaml",
+    "routes.yaml",
+    "backends.yaml",
+    "node.yaml",
+    "tls.yaml",
+];
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("needs root (BPF, network namespaces): run as root, as `make test` does");
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A rustls server on `[::]:8443` (both families) of a backend namespace, with a certificate
+/// of its own; answers each line with `<name>: <line>`.
+struct TlsBackend {
+    cert: CertificateDer<'static>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl TlsBackend {
+    fn start(lab: &Lab, i: usize) -> TlsBackend {
+        let name = format!("be{i}");
+        let ck = rcgen::generate_simple_self_signed(vec![format!("{name}.backend.test")])
+            .expect("rcgen");
+        let cert = ck.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.clone()], key)
+                .expect("server config"),
+        );
+        let listener = lab.backends[i]
+            .ns
+            .run_in(|| TcpListener::bind(("::", BACKEND_PORT)))
+            .expect("backend bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((sock, _)) => {
+                        let (config, name, stop) = (config.clone(), name.clone(), stop2.clone());
+                        std::thread::spawn(move || serve(sock, config, &name, &stop));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("backend accept: {e}"),
+                }
+            }
+        });
+        TlsBackend {
+            cert,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+fn serve(sock: TcpStream, config: Arc<rustls::ServerConfig>, name: &str, stop: &AtomicBool) {
+    let _ = sock.set_nonblocking(false);
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let conn = rustls::ServerConnection::new(config).expect("server conn");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        let mut reader = BufReader::new(&mut tls);
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                let answer = format!("{name}: {line}");
+                line.clear();
+                drop(reader);
+                if tls.write_all(answer.as_bytes()).is_err() || tls.flush().is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Accepts any certificate: the test tells the backends apart by which one came back.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS connection to `vip` with server name `sni` (`None`: no SNI extension), from the
+/// calling thread's namespace. Returns the index of the backend whose certificate came back.
+fn connect(
+    vip: SocketAddr,
+    sni: Option<&str>,
+    certs: &[CertificateDer<'static>],
+) -> std::io::Result<(usize, Tls)> {
+    let p = provider();
+    let mut config = rustls::ClientConfig::builder_with_provider(p.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(p)))
+        .with_no_client_auth();
+    config.enable_sni = sni.is_some();
+    let name =
+        ServerName::try_from(sni.unwrap_or("no-sni.invalid").to_string()).expect("server name");
+    let sock = TcpStream::connect_timeout(&vip, Duration::from_secs(5))?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client conn");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    let got = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("a server certificate");
+    let i = certs
+        .iter()
+        .position(|c| c == got)
+        .expect("the certificate of one of the backends");
+    Ok((i, tls))
+}
+
+/// Sends a line, returns the answer (`beN: line`).
+fn ping(tls: &mut Tls, line: &str) -> std::io::Result<String> {
+    tls.write_all(format!("{line}\n").as_bytes())?;
+    tls.flush()?;
+    let mut answer = String::new();
+    BufReader::new(tls).read_line(&mut answer)?;
+    Ok(answer.trim_end().to_string())
+}
+
+fn expect_reset(r: std::io::Result<(usize, Tls)>, what: &str) {
+    match r {
+        Ok((i, _)) => panic!("{what}: expected a reset, landed on be{i}"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+            ),
+            "{what}: expected a reset, got {e}"
+        ),
+    }
+}
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// `blixt run` with the examples on the lab's lb node. Fields drop in order: the running
+/// blixt, its pins and files, the servers, the lab.
+struct Standalone {
+    run: Option<LabProcess>,
+    pins: PathBuf,
+    dir: PathBuf,
+    backends: Vec<TlsBackend>,
+    generation: u64,
+    lab: Lab,
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.run.take() {
+            let _ = r.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.pins);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Standalone {
+    fn start() -> Standalone {
+        require_root();
+        let lab = Lab::build(LabSpec::with_backends(3)).expect("lab");
+        lab.attach_peer_xdp(&blixt_bpf::loader::peer_pass_object().unwrap())
+            .expect("XDP on the peers");
+        assert_eq!(
+            lab.backends[0].v4().to_string(),
+            "10.99.10.2",
+            "examples/ assume the lab's addresses"
+        );
+        let backends = (0..3).map(|i| TlsBackend::start(&lab, i)).collect();
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("blixt-tls-standalone-{id}"));
+        let pins = PathBuf::from(format!("/sys/fs/bpf/blixt-tls-standalone-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in FILES {
+            let text = std::fs::read_to_string(Path::new(EXAMPLES).join(f)).unwrap();
+            let text = text
+                .replace(
+                    "pinDir: /sys/fs/bpf/blixt",
+                    &format!("pinDir: {}", pins.display()),
+                )
+                .replace(
+                    "statusSocket: /run/blixt/status.sock",
+                    &format!("statusSocket: {}", dir.join("status.sock").display()),
+                );
+            std::fs::write(dir.join(f), text).unwrap();
+        }
+        let mut cmd = Command::new(BLIXT);
+        cmd.arg("run").arg("--config").arg(&dir);
+        let run = lab
+            .lb
+            .spawn_netns_only("blixt run", cmd)
+            .expect("blixt run");
+        let mut s = Standalone {
+            run: Some(run),
+            pins,
+            dir,
+            backends,
+            generation: 0,
+            lab,
+        };
+        s.wait_next_generation();
+        s
+    }
+
+    fn wait_next_generation(&mut self) {
+        self.generation += 1;
+        let want = format!("\"generation\":{}}}", self.generation);
+        self.run
+            .as_mut()
+            .unwrap()
+            .wait_for_line(Duration::from_secs(30), |l| l.contains(&want))
+            .unwrap_or_else(|e| panic!("generation {} not applied: {e:#}", self.generation));
+    }
+
+    fn certs(&self) -> Vec<CertificateDer<'static>> {
+        self.backends.iter().map(|b| b.cert.clone()).collect()
+    }
+
+    fn vips(&self) -> [SocketAddr; 2] {
+        [
+            SocketAddr::new(IpAddr::from(self.lab.vip4(2)), 443),
+            SocketAddr::new(IpAddr::from(self.lab.vip6(2)), 443),
+        ]
+    }
+
+    /// Replaces `file` in the config directory atomically (as an editor's save does).
+    fn write(&self, file: &str, text: &str) {
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.dir.join(file)).unwrap();
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(file)).unwrap()
+    }
+
+    fn blixt(&self, args: &[&str]) -> String {
+        let out = Command::new(BLIXT).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "blixt {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn socket(&self) -> String {
+        self.dir.join("status.sock").display().to_string()
+    }
+
+    fn status(&self) -> String {
+        self.blixt(&["status", "--socket", &self.socket()])
+    }
+
+    fn inspect(&self, format: &str) -> String {
+        let pins = self.pins.display().to_string();
+        self.blixt(&[
+            "inspect",
+            "-o",
+            format,
+            "--pin-dir",
+            &pins,
+            "--socket",
+            &self.socket(),
+        ])
+    }
+
+    fn inspect_tls(&self) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&self.inspect("json")).unwrap();
+        v["tls"].clone()
+    }
+
+    /// `ip [-6] route show table local` on the lb.
+    fn local_routes(&self) -> String {
+        let v4 = self
+            .lab
+            .lb
+            .ip(&["route", "show", "table", "local"])
+            .unwrap();
+        let v6 = self
+            .lab
+            .lb
+            .ip(&["-6", "route", "show", "table", "local"])
+            .unwrap();
+        v4 + &v6
+    }
+
+    fn metrics(&self) -> String {
+        self.lab.lb.run_in(|| {
+            let mut c = TcpStream::connect("127.0.0.1:9464").expect("metrics endpoint");
+            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut body = String::new();
+            c.read_to_string(&mut body).unwrap();
+            body
+        })
+    }
+}
+
+fn listener(tls: &serde_json::Value, vip: SocketAddr) -> &serde_json::Value {
+    tls["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["addr"] == vip.to_string())
+        .unwrap_or_else(|| panic!("no listener {vip} in {tls:#}"))
+}
+
+#[test]
+fn tls_listener_from_manifests_routes_by_sni_on_both_families() {
+    let mut s = Standalone::start();
+    let certs = s.certs();
+    let vips = s.vips();
+
+    // The VIPs are on no interface: local routes and the sk_lookup program bring them in.
+    let addrs = s.lab.lb.ip(&["-o", "addr"]).unwrap();
+    let routes = s.local_routes();
+    for vip in vips {
+        assert!(!addrs.contains(&vip.ip().to_string()), "{addrs}");
+        assert!(
+            routes.contains(&format!("local {} dev lo", vip.ip())),
+            "{routes}"
+        );
+    }
+
+    s.lab.client.ns.run_in(|| {
+        for vip in vips {
+            for (sni, want) in [
+                ("a.example.com", 0),
+                ("b.example.com", 1),
+                ("x.wild.example.com", 2),
+            ] {
+                let (got, mut tls) = connect(vip, Some(sni), &certs)
+                    .unwrap_or_else(|e| panic!("{sni} via {vip}: {e}"));
+                assert_eq!(got, want, "{sni} via {vip} landed on be{got}");
+                assert_eq!(ping(&mut tls, sni).unwrap(), format!("be{want}: {sni}"));
+            }
+            expect_reset(
+                connect(vip, Some("unknown.example.org"), &certs),
+                &format!("unknown.example.org via {vip}"),
+            );
+            expect_reset(connect(vip, None, &certs), &format!("no SNI via {vip}"));
+        }
+    });
+
+    // blixt status: the TLS Gateway programmed on its static addresses, every route Accepted.
+    let table = s.status();
+    let words = |prefix: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in\n{table}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        words("default/demo-tls "),
+        [
+            "default/demo-tls",
+            "blixt",
+            "10.99.100.2,fd99:100::2",
+            "True",
+            "True"
+        ]
+    );
+    assert_eq!(
+        words("default/demo-tls/tls "),
+        [
+            "default/demo-tls/tls",
+            "TLS",
+            "443",
+            "3",
+            "True",
+            "True",
+            "True",
+            "False"
+        ]
+    );
+    for route in ["tls-a", "tls-b", "tls-wild"] {
+        assert_eq!(
+            words(&format!("TLSRoute default/{route} ")),
+            [
+                "TLSRoute",
+                &format!("default/{route}"),
+                "default/demo-tls/tls",
+                "True",
+                "True"
+            ]
+        );
+    }
+
+    // blixt inspect --socket: the SNI tables and the counters of what was just sent.
+    let tls = s.inspect_tls();
+    assert_eq!(tls["generation"], 1, "{tls:#}");
+    assert!(tls["error"].is_null(), "{tls:#}");
+    assert_eq!(tls["frontends"].as_array().unwrap().len(), 2, "{tls:#}");
+    for vip in vips {
+        let l = listener(&tls, vip);
+        assert_eq!(l["name"], "default/demo-tls/tls");
+        assert_eq!((&l["accepted"], &l["forwarded"]), (&5.into(), &3.into()));
+        assert_eq!(
+            l["rejects"],
+            serde_json::json!({"no_match": 1, "no_sni": 1})
+        );
+    }
+    let route_conns = |route: &str| -> u64 {
+        tls["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["route"] == route)
+            .map(|r| r["connections"].as_u64().unwrap())
+            .sum()
+    };
+    for route in ["default/tls-a", "default/tls-b", "default/tls-wild"] {
+        assert_eq!(route_conns(route), 2, "{route}: {tls:#}");
+    }
+    for be in ["10.99.10.2:8443", "[fd99:10::2]:8443", "10.99.12.2:8443"] {
+        let b = tls["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["backend"] == be)
+            .unwrap_or_else(|| panic!("no backend {be}: {tls:#}"));
+        assert_eq!(b["connections"], 1, "{be}");
+        assert!(b["bytes_received"].as_u64().unwrap() > 0, "{be}");
+    }
+    assert!(
+        tls["steering"]["steered"].as_u64().unwrap() >= 10,
+        "{tls:#}"
+    );
+    let table = s.inspect("table");
+    for want in [
+        "10.99.100.2:443",
+        "[fd99:100::2]:443",
+        "SNI *.wild.example.com",
+        "TLSRoute default/tls-wild",
+        "10.99.12.2:8443",
+        "no_match=1 no_sni=1",
+    ] {
+        assert!(table.contains(want), "{want:?} missing in\n{table}");
+    }
+
+    // The same counters on the agent's metrics endpoint, in one OpenMetrics document.
+    let m = s.metrics();
+    for want in [
+        "blixt_snapshot_generation 1",
+        r#"blixt_tls_connections_forwarded_total{frontend="default/demo-tls/tls",vip="10.99.100.2",port="443"} 3"#,
+        r#"blixt_tls_rejects_total{frontend="default/demo-tls/tls",vip="fd99:100::2",port="443",reason="no_sni"} 1"#,
+        r#"blixt_tls_route_connections_total{frontend="default/demo-tls/tls",vip="10.99.100.2",port="443",route="default/tls-wild"} 1"#,
+        "blixt_tls_steered_connections_total ",
+    ] {
+        assert!(m.contains(want), "{want:?} missing in\n{m}");
+    }
+    assert_eq!(m.matches("# EOF").count(), 1, "{m}");
+    assert!(m.ends_with("# EOF\n"), "{m}");
+
+    // Shutdown: the local routes of the VIPs go away with the steering.
+    let status = s
+        .run
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(10))
+        .unwrap();
+    assert!(status.success(), "blixt run exited with {status}");
+    let routes = s.local_routes();
+    for vip in vips {
+        assert!(
+            !routes.contains(&format!("local {} ", vip.ip())),
+            "{vip} still routed locally after shutdown:\n{routes}"
+        );
+    }
+    s.run = None;
+    s.lab.client.ns.run_in(|| {
+        assert!(
+            connect(vips[0], Some("a.example.com"), &certs).is_err(),
+            "nothing serves the TLS VIP after shutdown"
+        );
+    });
+}
+
+#[test]
+fn route_edit_on_disk_breaks_none_of_100_open_tls_connections() {
+    let mut s = Standalone::start();
+    let certs = s.certs();
+    let vips = s.vips();
+
+    // 100 open connections: a.example.com (be0) and x.wild.example.com (be2), both families.
+    let mut open: Vec<(usize, Tls)> = s.lab.client.ns.run_in(|| {
+        (0..100)
+            .map(|k| {
+                let sni = if k % 2 == 0 {
+                    "a.example.com"
+                } else {
+                    "x.wild.example.com"
+                };
+                connect(vips[(k / 2) % 2], Some(sni), &certs)
+                    .unwrap_or_else(|e| panic!("open connection {k}: {e}"))
+            })
+            .collect()
+    });
+    for (k, (i, tls)) in open.iter_mut().enumerate() {
+        assert_eq!(*i, if k % 2 == 0 { 0 } else { 2 });
+        assert_eq!(ping(tls, "before").unwrap(), format!("be{i}: before"));
+    }
+
+    // The edit: a.example.com moves to be1, the wildcard route is deleted.
+    let text = s.read("tls.yaml");
+    let (kept, wild) = text
+        .split_once("---\n# Any name under wild.example.com")
+        .expect("the wildcard route is the last document of tls.yaml");
+    assert!(wild.contains("name: tls-wild"));
+    let edited = kept.replacen(
+        "name: be0\n      port: 8443",
+        "name: be1\n      port: 8443",
+        1,
+    );
+    assert_ne!(edited, kept);
+    s.write("tls.yaml", &edited);
+    s.wait_next_generation();
+
+    s.lab.client.ns.run_in(|| {
+        for vip in vips {
+            let (got, mut tls) = connect(vip, Some("a.example.com"), &certs)
+                .unwrap_or_else(|e| panic!("a.example.com via {vip} after the edit: {e}"));
+            assert_eq!(got, 1, "new a.example.com connections follow the edit");
+            assert_eq!(ping(&mut tls, "new").unwrap(), "be1: new");
+            expect_reset(
+                connect(vip, Some("x.wild.example.com"), &certs),
+                "x.wild.example.com after its route was deleted",
+            );
+        }
+    });
+    let tls = s.inspect_tls();
+    assert_eq!(tls["generation"], 2, "{tls:#}");
+    let active: u64 = vips
+        .iter()
+        .map(|v| listener(&tls, *v)["active"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        active, 100,
+        "the open connections are still forwarded: {tls:#}"
+    );
+    let table = s.status();
+    assert!(!table.contains("tls-wild"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().take(4).collect::<Vec<_>>()
+                == ["default/demo-tls/tls", "TLS", "443", "2"]),
+        "{table}"
+    );
+
+    for (k, (i, tls)) in open.iter_mut().enumerate() {
+        let answer = ping(tls, "after")
+            .unwrap_or_else(|e| panic!("open connection {k} (be{i}) broken by the edit: {e}"));
+        assert_eq!(answer, format!("be{i}: after"), "connection {k}");
+    }
+}
