@@ -436,6 +436,21 @@ impl SnapshotServer {
     }
 }
 
+/// Longest ack error kept: it ends up in status conditions, which have their own limits.
+const MAX_ACK_ERROR: usize = 2048;
+
+/// Cuts `s` to at most `max` bytes, on a character boundary, marking the cut.
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+}
+
 /// The tonic service of a [`SnapshotServer`] (see [`SnapshotServer::service`]).
 #[derive(Debug, Clone)]
 pub struct SnapshotService {
@@ -523,7 +538,18 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotService {
             .server
             .authorize(&req, &req.get_ref().node_name)
             .await?;
-        let ack = req.into_inner();
+        let mut ack = req.into_inner();
+        // An ack counts for its generation and every older one, so one for a generation this
+        // server never published would make `programmed` lie.
+        if let Some(current) = self.server.current_generation() {
+            if ack.generation > current {
+                return Err(Status::invalid_argument(format!(
+                    "generation: {} was never published (current is {current})",
+                    ack.generation
+                )));
+            }
+        }
+        truncate(&mut ack.error, MAX_ACK_ERROR);
         if ack.ok {
             debug!(node = %ack.node_name, generation = ack.generation, "agent applied");
         } else {
@@ -532,5 +558,32 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotService {
         }
         self.server.record_ack(&ack, &identity);
         Ok(Response::new(pb::AckResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_on_char_boundary() {
+        let mut s = "ééé".to_string();
+        truncate(&mut s, 3);
+        assert_eq!(s, "é…");
+        let mut s = "short".to_string();
+        truncate(&mut s, 10);
+        assert_eq!(s, "short");
+    }
+
+    #[test]
+    fn node_names() {
+        for ok in ["a", "node-1", "ip-10-0-0-1.eu-west-1.compute.internal"] {
+            assert!(check_node_name("n", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Node", "-a", "a-", "a..b", "a_b", &"a".repeat(64)] {
+            let err = check_node_name("node_name", bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(err.message().starts_with("node_name: "));
+        }
     }
 }

@@ -267,8 +267,12 @@ async fn acks_are_recorded_and_programmed_answers() {
     // node-b refuses generation 2 and keeps serving 1.
     server.publish(snapshot(2, 2), vec![]).unwrap();
     a.wait_applied(2).await;
-    wait_for(&server, "node-b's failed ack", |s| {
-        s.acks().get("node-b").is_some_and(|a| a.generation == 2)
+    // The client reports "applied" before its ack reaches the server: wait for the server.
+    wait_for(&server, "both acks of generation 2", |s| {
+        let acks = s.acks();
+        ["node-a", "node-b"]
+            .iter()
+            .all(|n| acks.get(*n).is_some_and(|a| a.generation == 2))
     })
     .await;
     let acks = server.acks();
@@ -303,6 +307,19 @@ async fn acks_are_recorded_and_programmed_answers() {
             waiting: vec!["node-a".into(), "node-b".into()]
         }
     );
+    // Acks for generations never published are refused, not counted.
+    let mut raw = raw_client(running.http(), None).await;
+    let err = raw
+        .ack(ack_req("node-c", 3, Some("agent-token")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("generation: 3 was never published"),
+        "{err:?}"
+    );
+    assert!(!server.nodes().contains_key("node-c"));
     // Generation 3 fixes node-b.
     server.publish(snapshot(3, 2), vec![]).unwrap();
     wait_for(&server, "generation 3 everywhere", |s| {
