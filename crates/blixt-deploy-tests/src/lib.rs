@@ -253,10 +253,18 @@ pub async fn api_for(client: &Client, object: &DynamicObject) -> Result<Api<Dyna
         .ok_or_else(|| anyhow!("object has no apiVersion/kind"))?;
     let gvk = GroupVersionKind::try_from(types)
         .with_context(|| format!("bad apiVersion {:?}", types.api_version))?;
-    dynamic_api(client, &gvk, object.metadata.namespace.as_deref()).await
+    let (resource, capabilities) = discovery::pinned_kind(client, &gvk)
+        .await
+        .with_context(|| format!("discovering {}/{}", gvk.api_version(), gvk.kind))?;
+    Ok(match (capabilities.scope, &object.metadata.namespace) {
+        (Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
+        (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
+        (Scope::Namespaced, None) => bail!("namespaced {} without a namespace", gvk.kind),
+    })
 }
 
-/// The dynamic API of `gvk`, in `namespace` for namespaced kinds.
+/// The dynamic API of `gvk`: in `namespace` for namespaced kinds, across all namespaces (or
+/// cluster-scoped) with `None`.
 pub async fn dynamic_api(
     client: &Client,
     gvk: &GroupVersionKind,
@@ -266,9 +274,8 @@ pub async fn dynamic_api(
         .await
         .with_context(|| format!("discovering {}/{}", gvk.api_version(), gvk.kind))?;
     Ok(match (capabilities.scope, namespace) {
-        (Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
         (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
-        (Scope::Namespaced, None) => bail!("namespaced {} without a namespace", gvk.kind),
+        _ => Api::all_with(client.clone(), &resource),
     })
 }
 
@@ -328,4 +335,45 @@ pub fn by_key(objects: &[DynamicObject]) -> BTreeMap<String, &DynamicObject> {
         );
     }
     map
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, panicking with `what` and the last
+/// value seen after `timeout`. For what the API server applies asynchronously: RBAC and
+/// admission-policy caches, CRD discovery.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not true after {timeout:?}; last: {last}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Deletes the cluster-scoped objects of a rendering (ClusterRoles, bindings, admission
+/// policies, GatewayClasses, AddressPools), not CRDs, which tests share. Namespaced objects go
+/// with their namespace.
+pub async fn delete_cluster_scoped(client: &Client, objects: &[DynamicObject]) {
+    for object in objects {
+        if object.metadata.namespace.is_some()
+            || matches!(kind(object), "CustomResourceDefinition" | "Namespace")
+        {
+            continue;
+        }
+        let Ok(api) = api_for(client, object).await else {
+            continue;
+        };
+        let name = object.metadata.name.as_deref().unwrap_or_default();
+        if let Err(e) = api.delete(name, &Default::default()).await {
+            eprintln!("cleaning up {}: {e}", key(object));
+        }
+    }
 }
