@@ -133,6 +133,12 @@ impl TlsProxy {
         self.inner.stats.snapshot()
     }
 
+    /// Forwarded connections of frontend `addr` (VIP:port) open now; cheaper than
+    /// [`stats`](Self::stats) for one listener.
+    pub fn active_connections(&self, addr: SocketAddr) -> u64 {
+        self.inner.stats.active(normalize(addr))
+    }
+
     /// Accepts connections on `listener` until the task is dropped or aborted; each one is
     /// served on its own task. The frontend of a connection is its local address (the
     /// VIP:port the client connected to, also when sk_lookup steered it to a socket bound

@@ -16,11 +16,13 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 
 use blixt_core::tls::TlsFrontend;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::proxy::{ProxyConfig, TlsProxy};
 use crate::routing::normalize;
@@ -29,6 +31,10 @@ use crate::steer::{SkLookupSteering, SteerError, SteerStats};
 
 /// Listen backlog of each frontend socket.
 const BACKLOG: u32 = 4096;
+
+/// How often a removed frontend's open connections are counted, until none is left and the
+/// VIP's local route can go.
+const DRAIN_POLL: Duration = Duration::from_secs(1);
 
 /// How connections to a TLS VIP:port reach the proxy's socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +73,15 @@ struct Listener {
 #[derive(Debug)]
 pub struct TlsPassthrough {
     proxy: TlsProxy,
-    steering: Option<SkLookupSteering>,
+    steering: Option<Arc<Mutex<SkLookupSteering>>>,
     listeners: BTreeMap<SocketAddr, Listener>,
+    /// Removed frontends whose accepted connections still need the VIP's local route: each
+    /// task releases the route once the frontend has no open connection left.
+    draining: Vec<JoinHandle<()>>,
+}
+
+fn lock(s: &Mutex<SkLookupSteering>) -> MutexGuard<'_, SkLookupSteering> {
+    s.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl TlsPassthrough {
@@ -78,13 +91,16 @@ impl TlsPassthrough {
         let steering = match steering {
             Steering::SkLookup {
                 manage_local_routes,
-            } => Some(SkLookupSteering::attach_here(manage_local_routes)?),
+            } => Some(Arc::new(Mutex::new(SkLookupSteering::attach_here(
+                manage_local_routes,
+            )?))),
             Steering::BindVip => None,
         };
         Ok(TlsPassthrough {
             proxy: TlsProxy::new(config),
             steering,
             listeners: BTreeMap::new(),
+            draining: Vec::new(),
         })
     }
 
@@ -98,7 +114,7 @@ impl TlsPassthrough {
 
     /// The sk_lookup program's counters (`None` under [`Steering::BindVip`]).
     pub fn steer_stats(&self) -> Option<Result<SteerStats, SteerError>> {
-        self.steering.as_ref().map(SkLookupSteering::stats)
+        self.steering.as_ref().map(|s| lock(s).stats())
     }
 
     /// Where the socket of frontend `vip` is bound.
@@ -109,7 +125,9 @@ impl TlsPassthrough {
     /// Applies the SNI tables of a snapshot (the translator's `Translation::tls`): opens and
     /// steers sockets for new frontends, swaps the routing table for new connections, and
     /// stops accepting on frontends that are gone. Connections already forwarded are never
-    /// touched. On error the table is still applied for the frontends that have a socket.
+    /// touched: a removed frontend's VIP keeps its local route (which delivers their packets)
+    /// until the last of them has closed. On error the table is still applied for the
+    /// frontends that have a socket.
     pub fn apply(&mut self, frontends: &[TlsFrontend]) -> Result<(), ServiceError> {
         let wanted: BTreeMap<SocketAddr, &TlsFrontend> = frontends
             .iter()
@@ -140,10 +158,11 @@ impl TlsPassthrough {
             .filter(|a| !wanted.contains_key(a))
             .copied()
             .collect();
+        self.draining.retain(|t| !t.is_finished());
         for addr in gone {
-            if let Some(s) = &mut self.steering {
-                if let Err(e) = s.unsteer(addr) {
-                    first_err.get_or_insert(e.into());
+            if let Some(s) = &self.steering {
+                if lock(s).unsteer_keep_route(addr) {
+                    self.draining.push(self.drain(addr, Arc::downgrade(s)));
                 }
             }
             if let Some(l) = self.listeners.remove(&addr) {
@@ -152,6 +171,30 @@ impl TlsPassthrough {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Releases the local route hold of removed frontend `addr` once it has no open
+    /// connection. Waits a connect timeout first: a connection routed just before the table
+    /// change may still be connecting to its backend, not yet counted as open.
+    fn drain(&self, addr: SocketAddr, steering: Weak<Mutex<SkLookupSteering>>) -> JoinHandle<()> {
+        let proxy = self.proxy.clone();
+        let grace = proxy.config().connect_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            loop {
+                let open = proxy.active_connections(addr);
+                if open == 0 {
+                    break;
+                }
+                tokio::time::sleep(DRAIN_POLL).await;
+            }
+            if let Some(s) = steering.upgrade() {
+                if let Err(e) = lock(&s).release_route(addr.ip()) {
+                    warn!(%addr, error = %e, "tls passthrough: removing the local route of a drained frontend");
+                }
+            }
+            info!(%addr, "tls passthrough: removed frontend drained");
+        })
     }
 
     fn open(&mut self, addr: SocketAddr) -> Result<Listener, ServiceError> {
@@ -170,8 +213,8 @@ impl TlsPassthrough {
         socket.bind(bind_to).map_err(err)?;
         let listener: TcpListener = socket.listen(BACKLOG).map_err(err)?;
         let bound = listener.local_addr().map_err(err)?;
-        if let Some(s) = &mut self.steering {
-            s.steer(addr, &listener)?;
+        if let Some(s) = &self.steering {
+            lock(s).steer(addr, &listener)?;
         }
         let proxy = self.proxy.clone();
         let task = tokio::spawn(async move { proxy.serve(listener).await });
@@ -183,6 +226,11 @@ impl Drop for TlsPassthrough {
     fn drop(&mut self) {
         for l in self.listeners.values() {
             l.task.abort();
+        }
+        // The drain tasks hold the steering weakly: dropping it (after this) removes every
+        // local route, drained or not.
+        for t in &self.draining {
+            t.abort();
         }
     }
 }

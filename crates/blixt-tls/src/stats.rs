@@ -97,6 +97,15 @@ impl Registry {
         e.1.clone()
     }
 
+    /// Forwarded connections of listener `addr` open now (0 for an unknown listener).
+    pub fn active(&self, addr: SocketAddr) -> u64 {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&addr)
+            .map_or(0, |(_, c)| c.active.load(Relaxed))
+    }
+
     pub fn route(&self, frontend: SocketAddr, label: &str) -> Arc<RouteCounters> {
         let mut m = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         m.entry((frontend, label.to_string())).or_default().clone()

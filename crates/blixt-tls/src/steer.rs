@@ -156,24 +156,48 @@ impl SkLookupSteering {
         Ok(())
     }
 
-    /// Stops steering `vip`: new SYNs to it are no longer assigned (and without a local route
-    /// left, no longer delivered locally). Established connections are not affected.
+    /// Stops steering `vip` and releases its hold on the VIP's local route: new SYNs to it are
+    /// no longer assigned, and without a local route left, no longer delivered locally.
+    ///
+    /// Connections already accepted on `vip` need the local route too: their packets reach
+    /// their sockets only as long as the VIP is delivered locally. Use
+    /// [`unsteer_keep_route`](Self::unsteer_keep_route) while such connections remain.
     pub fn unsteer(&mut self, vip: SocketAddr) -> Result<(), SteerError> {
+        if self.unsteer_keep_route(vip) {
+            self.release_route(vip.ip())?;
+        }
+        Ok(())
+    }
+
+    /// Stops steering `vip` (new SYNs are no longer assigned; with the local route still in
+    /// place the stack resets them) but keeps its hold on the VIP's local route, so that
+    /// connections accepted on it keep receiving packets. Returns whether `vip` was steered;
+    /// if so, the caller owes one [`release_route`](Self::release_route) of `vip.ip()`.
+    pub fn unsteer_keep_route(&mut self, vip: SocketAddr) -> bool {
         let vip = normalize(vip);
         if !self.steered.remove(&vip) {
-            return Ok(());
+            return false;
         }
         // The entry may already be gone: the kernel drops closed sockets from the map.
         if let Err(e) = self.listeners.remove(&listener_key(vip)) {
             debug!(%vip, error = %e, "tls steering: no sk_lookup entry to remove");
         }
-        if self.manage_local_routes {
-            if let Some(users) = self.local_routes.get_mut(&vip.ip()) {
-                *users -= 1;
-                if *users == 0 {
-                    self.local_routes.remove(&vip.ip());
-                    local_route("del", vip.ip())?;
-                }
+        true
+    }
+
+    /// Drops one hold on the local route of `ip` (taken by [`steer`](Self::steer)); the route
+    /// is deleted with the last one.
+    pub fn release_route(&mut self, ip: IpAddr) -> Result<(), SteerError> {
+        let ip = normalize(SocketAddr::new(ip, 0)).ip();
+        if !self.manage_local_routes {
+            return Ok(());
+        }
+        if let Some(users) = self.local_routes.get_mut(&ip) {
+            *users -= 1;
+            if *users == 0 {
+                self.local_routes.remove(&ip);
+                local_route("del", ip)?;
+                debug!(%ip, "tls steering: local route removed");
             }
         }
         Ok(())

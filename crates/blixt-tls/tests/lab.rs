@@ -499,6 +499,48 @@ fn tls_passthrough_in_the_lab() {
     assert!(l.bytes_to_clients > 0 && l.bytes_from_clients > 0);
     drop(open);
 
+    // The IPv6 frontend removed while one connection on it is open: the connection carries
+    // on (its packets still need the VIP's local route), and the route goes once it closes.
+    let (got, mut on_v6) = lab
+        .client
+        .ns
+        .run_in(|| connect(vip6, Some("b.example.com"), &certs))
+        .expect("IPv6 connection");
+    assert_eq!(got, 1);
+    let v4_only: Vec<TlsFrontend> = table(vec![route("b.example.com", vec![be(&lab, 1, 1)])])
+        .into_iter()
+        .filter(|f| f.vip == vip.ip())
+        .collect();
+    proxy.apply(v4_only);
+    assert_eq!(ping(&mut on_v6, "removed"), "be1: removed");
+    let local6 = || {
+        lab.lb
+            .ip(&["-6", "route", "show", "table", "local"])
+            .expect("ip route")
+            .contains(&format!("local {} ", vip6.ip()))
+    };
+    assert!(
+        local6(),
+        "the local route of a frontend with open connections stays"
+    );
+    lab.client.ns.run_in(|| {
+        let r = connect(vip6, Some("b.example.com"), &certs).map(|(i, _)| i);
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+            "a removed frontend takes no new connection: {r:?}"
+        );
+    });
+    drop(on_v6);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while local6() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the local route of a drained frontend is still there"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
     // Dropping the service removes the local route it added.
     drop(proxy);
     let routes = lab

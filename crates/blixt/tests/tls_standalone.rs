@@ -662,4 +662,57 @@ fn route_edit_on_disk_breaks_none_of_100_open_tls_connections() {
             .unwrap_or_else(|e| panic!("open connection {k} (be{i}) broken by the edit: {e}"));
         assert_eq!(answer, format!("be{i}: after"), "connection {k}");
     }
+
+    // tls.yaml deleted: the TLS listener is gone, nothing new gets in (the stack resets SYNs
+    // to the VIPs), the open connections carry on. Their packets arrive through the VIPs'
+    // local routes, which stay until the last of them has closed.
+    std::fs::remove_file(s.dir.join("tls.yaml")).unwrap();
+    s.wait_next_generation();
+    for vip in vips {
+        s.lab.client.ns.run_in(|| {
+            let r = connect(vip, Some("a.example.com"), &certs).map(|(i, _)| i);
+            assert!(
+                r.as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+                "{vip} without a listener: {r:?}"
+            );
+        });
+    }
+    for (k, (i, tls)) in open.iter_mut().enumerate() {
+        let answer = ping(tls, "gone")
+            .unwrap_or_else(|e| panic!("open connection {k} (be{i}) broken by the removal: {e}"));
+        assert_eq!(answer, format!("be{i}: gone"), "connection {k}");
+    }
+    let routes = s.local_routes();
+    for vip in vips {
+        assert!(
+            routes.contains(&format!("local {} ", vip.ip())),
+            "{vip}: the local route went before its connections: {routes}"
+        );
+    }
+    drop(open);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let routes = s.local_routes();
+        if vips
+            .iter()
+            .all(|v| !routes.contains(&format!("local {} ", v.ip())))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "local routes still there 20 s after the last connection closed: {routes}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    s.write("tls.yaml", &edited);
+    s.wait_next_generation();
+    s.lab.client.ns.run_in(|| {
+        for vip in vips {
+            let (got, _) = connect(vip, Some("a.example.com"), &certs)
+                .unwrap_or_else(|e| panic!("{vip} after tls.yaml came back: {e}"));
+            assert_eq!(got, 1);
+        }
+    });
 }
