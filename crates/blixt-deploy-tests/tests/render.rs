@@ -628,3 +628,45 @@ fn example_overlay_moves_the_namespace_and_keeps_cluster_objects_cluster_scoped(
         "AddressPool"
     );
 }
+
+#[test]
+fn rbac_has_no_wildcards_and_the_agent_no_bindings() {
+    let objects = default_render();
+    for role in of_kind(&objects, "ClusterRole")
+        .into_iter()
+        .chain(of_kind(&objects, "Role"))
+    {
+        let rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule> =
+            serde_json::from_value(role.data["rules"].clone()).expect("rules");
+        for rule in &rules {
+            let fields = [
+                rule.api_groups.clone().unwrap_or_default(),
+                rule.resources.clone().unwrap_or_default(),
+                rule.verbs.clone(),
+            ];
+            for field in fields {
+                assert!(
+                    !field.iter().any(|v| v.contains('*')),
+                    "wildcard in {rule:?}"
+                );
+            }
+            assert!(
+                !rule
+                    .resources
+                    .iter()
+                    .flatten()
+                    .any(|r| ["secrets", "configmaps", "pods"].contains(&r.as_str())),
+                "{rule:?}"
+            );
+            assert!(rule.non_resource_urls.is_none(), "{rule:?}");
+        }
+    }
+    for binding in of_kind(&objects, "ClusterRoleBinding")
+        .into_iter()
+        .chain(of_kind(&objects, "RoleBinding"))
+    {
+        for subject in binding.data["subjects"].as_array().expect("subjects") {
+            assert_eq!(subject["name"], "blixt-controller", "{}", key(binding));
+        }
+    }
+}

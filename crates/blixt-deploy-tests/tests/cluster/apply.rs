@@ -303,3 +303,91 @@ async fn kustomize_base_and_example_overlay_apply() {
     }
     delete_cluster_scoped(&client, &overlay).await;
 }
+
+/// `helm install` and `helm upgrade` against the API server (the chart as users install it):
+/// the upgrade keeps the generated CA and serving certificate (agents keep trusting the
+/// controller), and `helm uninstall` removes everything but the CRD.
+#[tokio::test]
+async fn helm_install_upgrade_uninstall() {
+    let cluster = shared();
+    let ns = cluster.temp_namespace().await;
+    let client = cluster.client();
+    let fullname = unique_fullname(ns.name());
+    let helm_home = tempfile::tempdir().expect("a temporary directory");
+    let helm = |args: &[&str]| {
+        let mut command = std::process::Command::new(blixt_deploy_tests::tools::helm());
+        command
+            .args(args)
+            .args(["--namespace", ns.name()])
+            .arg("--kubeconfig")
+            .arg(cluster.kubeconfig_path())
+            .env("HELM_CONFIG_HOME", helm_home.path().join("config"))
+            .env("HELM_CACHE_HOME", helm_home.path().join("cache"))
+            .env("HELM_DATA_HOME", helm_home.path().join("data"));
+        blixt_deploy_tests::run(&mut command).unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let chart = blixt_deploy_tests::chart_dir();
+    let chart = chart.to_str().expect("a UTF-8 path");
+    let fullname_set = format!("fullnameOverride={fullname}");
+    let class_set = format!("gatewayClass.name={fullname}");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), ns.name());
+    let tls = format!("{fullname}-controller-tls");
+
+    let notes = helm(&[
+        "install",
+        "blixt",
+        chart,
+        "--set",
+        &fullname_set,
+        "--set",
+        &class_set,
+    ]);
+    assert!(notes.contains("STATUS: deployed"), "{notes}");
+    let first = secrets.get(&tls).await.expect("the generated TLS Secret");
+
+    helm(&[
+        "upgrade",
+        "blixt",
+        chart,
+        "--set",
+        &fullname_set,
+        "--set",
+        &class_set,
+        "--set",
+        "controller.replicas=3",
+    ]);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
+    let controller = deployments
+        .get(&format!("{fullname}-controller"))
+        .await
+        .expect("the controller");
+    assert_eq!(controller.spec.replicas, Some(3), "the upgrade applied");
+    let second = secrets.get(&tls).await.expect("the TLS Secret");
+    assert_eq!(
+        first.data, second.data,
+        "an upgrade must keep the CA and the serving certificate"
+    );
+
+    helm(&["uninstall", "blixt"]);
+    assert!(deployments
+        .get_opt(&format!("{fullname}-controller"))
+        .await
+        .expect("get")
+        .is_none());
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
+    assert!(roles
+        .get_opt(&format!("{fullname}-controller"))
+        .await
+        .expect("get")
+        .is_none());
+    // Helm never deletes what it installed from crds/ (AddressPools would go with it).
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(client.clone());
+    assert!(crds
+        .get_opt("addresspools.blixt.dev")
+        .await
+        .expect("get")
+        .is_some());
+}
