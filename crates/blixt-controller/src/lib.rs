@@ -3,6 +3,7 @@
 //! the same pure function standalone mode uses; Kubernetes is only another way of filling the
 //! object index.
 
+pub mod agents;
 pub mod crd;
 pub mod index;
 pub mod leader;
@@ -109,7 +110,11 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
     };
     tokio::spawn(async move {
         let mut writer = StatusWriter::default();
-        let mut generation = 0u64;
+        // generations keep increasing across restarts and leader changes: seeded from the clock
+        let mut generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        let mut first = true;
         let mut was_leader = false;
         let mut last_resync = Instant::now();
         loop {
@@ -131,8 +136,9 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
             };
             if published.snapshot.frontends != snap_tx.borrow().snapshot.frontends
                 || published.tls != snap_tx.borrow().tls
-                || generation == 0
+                || first
             {
+                first = false;
                 generation += 1;
                 snap_tx.send_replace(Published {
                     snapshot: Snapshot {

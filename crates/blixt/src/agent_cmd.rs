@@ -16,9 +16,26 @@ use blixt_core::snapshot::Snapshot;
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Snapshot file (JSON, the blixt_core::snapshot::Snapshot shape).
+    /// Snapshot file (JSON, the blixt_core::snapshot::Snapshot shape), re-applied when it
+    /// changes. Either this or --controller.
+    #[arg(
+        long,
+        required_unless_present = "controller",
+        conflicts_with = "controller"
+    )]
+    snapshot: Option<PathBuf>,
+    /// The controller's snapshot stream, e.g. https://blixt-controller.blixt-system.svc:9443.
     #[arg(long)]
-    snapshot: PathBuf,
+    controller: Option<String>,
+    /// This node's name (with --controller).
+    #[arg(long, env = "NODE_NAME", requires = "controller")]
+    node_name: Option<String>,
+    /// CA of the controller's serving certificate (PEM), for https endpoints.
+    #[arg(long, requires = "controller")]
+    controller_ca: Option<PathBuf>,
+    /// Service-account token presented to the controller (re-read on every connection).
+    #[arg(long, requires = "controller")]
+    token_file: Option<PathBuf>,
     /// Interface to attach the XDP program to (repeat for several).
     #[arg(long = "interface", short = 'i', required = true)]
     interfaces: Vec<String>,
@@ -151,10 +168,22 @@ pub fn run(args: AgentArgs) -> Result<()> {
             .with_context(|| format!("--metrics-address {:?}", args.metrics_address))?;
         metrics::serve(addr, rec.clone(), metrics.clone()).context("serving metrics")?;
     }
-    let mut source = FileSource {
-        path: args.snapshot,
-        seen: None,
+    let Some(path) = args.snapshot else {
+        return from_controller(
+            &opts,
+            rec,
+            &metrics,
+            ControllerSource {
+                endpoint: args.controller.expect("clap: --snapshot or --controller"),
+                node_name: args
+                    .node_name
+                    .context("--node-name (or $NODE_NAME) is required with --controller")?,
+                ca: args.controller_ca,
+                token_file: args.token_file,
+            },
+        );
     };
+    let mut source = FileSource { path, seen: None };
     runner::run(&opts, &rec, &metrics, &mut source, &STOP, |snap| {
         // A line on stdout per applied generation, for scripts and tests to wait on.
         println!(
@@ -162,4 +191,85 @@ pub fn run(args: AgentArgs) -> Result<()> {
             snap.generation
         );
     })
+}
+
+/// Where and how to subscribe to the controller's snapshots.
+struct ControllerSource {
+    endpoint: String,
+    node_name: String,
+    ca: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+}
+
+/// Produces nothing: with a controller, snapshots are applied by the stream client as they
+/// arrive (so each ack tells whether the apply worked); the runner only sweeps.
+struct NoFileSource;
+
+impl SnapshotSource for NoFileSource {
+    fn poll(&mut self) -> Option<Result<Snapshot>> {
+        None
+    }
+}
+
+fn from_controller(
+    opts: &AgentOptions,
+    rec: Arc<Mutex<blixt_agent::Reconciler>>,
+    metrics: &Arc<AgentMetrics>,
+    src: ControllerSource,
+) -> Result<()> {
+    let mut config = blixt_stream::ClientConfig::new(src.endpoint, src.node_name);
+    config.last_generation = rec.lock().expect("reconciler").generation().unwrap_or(0);
+    config.token = src.token_file.map(blixt_stream::Token::File);
+    config.tls = src.ca.map(|ca| blixt_stream::ClientTls {
+        ca: blixt_stream::Pem::File(ca),
+        domain_name: None,
+        identity: None,
+    });
+    let client = blixt_stream::SnapshotClient::new(config).context("snapshot client")?;
+    let applier = rec.clone();
+    let stream_metrics = metrics.clone();
+    let stream = std::thread::Builder::new()
+        .name("snapshots".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(client.run(
+                |generation, snap, _tls| {
+                    let t = std::time::Instant::now();
+                    let result = applier.lock().expect("reconciler").apply(&snap);
+                    match result {
+                        Ok(report) => {
+                            stream_metrics
+                                .apply_seconds
+                                .observe(t.elapsed().as_secs_f64());
+                            stream_metrics.applies.inc();
+                            stream_metrics.generation.set(generation as i64);
+                            tracing::info!(?report, "applied from the controller");
+                            println!("{{\"event\":\"applied\",\"generation\":{generation}}}");
+                            Ok(())
+                        }
+                        Err(e) => {
+                            stream_metrics.refused.inc();
+                            tracing::error!(
+                                generation,
+                                "snapshot refused, previous one keeps serving: {e}"
+                            );
+                            Err(e.to_string())
+                        }
+                    }
+                },
+                async {
+                    while !STOP.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+            ));
+            anyhow::Ok(())
+        })?;
+    runner::run(opts, &rec, metrics, &mut NoFileSource, &STOP, |_| {})?;
+    stream
+        .join()
+        .map_err(|_| anyhow::anyhow!("snapshot thread panicked"))??;
+    Ok(())
 }

@@ -5,10 +5,16 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
+use blixt_controller::agents::TokenReviewVerifier;
 use blixt_controller::leader::LeaseConfig;
 use blixt_controller::ControllerOptions;
 use blixt_core::translator::{TranslatorConfig, CONTROLLER_NAME};
+use blixt_stream::{
+    AccessPolicy, BearerAuthenticator, CachingVerifier, Pem, ServerTls, SnapshotServer,
+};
 use tracing::info;
 
 #[derive(Debug, clap::Args)]
@@ -31,6 +37,21 @@ pub struct ControllerArgs {
     /// Addresses for Gateways of classes without an AddressPool (repeat).
     #[arg(long = "address-pool")]
     address_pool: Vec<IpAddr>,
+    /// Where agents subscribe to snapshots (gRPC); "none" to serve none.
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    grpc_address: String,
+    /// Serving certificate (PEM) of the gRPC endpoint; plaintext without it (tests only).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Kubernetes users allowed to subscribe (the agents' service account); tokens are checked
+    /// with TokenReview for the audience `blixt-controller`.
+    #[arg(
+        long = "agent-user",
+        default_value = "system:serviceaccount:blixt-system:blixt-agent"
+    )]
+    agent_users: Vec<String>,
 }
 
 async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
@@ -74,16 +95,60 @@ pub fn run(args: ControllerArgs) -> Result<()> {
             debounce: Duration::from_millis(100),
             resync: Duration::from_secs(300),
         };
-        let mut running = blixt_controller::start(client, opts).await?;
+        let mut running = blixt_controller::start(client.clone(), opts).await?;
         info!("controller running");
+        let server = if args.grpc_address != "none" {
+            let verifier = Arc::new(CachingVerifier::new(
+                TokenReviewVerifier::new(client),
+                Duration::from_secs(60),
+                10_000,
+            ));
+            let server = SnapshotServer::new(
+                Arc::new(BearerAuthenticator::new(verifier)),
+                AccessPolicy::users(args.agent_users.clone()).require_node_binding(false),
+            );
+            let listener = tokio::net::TcpListener::bind(&args.grpc_address)
+                .await
+                .with_context(|| format!("--grpc-address {}", args.grpc_address))?;
+            info!(address = %listener.local_addr()?, "snapshot stream for agents");
+            let tls = match (args.tls_cert, args.tls_key) {
+                (Some(cert), Some(key)) => Some(ServerTls {
+                    cert_chain: Pem::File(cert),
+                    key: Pem::File(key),
+                    client_ca: None,
+                }),
+                _ => None,
+            };
+            let serving = server.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serving
+                    .serve(listener, tls.as_ref(), std::future::pending())
+                    .await
+                {
+                    tracing::error!("snapshot stream: {e}");
+                }
+            });
+            Some(server)
+        } else {
+            None
+        };
+        let publish = |p: &blixt_controller::Published| {
+            if let Some(s) = &server {
+                if let Err(e) = s.publish(p.snapshot.clone(), p.tls.clone()) {
+                    tracing::warn!("publishing generation {}: {e}", p.snapshot.generation);
+                }
+            }
+        };
+        publish(&running.snapshots.borrow_and_update().clone());
         loop {
             tokio::select! {
                 changed = running.snapshots.changed() => {
                     if changed.is_err() {
                         break;
                     }
-                    let g = running.snapshots.borrow().snapshot.generation;
-                    println!("{{\"event\":\"snapshot\",\"generation\":{g}}}");
+                    let p = running.snapshots.borrow_and_update().clone();
+                    publish(&p);
+                    println!("{{\"event\":\"snapshot\",\"generation\":{}}}", p.snapshot.generation);
                 }
                 _ = tokio::signal::ctrl_c() => break,
             }
