@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool
 
-.PHONY: demo test deps k8s-bins build lint unit fixtures lab bench clean help
+.PHONY: demo test deps k8s-bins deploy-tools build lint unit fixtures lab bench clean help
 
 help:
 	@echo "make demo   - build and run the demo lab (root)"
@@ -21,6 +21,10 @@ deps:
 k8s-bins:
 	@bash tests/k8s/build.sh
 
+## deploy-tools: helm and kustomize built from the Go module proxy (cached under ~/.cache/blixt/tools).
+deploy-tools:
+	@bash deploy/tools.sh
+
 build: deps
 	$(CARGO) build --workspace --all-targets
 
@@ -33,7 +37,7 @@ lint: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## test: everything — unit tests, packet fixtures (BPF_PROG_TEST_RUN), the namespace lab.
-test: deps lint k8s-bins
+test: deps lint k8s-bins deploy-tools
 	@bash hack/require-root.sh "make test"
 	$(CARGO) test --workspace --no-fail-fast
 
