@@ -7,9 +7,10 @@
 //! address is the VIP:port the client used, which is how the proxy finds the SNI table.
 //!
 //! sk_lookup runs only for packets the routing decision delivers locally, so each steered VIP
-//! also gets a route of type local (`ip route replace local VIP/32 dev lo table local`),
-//! added here and removed on [`SkLookupSteering::unsteer`] and on drop. Why this and not
-//! the XDP/TC path is in docs/tls-passthrough.md.
+//! also gets a route of type local (`ip route replace local VIP/32 dev lo table local proto
+//! 177`), added here and removed on [`SkLookupSteering::unsteer`] and on drop. The `proto`
+//! tag marks the routes as Blixt's: those a killed process left behind are flushed when the
+//! steering attaches again. Why this and not the XDP/TC path is in docs/tls-passthrough.md.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -33,6 +34,9 @@ pub type ListenerKey = [u32; 6];
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
+/// Route protocol of the local routes added here (`proto` in `ip route`): not one of the
+/// numbers iproute2 names in `/etc/iproute2/rt_protos`.
+pub const ROUTE_PROTO: &str = "177";
 const STAT_STEERED: u32 = 0;
 const STAT_ASSIGN_FAILED: u32 = 1;
 
@@ -109,12 +113,18 @@ impl SkLookupSteering {
     }
 
     /// Loads the program and attaches it to the network namespace at `netns_path`. Local
-    /// routes, when managed, are added in the calling thread's namespace.
+    /// routes, when managed, are added in the calling thread's namespace, where those left
+    /// behind by an earlier process that could not clean up (tagged `proto 177`) are flushed
+    /// first: a stale one would keep delivering, and with `arp_ignore=0` answering ARP for, a
+    /// VIP this node no longer serves.
     pub fn attach(netns_path: &str, manage_local_routes: bool) -> Result<Self, SteerError> {
         let netns = File::open(netns_path).map_err(|source| SteerError::Netns {
             path: netns_path.to_string(),
             source,
         })?;
+        if manage_local_routes {
+            flush_stale_routes()?;
+        }
         let mut ebpf = Ebpf::load(OBJ).map_err(SteerError::Load)?;
         let prog: &mut SkLookup = ebpf
             .program_mut("tls_sk_lookup")
@@ -235,15 +245,49 @@ impl Drop for SkLookupSteering {
     }
 }
 
-/// `ip route <op> local <ip>/<max> dev lo table local`, in the calling thread's namespace.
-fn local_route(op: &str, ip: IpAddr) -> Result<(), SteerError> {
-    let (family, prefix) = match ip {
-        IpAddr::V4(_) => ("-4", format!("{ip}/32")),
-        IpAddr::V6(_) => ("-6", format!("{ip}/128")),
+/// Deletes every local route tagged [`ROUTE_PROTO`] in the calling thread's namespace: those
+/// a process that steered TLS VIPs left behind when it could not clean up (SIGKILL, OOM). For
+/// the process that owns TLS steering on the node, at its start; [`SkLookupSteering::attach`]
+/// does it too when it manages local routes.
+pub fn flush_stale_routes() -> Result<(), SteerError> {
+    for family in ["-4", "-6"] {
+        ip(&[
+            family,
+            "route",
+            "flush",
+            "table",
+            "local",
+            "proto",
+            ROUTE_PROTO,
+        ])?;
+    }
+    Ok(())
+}
+
+/// `ip route <op> local <ip>/<max> dev lo table local proto 177`, in the calling thread's
+/// namespace.
+fn local_route(op: &str, addr: IpAddr) -> Result<(), SteerError> {
+    let (family, prefix) = match addr {
+        IpAddr::V4(_) => ("-4", format!("{addr}/32")),
+        IpAddr::V6(_) => ("-6", format!("{addr}/128")),
     };
-    let args = [
-        family, "route", op, "local", &prefix, "dev", "lo", "table", "local",
-    ];
+    ip(&[
+        family,
+        "route",
+        op,
+        "local",
+        &prefix,
+        "dev",
+        "lo",
+        "table",
+        "local",
+        "proto",
+        ROUTE_PROTO,
+    ])
+}
+
+/// Runs `ip ARGS` in the calling thread's namespace.
+fn ip(args: &[&str]) -> Result<(), SteerError> {
     let out = Command::new("ip")
         .args(args)
         .output()

@@ -212,6 +212,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     install_signal_handlers();
     let rec = Arc::new(Mutex::new(runner::start(&opts)?));
     let metrics = Arc::new(AgentMetrics::default());
+    // Local routes of TLS VIPs that a killed `blixt run` left behind; TLS passthrough itself
+    // starts with the first TLS listener.
+    if let Err(e) = blixt_tls::steer::flush_stale_routes() {
+        warn!("removing stale local routes of TLS VIPs: {e:#}");
+    }
     // Stops TLS passthrough (steering, local routes, listeners) however `run` ends.
     let tls = TlsGuard(Arc::new(TlsService::default()));
     if let Some(addr) = spec.metrics_address {

@@ -290,22 +290,30 @@ impl Standalone {
                 );
             std::fs::write(dir.join(f), text).unwrap();
         }
-        let mut cmd = Command::new(BLIXT);
-        cmd.arg("run").arg("--config").arg(&dir);
-        let run = lab
-            .lb
-            .spawn_netns_only("blixt run", cmd)
-            .expect("blixt run");
         let mut s = Standalone {
-            run: Some(run),
+            run: None,
             pins,
             dir,
             backends,
             generation: 0,
             lab,
         };
-        s.wait_next_generation();
+        s.spawn();
         s
+    }
+
+    /// Starts `blixt run` on the config directory and waits for its first generation.
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(BLIXT);
+        cmd.arg("run").arg("--config").arg(&self.dir);
+        let run = self
+            .lab
+            .lb
+            .spawn_netns_only("blixt run", cmd)
+            .expect("blixt run");
+        self.run = Some(run);
+        self.generation = 0;
+        self.wait_next_generation();
     }
 
     fn wait_next_generation(&mut self) {
@@ -715,4 +723,23 @@ fn route_edit_on_disk_breaks_none_of_100_open_tls_connections() {
             assert_eq!(got, 1);
         }
     });
+
+    // A crash (SIGKILL: no cleanup) leaves the local routes behind; the next `blixt run`
+    // flushes them (they are tagged `proto 177`), here with no TLS listener left to serve.
+    s.run.take().unwrap().kill().unwrap();
+    let routes = s.local_routes();
+    assert!(
+        vips.iter()
+            .all(|v| routes.contains(&format!("local {} dev lo proto 177", v.ip()))),
+        "{routes}"
+    );
+    std::fs::remove_file(s.dir.join("tls.yaml")).unwrap();
+    s.spawn();
+    let routes = s.local_routes();
+    for vip in vips {
+        assert!(
+            !routes.contains(&format!("local {} ", vip.ip())),
+            "{vip}: stale local route not flushed at start:\n{routes}"
+        );
+    }
 }
