@@ -730,33 +730,39 @@ fn findings_section(w: &mut String, r: &Results) {
     let maps = |id: &str| cat_ns(r, id, profile::CAT_MAPS);
     if let (Some(est), Some(f)) = (above("tcp_established"), fib("tcp_established")) {
         let met = est <= GOAL_ESTABLISHED_ABOVE_FLOOR;
+        let fib_note = if f >= 1.0 {
+            format!(
+                "The largest single cost is `bpf_fib_lookup`, about {} ns per packet (the route \
+                 lookup, the MTU check on the result, the neighbour lookup). An established \
+                 flow's next hop does not change from one packet to the next: keeping it in the \
+                 conntrack entry would take about {} ns off, to roughly {} ns above the floor.",
+                ns(f),
+                ns(f),
+                ns((est - f).max(0.0)),
+            )
+        } else {
+            "`bpf_fib_lookup` is not on this path: the next hop (egress ifindex, both MACs) \
+             is cached in the conntrack entry and looked up again only when `last_seen` is \
+             refreshed, at most once a second."
+                .to_string()
+        };
         items.push(format!(
             "**Established TCP is {} ns above the floor; the goal is {GOAL_ESTABLISHED_ABOVE_FLOOR:.0} \
-             ns ({}).** The largest single cost is `bpf_fib_lookup`, about {} ns per packet \
-             (the route lookup, the MTU check on the result, the neighbour lookup), then the \
-             conntrack lookup (hashing the 40-byte key, walking the bucket: about {} ns) and \
-             `bpf_ktime_get_coarse_ns` (about {} ns). An established flow's next hop does not \
-             change from one packet to the next: keeping the FIB result (egress ifindex, source \
-             and destination MAC) in the conntrack entry when the flow is created, refreshed \
-             when `last_seen` is refreshed (at most once a second) or when the agent sees a \
-             route or neighbour change (a generation number in the config map), would take \
-             about {} ns off, i.e. to roughly {} ns above the floor.",
+             ns ({}).** The conntrack lookup (hashing the 40-byte key, walking the bucket) takes \
+             about {} ns and `bpf_ktime_get_coarse_ns` about {} ns. {fib_note}",
             ns(est),
             if met { "met" } else { "not met" },
-            ns(f),
             ns(maps("tcp_established").unwrap_or(0.0)),
             ns(cat_ns(r, "tcp_established", profile::CAT_CLOCK).unwrap_or(0.0)),
-            ns(f),
-            ns((est - f).max(0.0)),
         ));
     }
     if let (Some(v4), Some(v6)) = (per_pkt("tcp_established"), per_pkt("tcp6_established")) {
         let f6 = fib("tcp6_established")
-            .map(|f| format!(", of which `bpf_fib_lookup` takes about {} ns", ns(f)))
+            .filter(|f| *f >= 1.0)
+            .map(|f| format!(", of which `bpf_fib_lookup` takes about {} ns (the IPv6 FIB lookup is the dearer one)", ns(f)))
             .unwrap_or_default();
         items.push(format!(
-            "IPv6 established costs {} ns per packet against {} ns for IPv4{f6}: the IPv6 FIB \
-             lookup is the dearer one, so the cached next hop above helps IPv6 most.",
+            "IPv6 established costs {} ns per packet against {} ns for IPv4{f6}.",
             ns(v6),
             ns(v4),
         ));
