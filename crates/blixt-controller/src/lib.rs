@@ -73,6 +73,46 @@ pub struct ControllerOptions {
     pub debounce: Duration,
     /// Everything is rewritten this often, repairing statuses others changed.
     pub resync: Duration,
+    /// The snapshot stream, when agents are served: a Gateway is `Programmed=True` only once an
+    /// agent has acknowledged the generation that carries it (`False/Pending` until then).
+    pub programmed_gate: Option<blixt_stream::SnapshotServer>,
+}
+
+/// Turns `Programmed=True` of every Gateway into `False/Pending` (or `False/Invalid` naming the
+/// agents' errors) while no agent has applied `generation`.
+fn gate_programmed(
+    statuses: &mut Statuses,
+    state: &blixt_stream::ProgrammedState,
+    generation: u64,
+) {
+    use blixt_stream::ProgrammedState;
+    let (reason, message) = match state {
+        ProgrammedState::Programmed { .. } => return,
+        ProgrammedState::Pending { .. } => (
+            "Pending",
+            format!("waiting for an agent to program generation {generation}"),
+        ),
+        ProgrammedState::Failed { errors } => (
+            "Invalid",
+            format!(
+                "agents failed to program generation {generation}: {}",
+                errors
+                    .iter()
+                    .map(|(n, (_, e))| format!("{n}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ),
+    };
+    for status in statuses.gateways.values_mut() {
+        for c in status.conditions.iter_mut().flatten() {
+            if c.type_ == "Programmed" && c.status == "True" {
+                c.status = "False".into();
+                c.reason = reason.into();
+                c.message = message.clone();
+            }
+        }
+    }
 }
 
 /// A running controller's handles.
@@ -115,6 +155,7 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64);
         let mut first = true;
+        let mut acks = opts.programmed_gate.as_ref().map(|g| g.changes());
         let mut was_leader = false;
         let mut last_resync = Instant::now();
         loop {
@@ -155,25 +196,41 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
                 last_resync = Instant::now();
             }
             was_leader = leader;
+            let mut statuses = t.statuses;
+            if let Some(gate) = &opts.programmed_gate {
+                let generation = snap_tx.borrow().snapshot.generation;
+                let state = gate.programmed(generation, Vec::<String>::new());
+                gate_programmed(&mut statuses, &state, generation);
+            }
             let mut failed = 0;
             if leader {
                 failed = writer
                     .write(
                         &client,
                         &objects,
-                        &t.statuses,
+                        &statuses,
                         &opts.translator.controller_name,
                     )
                     .await;
             }
-            status_tx.send_replace(t.statuses);
+            status_tx.send_replace(statuses);
             // wait for a change (or retry soon after failed writes / to notice leadership)
             let wait = if failed > 0 {
                 Duration::from_secs(1)
             } else {
                 Duration::from_secs(2)
             };
-            let _ = tokio::time::timeout(wait, changed.notified()).await;
+            match &mut acks {
+                Some(acks) => {
+                    tokio::select! {
+                        _ = tokio::time::timeout(wait, changed.notified()) => {}
+                        _ = acks.changed() => {}
+                    }
+                }
+                None => {
+                    let _ = tokio::time::timeout(wait, changed.notified()).await;
+                }
+            }
             tokio::time::sleep(opts.debounce).await;
             if failed > 0 {
                 warn!(failed, "status writes failed; retrying");

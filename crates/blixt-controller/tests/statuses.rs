@@ -48,6 +48,7 @@ async fn controller(ns: &TempNamespace, pool: &[&str]) -> (Running, String) {
         },
         debounce: Duration::from_millis(50),
         resync: Duration::from_secs(300),
+        programmed_gate: None,
     };
     let running = start(cluster.client(), opts)
         .await

@@ -94,12 +94,11 @@ pub fn run(args: ControllerArgs) -> Result<()> {
             },
             debounce: Duration::from_millis(100),
             resync: Duration::from_secs(300),
+            programmed_gate: None,
         };
-        let mut running = blixt_controller::start(client.clone(), opts).await?;
-        info!("controller running");
         let server = if args.grpc_address != "none" {
             let verifier = Arc::new(CachingVerifier::new(
-                TokenReviewVerifier::new(client),
+                TokenReviewVerifier::new(client.clone()),
                 Duration::from_secs(60),
                 10_000,
             ));
@@ -132,6 +131,12 @@ pub fn run(args: ControllerArgs) -> Result<()> {
         } else {
             None
         };
+        let opts = ControllerOptions {
+            programmed_gate: server.clone(),
+            ..opts
+        };
+        let mut running = blixt_controller::start(client.clone(), opts).await?;
+        info!("controller running");
         let publish = |p: &blixt_controller::Published| {
             if let Some(s) = &server {
                 if let Err(e) = s.publish(p.snapshot.clone(), p.tls.clone()) {

@@ -213,6 +213,21 @@ async fn gateway_api_objects_to_balanced_traffic_through_controller_and_agent() 
         apply(&client, &o).await.unwrap();
     }
 
+    // no agent has acknowledged anything yet: the Gateway is not programmed
+    let gws: Api<Gateway> = Api::namespaced(client.clone(), &n);
+    eventually(
+        "Programmed=False/Pending before any agent",
+        Duration::from_secs(60),
+        || async {
+            let st = gws.get("gw").await.ok()?.status?;
+            st.conditions?
+                .iter()
+                .any(|c| c.type_ == "Programmed" && c.status == "False" && c.reason == "Pending")
+                .then_some(())
+        },
+    )
+    .await;
+
     let mut cmd = Command::new(BLIXT);
     cmd.args([
         "agent",
@@ -241,7 +256,6 @@ async fn gateway_api_objects_to_balanced_traffic_through_controller_and_agent() 
         .expect("blixt agent");
 
     // statuses through the API server, and the agent applying what the controller publishes
-    let gws: Api<Gateway> = Api::namespaced(client.clone(), &n);
     eventually(
         "Gateway programmed at 10.99.100.1",
         Duration::from_secs(60),
