@@ -139,22 +139,30 @@ fn controller_runs_unprivileged_with_the_contract_flags() {
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
     assert!(caps.add.is_none(), "the controller needs no capability");
 
+    // The flags of `blixt controller` (crates/blixt/src/controller_cmd.rs).
     assert_eq!(
         args(container),
         [
             "controller",
             "--namespace=$(POD_NAMESPACE)",
             "--leader-election-id=blixt-controller",
+            "--controller-name=blixt.dev/gateway-controller",
             "--grpc-address=0.0.0.0:9443",
-            "--metrics-address=0.0.0.0:9464",
+            "--tls-cert=/var/run/secrets/blixt/tls/tls.crt",
+            "--tls-key=/var/run/secrets/blixt/tls/tls.key",
+            "--agent-user=system:serviceaccount:$(POD_NAMESPACE):blixt-agent",
         ]
     );
+    // No metrics endpoint yet: the probes check the gRPC port.
     for probe in [&container.liveness_probe, &container.readiness_probe] {
-        let get = probe
+        let tcp = probe
             .as_ref()
-            .and_then(|p| p.http_get.as_ref())
-            .expect("HTTP probe");
-        assert_eq!(get.path.as_deref(), Some("/healthz"));
+            .and_then(|p| p.tcp_socket.as_ref())
+            .expect("TCP probe");
+        assert_eq!(
+            tcp.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("grpc".into())
+        );
     }
     let ports: BTreeSet<(String, i32)> = container
         .ports
@@ -162,10 +170,30 @@ fn controller_runs_unprivileged_with_the_contract_flags() {
         .flatten()
         .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
         .collect();
-    assert_eq!(
-        ports,
-        [("grpc".to_owned(), 9443), ("metrics".to_owned(), 9464)].into()
-    );
+    assert_eq!(ports, [("grpc".to_owned(), 9443)].into());
+    let env: BTreeSet<&str> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert!(env.contains("POD_NAME"), "the Lease identity: {env:?}");
+
+    // With metrics enabled (once the controller has them): the flag, the port, HTTP probes
+    // of your own, and a ServiceMonitor.
+    let objects = HelmRender::new(NS)
+        .set("controller.metrics.enabled", "true")
+        .set("serviceMonitor.enabled", "true")
+        .render();
+    let spec = pod_spec_of_deployment(&objects, "blixt-controller");
+    let container = only_container(&spec);
+    assert!(args(container).contains(&"--metrics-address=0.0.0.0:9464"));
+    assert!(container
+        .ports
+        .iter()
+        .flatten()
+        .any(|p| p.name.as_deref() == Some("metrics")));
+    find(&objects, "ServiceMonitor", "blixt-controller");
     // TLS of the gRPC stream, and a writable /tmp on the read-only root.
     let mounts: BTreeSet<&str> = container
         .volume_mounts
@@ -217,15 +245,19 @@ fn agent_has_exactly_the_capabilities_it_needs() {
     let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
     assert_eq!(added, ["BPF", "NET_ADMIN", "PERFMON"].into());
 
+    // The flags of `blixt agent` (crates/blixt/src/agent_cmd.rs).
     assert_eq!(
         args(container),
         [
             "agent",
             "--controller=https://blixt-controller.$(POD_NAMESPACE).svc:9443",
             "--node-name=$(NODE_NAME)",
+            "--controller-ca=/var/run/secrets/blixt/ca.crt",
             "--token-file=/var/run/secrets/blixt/token",
             "--pin-dir=/sys/fs/bpf/blixt",
             "--metrics-address=0.0.0.0:9464",
+            "--snat-v4=$(HOST_IP)",
+            "--interface=eth0",
         ]
     );
     let env: BTreeSet<&str> = container
@@ -234,7 +266,12 @@ fn agent_has_exactly_the_capabilities_it_needs() {
         .flatten()
         .map(|e| e.name.as_str())
         .collect();
-    for name in ["NODE_NAME", "POD_NAMESPACE", "BLIXT_PROC_SYS_NET"] {
+    for name in [
+        "NODE_NAME",
+        "POD_NAMESPACE",
+        "HOST_IP",
+        "BLIXT_PROC_SYS_NET",
+    ] {
         assert!(env.contains(name), "{name} in {env:?}");
     }
 
@@ -326,6 +363,21 @@ fn agent_options_render_as_documented() {
         Some(true)
     );
 
+    // IPv6-primary nodes.
+    let objects = HelmRender::new(NS)
+        .set("agent.snatV4FromHostIP", "false")
+        .set("agent.snatV6FromHostIP", "true")
+        .render();
+    let a = args(only_container(&pod_spec_of_daemonset(
+        &objects,
+        "blixt-agent",
+    )))
+    .join(" ");
+    assert!(
+        a.contains("--snat-v6=$(HOST_IP)") && !a.contains("--snat-v4"),
+        "{a}"
+    );
+
     // The escape hatch: privileged instead of a capability list.
     let objects = HelmRender::new(NS).set("agent.privileged", "true").render();
     let spec = pod_spec_of_daemonset(&objects, "blixt-agent");
@@ -345,7 +397,8 @@ fn optional_objects_follow_the_values() {
         .set("serviceMonitor.labels.release", "prometheus")
         .render();
     let monitors = of_kind(&objects, "ServiceMonitor");
-    assert_eq!(monitors.len(), 2, "{:?}", kinds_and_names(&objects));
+    // The agents only: the controller has no metrics endpoint unless controller.metrics.
+    assert_eq!(monitors.len(), 1, "{:?}", kinds_and_names(&objects));
     for monitor in &monitors {
         assert_eq!(
             monitor.types.as_ref().unwrap().api_version,
@@ -445,6 +498,7 @@ fn values_schema_rejects_mistakes() {
         ("controller.replicas", "0", "no controller"),
         ("controller.unknownKey", "1", "typo in a key"),
         ("image.digest", "latest", "not a digest"),
+        ("agent.interfaces", "{}", "no interface"),
     ] {
         match HelmRender::new(NS).set(key, value).try_render() {
             Ok(yaml) => panic!("{why}: --set {key}={value} rendered:\n{yaml}"),

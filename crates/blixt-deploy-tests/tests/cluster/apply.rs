@@ -78,7 +78,11 @@ async fn chart_applies_to_the_api_server() {
         .iter()
         .map(|p| p.port)
         .collect();
-    assert_eq!(ports, [9443, 9464]);
+    assert_eq!(
+        ports,
+        [9443],
+        "gRPC only while the controller has no metrics endpoint"
+    );
 
     // The class and the pool are there, the class pointing at the pool.
     let class = find(&applied, "GatewayClass", &fullname);

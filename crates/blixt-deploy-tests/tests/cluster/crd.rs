@@ -59,10 +59,19 @@ async fn address_pool_accepts_addresses_cidrs_and_ranges() {
             .create(&PostParams::default(), &pool(&name, spec.clone()))
             .await
             .unwrap_or_else(|e| panic!("{spec} is a valid pool: {e}"));
+        // Both fields are always there (defaulted), as the controller's AddressPool type
+        // expects.
         assert!(
             created.data["spec"]["delegateToLoadBalancer"].is_boolean(),
             "delegateToLoadBalancer is defaulted: {created:?}"
         );
+        assert!(
+            created.data["spec"]["addresses"].is_array(),
+            "addresses is defaulted: {created:?}"
+        );
+        let _: blixt_controller::crd::AddressPool =
+            serde_json::from_value(serde_json::to_value(&created).expect("JSON"))
+                .unwrap_or_else(|e| panic!("the controller cannot read {spec}: {e}"));
         api.delete(&name, &Default::default())
             .await
             .expect("deleting the pool");

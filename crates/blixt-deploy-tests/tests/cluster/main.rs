@@ -4,5 +4,6 @@
 //! impersonation. Needs tests/k8s/build.sh and deploy/tools.sh (make test runs both).
 
 mod apply;
+mod controller;
 mod crd;
 mod rbac;
