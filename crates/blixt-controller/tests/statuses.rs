@@ -422,3 +422,266 @@ async fn endpoint_slice_controller_changes_reach_the_snapshot() {
         .await
         .unwrap();
 }
+
+/// Reads a route's single parent conditions as (type, status, reason).
+async fn route_conditions(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Option<Vec<(String, String, String)>> {
+    let routes: Api<TcpRoute> = Api::namespaced(client.clone(), ns);
+    let r = routes.get(name).await.ok()?;
+    let p = r.status?.parents.into_iter().next()?;
+    Some(
+        p.conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn listener_and_attachment_rules_through_the_api_server() {
+    let cluster = shared();
+    let client = cluster.client();
+    let ns = cluster.temp_namespace().await;
+    let other = cluster.temp_namespace().await;
+    let (n, o) = (ns.name(), other.name());
+    let (_running, controller_name) = controller(&ns, &["192.0.2.40"]).await;
+    let class = format!("{n}-blixt");
+    apply_yaml(&client, &class_yaml(&class, &controller_name)).await;
+    // TCP and TLS listeners on one port conflict (both TCP; identical listeners the CRD
+    // refuses itself); a UDP one on that port does not; `sel` admits routes
+    // from namespaces labelled team=blue only
+    apply_yaml(&client, &format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: {n}}}\nspec:\n  gatewayClassName: {class}\n  listeners:\n  - {{name: a, protocol: TCP, port: 7000}}\n  - {{name: b, protocol: TLS, port: 7000, hostname: x.example.com, tls: {{mode: Passthrough}}}}\n  - {{name: u, protocol: UDP, port: 7000}}\n  - name: sel\n    protocol: TCP\n    port: 7100\n    allowedRoutes:\n      namespaces:\n        from: Selector\n        selector: {{matchLabels: {{team: blue}}}}\n  - {{name: p1, protocol: TCP, port: 7200}}\n")).await;
+    apply_yaml(&client, &service_yaml(n, "app", &["10.4.0.1"])).await;
+    apply_yaml(&client, &service_yaml(o, "app", &["10.4.0.2"])).await;
+    let route = |ns: &str, name: &str, parent: &str, backend: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{parent}]\n  rules:\n  - backendRefs: [{backend}]\n")
+    };
+    let gw_ref = format!("{{name: gw, namespace: {n}");
+    // parentRef by port only, by section and port that disagree, to a missing section
+    apply_yaml(
+        &client,
+        &route(
+            n,
+            "by-port",
+            &format!("{gw_ref}, port: 7200}}"),
+            "{name: app, port: 8080}",
+        ),
+    )
+    .await;
+    apply_yaml(
+        &client,
+        &route(
+            n,
+            "mismatch",
+            &format!("{gw_ref}, sectionName: p1, port: 7100}}"),
+            "{name: app, port: 8080}",
+        ),
+    )
+    .await;
+    apply_yaml(
+        &client,
+        &route(
+            n,
+            "no-section",
+            &format!("{gw_ref}, sectionName: nope}}"),
+            "{name: app, port: 8080}",
+        ),
+    )
+    .await;
+    // a route in another namespace not selected by `sel`, then selected
+    apply_yaml(
+        &client,
+        &route(
+            o,
+            "foreign",
+            &format!("{gw_ref}, sectionName: sel}}"),
+            "{name: app, port: 8080}",
+        ),
+    )
+    .await;
+    // an unknown backend kind
+    apply_yaml(
+        &client,
+        &route(
+            n,
+            "odd-kind",
+            &format!("{gw_ref}, sectionName: p1}}"),
+            "{group: example.com, kind: Bucket, name: x}",
+        ),
+    )
+    .await;
+
+    let want = |t: &str, st: &str, r: &str| (t.to_string(), st.to_string(), r.to_string());
+    let expect = |name: &'static str, ns: String, conds: Vec<(String, String, String)>| {
+        let client = client.clone();
+        async move {
+            let what = format!("{name}: {conds:?}");
+            eventually(&what, || {
+                let (client, ns, conds) = (client.clone(), ns.clone(), conds.clone());
+                async move {
+                    let got = route_conditions(&client, &ns, name).await;
+                    if got.as_ref() != Some(&conds) {
+                        eprintln!("{name}: {got:?}");
+                    }
+                    (got? == conds).then_some(())
+                }
+            })
+            .await
+        }
+    };
+    expect(
+        "by-port",
+        n.to_string(),
+        vec![
+            want("Accepted", "True", "Accepted"),
+            want("ResolvedRefs", "True", "ResolvedRefs"),
+        ],
+    )
+    .await;
+    expect(
+        "mismatch",
+        n.to_string(),
+        vec![
+            want("Accepted", "False", "NoMatchingParent"),
+            want("ResolvedRefs", "True", "ResolvedRefs"),
+        ],
+    )
+    .await;
+    expect(
+        "no-section",
+        n.to_string(),
+        vec![
+            want("Accepted", "False", "NoMatchingParent"),
+            want("ResolvedRefs", "True", "ResolvedRefs"),
+        ],
+    )
+    .await;
+    expect(
+        "foreign",
+        o.to_string(),
+        vec![
+            want("Accepted", "False", "NotAllowedByListeners"),
+            want("ResolvedRefs", "True", "ResolvedRefs"),
+        ],
+    )
+    .await;
+    expect(
+        "odd-kind",
+        n.to_string(),
+        vec![
+            want("Accepted", "True", "Accepted"),
+            want("ResolvedRefs", "False", "InvalidKind"),
+        ],
+    )
+    .await;
+
+    // listener conflicts
+    let gws: Api<Gateway> = Api::namespaced(client.clone(), n);
+    eventually(
+        "conflicted TCP/TLS listeners, UDP on the same port fine",
+        || async {
+            let ls = gws.get("gw").await.ok()?.status?.listeners?;
+            let c = |name: &str| {
+                ls.iter().find(|l| l.name == name).and_then(|l| {
+                    cond(&l.conditions, "Conflicted").map(|(s, r)| (s.to_string(), r.to_string()))
+                })
+            };
+            (c("a")? == ("True".into(), "ProtocolConflict".into())
+                && c("b")? == ("True".into(), "ProtocolConflict".into())
+                && c("u")?.0 == "False")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // labelling the other namespace admits its route
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let patch = serde_json::json!({"metadata": {"labels": {"team": "blue"}}});
+    nss.patch(
+        o,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    expect(
+        "foreign",
+        o.to_string(),
+        vec![
+            want("Accepted", "True", "Accepted"),
+            want("ResolvedRefs", "True", "ResolvedRefs"),
+        ],
+    )
+    .await;
+
+    // oldest route wins on a listener; both are Accepted
+    apply_yaml(
+        &client,
+        &route(
+            n,
+            "older",
+            &format!("{gw_ref}, sectionName: sel}}"),
+            "{name: app, port: 8080}",
+        ),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // creationTimestamp has second resolution
+    apply_yaml(
+        &client,
+        &route(
+            n,
+            "newer",
+            &format!("{gw_ref}, sectionName: sel}}"),
+            "{name: app, port: 8080}",
+        ),
+    )
+    .await;
+    // `sel` does not admit routes of gw's own namespace: label it too
+    let patch = serde_json::json!({"metadata": {"labels": {"team": "blue"}}});
+    nss.patch(
+        n,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    expect(
+        "newer",
+        n.to_string(),
+        vec![
+            want("Accepted", "True", "Accepted"),
+            want("ResolvedRefs", "True", "ResolvedRefs"),
+        ],
+    )
+    .await;
+    let mut snaps = _running.snapshots.clone();
+    eventually("only the oldest route's backends carry traffic", || {
+        let s = snaps.borrow_and_update().clone();
+        let fe_name = format!("{n}/gw/sel");
+        async move {
+            let fe = s
+                .snapshot
+                .frontends
+                .into_iter()
+                .find(|f| f.name == fe_name)?;
+            // the foreign route (created first) is the oldest: its backend, 10.4.0.2, serves
+            let addrs: Vec<String> = fe
+                .backends
+                .iter()
+                .map(|b| b.addr.addr.to_string())
+                .collect();
+            if addrs != ["10.4.0.2"] {
+                eprintln!("sel frontend: {fe:?}");
+            }
+            (addrs == ["10.4.0.2"]).then_some(())
+        }
+    })
+    .await;
+    Api::<GatewayClass>::all(client)
+        .delete(&class, &DeleteParams::default())
+        .await
+        .unwrap();
+}
