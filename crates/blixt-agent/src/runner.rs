@@ -38,17 +38,24 @@ pub struct AgentOptions {
     pub remove_on_exit: bool,
 }
 
-/// Writes a sysctl under /proc/sys (the calling thread's network namespace).
-fn sysctl(key: &str, value: &str) -> std::io::Result<()> {
-    let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-    std::fs::write(path, value)
+/// Writes a `net` sysctl of the calling thread's network namespace, given by its path
+/// components under /proc/sys/net (so an interface name with a dot, such as a VLAN `eth0.100`,
+/// stays one component). In a container `/proc/sys` is read-only: the deployment mounts the
+/// host's `/proc/sys/net` elsewhere and names it in `BLIXT_PROC_SYS_NET`.
+fn sysctl_net(path: &[&str], value: &str) -> std::io::Result<()> {
+    let mut file = std::env::var_os("BLIXT_PROC_SYS_NET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/proc/sys/net"));
+    file.extend(path);
+    std::fs::write(&file, value)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", file.display())))
 }
 
 /// `bpf_fib_lookup()` reports FWD_DISABLED unless forwarding is on for the ingress device.
 fn enable_forwarding(iface: &str) -> Result<()> {
-    sysctl(&format!("net.ipv4.conf.{iface}.forwarding"), "1")
+    sysctl_net(&["ipv4", "conf", iface, "forwarding"], "1")
         .with_context(|| format!("enabling IPv4 forwarding on {iface}"))?;
-    if let Err(e) = sysctl(&format!("net.ipv6.conf.{iface}.forwarding"), "1") {
+    if let Err(e) = sysctl_net(&["ipv6", "conf", iface, "forwarding"], "1") {
         warn!(%iface, "enabling IPv6 forwarding: {e}");
     }
     Ok(())

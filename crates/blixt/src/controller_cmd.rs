@@ -52,6 +52,55 @@ pub struct ControllerArgs {
         default_value = "system:serviceaccount:blixt-system:blixt-agent"
     )]
     agent_users: Vec<String>,
+    /// Address for `/metrics` and `/healthz`; "none" to serve neither.
+    #[arg(long, default_value = "none")]
+    metrics_address: String,
+}
+
+/// Serves `/healthz` and a few controller metrics (leadership, snapshot generation, agents).
+fn serve_metrics(
+    addr: &str,
+    running: blixt_controller::Running,
+    server: Option<SnapshotServer>,
+) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("--metrics-address {addr}"))?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut line = String::new();
+                if BufReader::new(&conn).read_line(&mut line).is_err() {
+                    continue;
+                }
+                let body = match line.split_whitespace().nth(1) {
+                    Some("/healthz") => "ok\n".to_string(),
+                    Some("/metrics") => {
+                        let generation = running.snapshots.borrow().snapshot.generation;
+                        let leader = u8::from(running.leadership.is_leader());
+                        let agents = server.as_ref().map_or(0, |s| s.acks().len());
+                        format!(
+                            "# TYPE blixt_controller_leader gauge\nblixt_controller_leader {leader}\n\
+                             # TYPE blixt_controller_snapshot_generation gauge\n\
+                             blixt_controller_snapshot_generation {generation}\n\
+                             # TYPE blixt_controller_agents gauge\nblixt_controller_agents {agents}\n"
+                        )
+                    }
+                    _ => String::new(),
+                };
+                let status = if body.is_empty() { "404 Not Found" } else { "200 OK" };
+                let _ = conn.write_all(
+                    format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        })?;
+    Ok(())
 }
 
 async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
@@ -137,6 +186,9 @@ pub fn run(args: ControllerArgs) -> Result<()> {
         };
         let mut running = blixt_controller::start(client.clone(), opts).await?;
         info!("controller running");
+        if args.metrics_address != "none" {
+            serve_metrics(&args.metrics_address, running.clone(), server.clone())?;
+        }
         let publish = |p: &blixt_controller::Published| {
             if let Some(s) = &server {
                 if let Err(e) = s.publish(p.snapshot.clone(), p.tls.clone()) {

@@ -19,7 +19,13 @@ impl Drop for Replica {
     }
 }
 
-fn replica(kubeconfig: &std::path::Path, ns: &str, name: &str, controller: &str) -> Replica {
+fn replica(
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    name: &str,
+    controller: &str,
+    metrics: &str,
+) -> Replica {
     let child = Command::new(env!("CARGO_BIN_EXE_blixt"))
         .args(["controller", "--kubeconfig"])
         .arg(kubeconfig)
@@ -37,6 +43,8 @@ fn replica(kubeconfig: &std::path::Path, ns: &str, name: &str, controller: &str)
             "--address-pool",
             "192.0.2.51",
         ])
+        // no agents in this test: without a snapshot stream, Programmed needs no agent's ack
+        .args(["--grpc-address", "none", "--metrics-address", metrics])
         .stdout(Stdio::null())
         .spawn()
         .expect("starting blixt controller");
@@ -77,13 +85,16 @@ async fn leader_election_hands_over_when_the_leader_dies() {
     let ns = cluster.temp_namespace().await;
     let n = ns.name().to_string();
     let controller = format!("blixt.dev/test-{n}");
-    let mut a = Some(replica(
-        cluster.kubeconfig_path(),
-        &n,
-        "replica-a",
-        &controller,
-    ));
-    let b = replica(cluster.kubeconfig_path(), &n, "replica-b", &controller);
+    let port = |_| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (ma, mb) = (port(0), port(1));
+    let kc = cluster.kubeconfig_path();
+    let mut a = Some(replica(kc, &n, "replica-a", &controller, &ma.to_string()));
+    let b = replica(kc, &n, "replica-b", &controller, &mb.to_string());
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), &n);
     let holder = |leases: Api<Lease>| async move {
@@ -97,6 +108,23 @@ async fn leader_election_hands_over_when_the_leader_dies() {
     let first = eventually("a leader", Duration::from_secs(30), || {
         holder(leases.clone())
     })
+    .await;
+    // each replica reports whether it leads
+    let leads = |addr: std::net::SocketAddr| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("blixt_controller_leader ").map(|v| v == "1"))
+    };
+    let expected = (first == "replica-a", first == "replica-b");
+    eventually(
+        "exactly the Lease holder says it leads",
+        Duration::from_secs(30),
+        || async { ((leads(ma)?, leads(mb)?) == expected).then_some(()) },
+    )
     .await;
 
     let yaml = format!(
