@@ -142,6 +142,19 @@ pub fn serve(
     rec: Arc<Mutex<Reconciler>>,
     agent: Arc<AgentMetrics>,
 ) -> std::io::Result<SocketAddr> {
+    serve_with(addr, move || match rec.lock() {
+        Ok(r) => render(&r, &agent),
+        Err(_) => String::from("# agent state unavailable\n"),
+    })
+}
+
+/// Serves `GET /metrics` (whatever `render` returns, OpenMetrics text) and `GET /healthz` on
+/// `addr` from a background thread: the one small HTTP endpoint the agent, `blixt run` (which
+/// adds TLS families) and the controller share.
+pub fn serve_with(
+    addr: SocketAddr,
+    render: impl Fn() -> String + Send + 'static,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     info!(%local, "metrics at http://{local}/metrics");
@@ -157,17 +170,11 @@ pub fn serve(
                 }
                 let path = line.split_whitespace().nth(1).unwrap_or("/");
                 let (status, ctype, body) = match path {
-                    "/metrics" => {
-                        let body = match rec.lock() {
-                            Ok(r) => render(&r, &agent),
-                            Err(_) => String::from("# agent state unavailable\n"),
-                        };
-                        (
-                            "200 OK",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            body,
-                        )
-                    }
+                    "/metrics" => (
+                        "200 OK",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        render(),
+                    ),
                     "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
                     _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
                 };

@@ -63,43 +63,21 @@ fn serve_metrics(
     running: blixt_controller::Running,
     server: Option<SnapshotServer>,
 ) -> Result<()> {
-    use std::io::{BufRead, BufReader, Write};
-    let listener =
-        std::net::TcpListener::bind(addr).with_context(|| format!("--metrics-address {addr}"))?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut line = String::new();
-                if BufReader::new(&conn).read_line(&mut line).is_err() {
-                    continue;
-                }
-                let body = match line.split_whitespace().nth(1) {
-                    Some("/healthz") => "ok\n".to_string(),
-                    Some("/metrics") => {
-                        let generation = running.snapshots.borrow().snapshot.generation;
-                        let leader = u8::from(running.leadership.is_leader());
-                        let agents = server.as_ref().map_or(0, |s| s.acks().len());
-                        format!(
-                            "# TYPE blixt_controller_leader gauge\nblixt_controller_leader {leader}\n\
-                             # TYPE blixt_controller_snapshot_generation gauge\n\
-                             blixt_controller_snapshot_generation {generation}\n\
-                             # TYPE blixt_controller_agents gauge\nblixt_controller_agents {agents}\n"
-                        )
-                    }
-                    _ => String::new(),
-                };
-                let status = if body.is_empty() { "404 Not Found" } else { "200 OK" };
-                let _ = conn.write_all(
-                    format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .as_bytes(),
-                );
-            }
-        })?;
+    let addr = addr
+        .parse()
+        .with_context(|| format!("--metrics-address {addr:?}"))?;
+    blixt_agent::metrics::serve_with(addr, move || {
+        let generation = running.snapshots.borrow().snapshot.generation;
+        let leader = u8::from(running.leadership.is_leader());
+        let agents = server.as_ref().map_or(0, |s| s.acks().len());
+        format!(
+            "# TYPE blixt_controller_leader gauge\nblixt_controller_leader {leader}\n\
+             # TYPE blixt_controller_snapshot_generation gauge\n\
+             blixt_controller_snapshot_generation {generation}\n\
+             # TYPE blixt_controller_agents gauge\nblixt_controller_agents {agents}\n# EOF\n"
+        )
+    })
+    .with_context(|| format!("--metrics-address {addr}"))?;
     Ok(())
 }
 

@@ -10,8 +10,8 @@
 //! (`{"event":"applied",...}`) and its statuses are published; see docs/tls-passthrough.md.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -582,50 +582,16 @@ fn render_metrics(rec: &Reconciler, agent: &AgentMetrics, tls: &TlsService) -> S
     out
 }
 
-/// `GET /metrics` and `GET /healthz` on `addr`, as `blixt_agent::metrics::serve`, with the
-/// TLS passthrough families added.
+/// `GET /metrics` and `GET /healthz` on `addr`: the agent's endpoint with the TLS passthrough
+/// families added.
 fn serve_metrics(
     addr: SocketAddr,
     rec: Arc<Mutex<Reconciler>>,
     agent: Arc<AgentMetrics>,
     tls: Arc<TlsService>,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let local = listener.local_addr()?;
-    info!(%local, "metrics at http://{local}/metrics");
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut line = String::new();
-                if BufReader::new(&conn).read_line(&mut line).is_err() {
-                    continue;
-                }
-                let (status, ctype, body) = match line.split_whitespace().nth(1).unwrap_or("/") {
-                    "/metrics" => {
-                        let body = match rec.lock() {
-                            Ok(r) => render_metrics(&r, &agent, &tls),
-                            Err(_) => String::from("# agent state unavailable\n"),
-                        };
-                        (
-                            "200 OK",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            body,
-                        )
-                    }
-                    "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                    _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-                };
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                if let Err(e) = conn.write_all(resp.as_bytes()) {
-                    warn!("metrics: writing the response: {e}");
-                }
-            }
-        })?;
-    Ok(local)
+    metrics::serve_with(addr, move || match rec.lock() {
+        Ok(r) => render_metrics(&r, &agent, &tls),
+        Err(_) => String::from("# agent state unavailable\n"),
+    })
 }
