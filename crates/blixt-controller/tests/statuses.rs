@@ -417,6 +417,39 @@ async fn endpoint_slice_controller_changes_reach_the_snapshot() {
         backends(["10.3.0.1", "10.3.0.3"].into())
     })
     .await;
+    // a pod being deleted (no kubelet confirms it, so it stays Terminating while Ready): the
+    // EndpointSlice controller marks it serving+terminating, and it drains
+    pods.delete(
+        "web-0",
+        &DeleteParams {
+            grace_period_seconds: Some(300),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .unwrap();
+    let fe_name = format!("{n}/gw/tcp");
+    eventually("terminating pod drains: kept, no new flows", || {
+        let s = running.snapshots.borrow().clone();
+        let fe_name = fe_name.clone();
+        async move {
+            let fe = s
+                .snapshot
+                .frontends
+                .into_iter()
+                .find(|f| f.name == fe_name)?;
+            let state = |a: &str| {
+                fe.backends
+                    .iter()
+                    .find(|b| b.addr.addr.to_string() == a)
+                    .map(|b| b.state)
+            };
+            (state("10.3.0.1")? == blixt_core::snapshot::BackendState::Terminating
+                && state("10.3.0.3")? == blixt_core::snapshot::BackendState::Active)
+                .then_some(())
+        }
+    })
+    .await;
     Api::<GatewayClass>::all(client)
         .delete(&class, &DeleteParams::default())
         .await
