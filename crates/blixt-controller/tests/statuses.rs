@@ -650,7 +650,9 @@ async fn listener_and_attachment_rules_through_the_api_server() {
     )
     .await;
 
-    // oldest route wins on a listener; both are Accepted
+    // oldest route wins on a listener; both are Accepted. creationTimestamp has second
+    // resolution and ties go to namespace/name: keep a second between the routes.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     apply_yaml(
         &client,
         &route(
