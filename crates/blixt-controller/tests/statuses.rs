@@ -720,3 +720,73 @@ async fn listener_and_attachment_rules_through_the_api_server() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn tls_routes_through_the_api_server() {
+    let cluster = shared();
+    let client = cluster.client();
+    let ns = cluster.temp_namespace().await;
+    let n = ns.name();
+    let (running, controller_name) = controller(&ns, &["192.0.2.60"]).await;
+    let class = format!("{n}-blixt");
+    apply_yaml(&client, &class_yaml(&class, &controller_name)).await;
+    apply_yaml(
+        &client,
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: {n}}}\nspec:\n  gatewayClassName: {class}\n  listeners:\n  - {{name: tls, protocol: TLS, port: 443, hostname: \"*.example.com\", tls: {{mode: Passthrough}}}}\n  - {{name: term, protocol: TLS, port: 8443, tls: {{mode: Terminate, certificateRefs: [{{name: cert}}]}}}}\n"
+        ),
+    )
+    .await;
+    let mut svc = service_yaml(n, "app", &["10.5.0.1"]);
+    svc = svc.replace("port: 8080", "port: 8443");
+    apply_yaml(&client, &svc).await;
+    let tls_route = |name: &str, host: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {{name: {name}, namespace: {n}}}\nspec:\n  parentRefs: [{{name: gw, sectionName: tls}}]\n  hostnames: [\"{host}\"]\n  rules:\n  - backendRefs: [{{name: app, port: 8443}}]\n")
+    };
+    apply_yaml(&client, &tls_route("a", "a.example.com")).await;
+    apply_yaml(&client, &tls_route("other", "a.example.org")).await;
+
+    let routes: Api<blixt_gateway_api::TlsRoute> = Api::namespaced(client.clone(), n);
+    let accepted = |name: &'static str, want: (&'static str, &'static str)| {
+        let routes = routes.clone();
+        async move {
+            let r = routes.get(name).await.ok()?;
+            let p = r.status?.parents.into_iter().next()?;
+            (cond(&p.conditions, "Accepted") == Some(want)).then_some(())
+        }
+    };
+    eventually("a.example.com accepted", || {
+        accepted("a", ("True", "Accepted"))
+    })
+    .await;
+    eventually("a.example.org does not intersect *.example.com", || {
+        accepted("other", ("False", "NoMatchingListenerHostname"))
+    })
+    .await;
+    let gws: Api<Gateway> = Api::namespaced(client.clone(), n);
+    eventually("Terminate listener is not supported", || async {
+        let ls = gws.get("gw").await.ok()?.status?.listeners?;
+        let term = ls.iter().find(|l| l.name == "term")?;
+        (cond(&term.conditions, "Accepted") == Some(("False", "UnsupportedValue"))
+            && term.supported_kinds.as_ref().is_none_or(|k| k.is_empty()))
+        .then_some(())
+    })
+    .await;
+    // the SNI table goes out with the snapshot
+    let route = eventually("SNI table published", || {
+        let s = running.snapshots.borrow().clone();
+        async move {
+            s.tls
+                .into_iter()
+                .flat_map(|f| f.routes)
+                .find(|r| r.hostname == "a.example.com")
+        }
+    })
+    .await;
+    assert_eq!(route.backends.len(), 1);
+    assert_eq!(route.backends[0].addr.addr.to_string(), "10.5.0.1");
+    Api::<GatewayClass>::all(client)
+        .delete(&class, &DeleteParams::default())
+        .await
+        .unwrap();
+}
