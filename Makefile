@@ -29,8 +29,8 @@ build: deps
 	$(CARGO) build --workspace --all-targets
 
 demo: deps
-	$(CARGO) build -p blixt
-	./target/debug/blixt demo
+	@bash hack/require-root.sh "make demo"
+	$(CARGO) run -q -p blixt -- demo
 
 lint: deps
 	$(CARGO) fmt --all -- --check
