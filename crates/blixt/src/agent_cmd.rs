@@ -1,4 +1,6 @@
-//! `blixt agent`: the dataplane agent fed by a snapshot file.
+//! `blixt agent`: the dataplane agent fed by a snapshot file, or by the controller's snapshot
+//! stream. With the controller, each generation's TLS passthrough SNI tables come along with
+//! its snapshot and are served by [`TlsService`] once the snapshot itself was applied.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -13,6 +15,8 @@ use blixt_agent::runner::{self, AgentOptions, SnapshotSource};
 use blixt_agent::NodeConfig;
 use blixt_bpf::DataplaneOptions;
 use blixt_core::snapshot::Snapshot;
+
+use crate::tls_service::{TlsGuard, TlsService};
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
@@ -228,6 +232,10 @@ fn from_controller(
     let client = blixt_stream::SnapshotClient::new(config).context("snapshot client")?;
     let applier = rec.clone();
     let stream_metrics = metrics.clone();
+    // Stops TLS passthrough (steering, local routes, listeners) however this returns; it
+    // starts with the first generation that has a TLS listener.
+    let tls = TlsGuard(Arc::new(TlsService::default()));
+    let stream_tls = tls.0.clone();
     let stream = std::thread::Builder::new()
         .name("snapshots".into())
         .spawn(move || {
@@ -235,11 +243,15 @@ fn from_controller(
                 .enable_all()
                 .build()?;
             rt.block_on(client.run(
-                |generation, snap, _tls| {
+                |generation, snap, tls_frontends| {
                     let t = std::time::Instant::now();
                     let result = applier.lock().expect("reconciler").apply(&snap);
                     match result {
                         Ok(report) => {
+                            // The XDP part is applied; now the TLS part of the same
+                            // generation, before the ack. A TLS failure is logged and shown
+                            // by the service; TCP and UDP listeners keep serving.
+                            stream_tls.apply(generation, tls_frontends);
                             stream_metrics
                                 .apply_seconds
                                 .observe(t.elapsed().as_secs_f64());
@@ -267,9 +279,16 @@ fn from_controller(
             ));
             anyhow::Ok(())
         })?;
-    runner::run(opts, &rec, metrics, &mut NoFileSource, &STOP, |_| {})?;
-    stream
+    let result = runner::run(opts, &rec, metrics, &mut NoFileSource, &STOP, |_| {});
+    if result.is_err() {
+        // Let the snapshot thread end too.
+        STOP.store(true, Ordering::Relaxed);
+    }
+    let joined = stream
         .join()
-        .map_err(|_| anyhow::anyhow!("snapshot thread panicked"))??;
+        .map_err(|_| anyhow::anyhow!("snapshot thread panicked"));
+    drop(tls);
+    result?;
+    joined??;
     Ok(())
 }
