@@ -16,7 +16,7 @@ use blixt_agent::NodeConfig;
 use blixt_bpf::DataplaneOptions;
 use blixt_core::snapshot::Snapshot;
 
-use crate::tls_service::{TlsGuard, TlsService};
+use crate::tls_service::{serve_metrics, TlsGuard, TlsService};
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
@@ -165,18 +165,31 @@ pub fn run(args: AgentArgs) -> Result<()> {
     install_signal_handlers();
     let rec = Arc::new(Mutex::new(runner::start(&opts)?));
     let metrics = Arc::new(AgentMetrics::default());
+    // With a controller, TLS passthrough listeners come with the snapshots: remove local routes
+    // of TLS VIPs a killed earlier agent left behind, and stop it however this returns.
+    let tls = args.controller.is_some().then(|| {
+        if let Err(e) = blixt_tls::steer::flush_stale_routes() {
+            tracing::warn!("removing stale local routes of TLS VIPs: {e:#}");
+        }
+        TlsGuard(Arc::new(TlsService::default()))
+    });
     if args.metrics_address != "none" {
         let addr = args
             .metrics_address
             .parse()
             .with_context(|| format!("--metrics-address {:?}", args.metrics_address))?;
-        metrics::serve(addr, rec.clone(), metrics.clone()).context("serving metrics")?;
+        match &tls {
+            Some(tls) => serve_metrics(addr, rec.clone(), metrics.clone(), tls.0.clone()),
+            None => metrics::serve(addr, rec.clone(), metrics.clone()),
+        }
+        .context("serving metrics")?;
     }
     let Some(path) = args.snapshot else {
         return from_controller(
             &opts,
             rec,
             &metrics,
+            tls.expect("TLS service exists with --controller"),
             ControllerSource {
                 endpoint: args.controller.expect("clap: --snapshot or --controller"),
                 node_name: args
@@ -219,6 +232,7 @@ fn from_controller(
     opts: &AgentOptions,
     rec: Arc<Mutex<blixt_agent::Reconciler>>,
     metrics: &Arc<AgentMetrics>,
+    tls: TlsGuard,
     src: ControllerSource,
 ) -> Result<()> {
     let mut config = blixt_stream::ClientConfig::new(src.endpoint, src.node_name);
@@ -232,9 +246,7 @@ fn from_controller(
     let client = blixt_stream::SnapshotClient::new(config).context("snapshot client")?;
     let applier = rec.clone();
     let stream_metrics = metrics.clone();
-    // Stops TLS passthrough (steering, local routes, listeners) however this returns; it
-    // starts with the first generation that has a TLS listener.
-    let tls = TlsGuard(Arc::new(TlsService::default()));
+    // TLS passthrough starts with the first generation that has a TLS listener
     let stream_tls = tls.0.clone();
     let stream = std::thread::Builder::new()
         .name("snapshots".into())

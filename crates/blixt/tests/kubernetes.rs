@@ -426,7 +426,12 @@ async fn gateway_api_objects_to_balanced_traffic_through_controller_and_agent() 
     ])
     .arg("--pin-dir")
     .arg(&pins)
-    .args(["--metrics-address", "none", "--max-frontends", "16"]);
+    .args([
+        "--metrics-address",
+        "127.0.0.1:9464",
+        "--max-frontends",
+        "16",
+    ]);
     for (name, _) in lab.lb_interfaces() {
         cmd.args(["-i", &name]);
     }
@@ -518,6 +523,22 @@ async fn gateway_api_objects_to_balanced_traffic_through_controller_and_agent() 
         let _ = agent.next_line(Duration::from_millis(500));
     }
     drop(tls_backend);
+    // the agent's metrics carry the TLS proxy's counters too
+    let metrics = lab.lb.run_in(|| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9464").expect("agent metrics");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    });
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("blixt_tls_") && !l.ends_with(" 0")),
+        "TLS counters on the agent's /metrics:\n{metrics}"
+    );
+    assert_eq!(metrics.matches("# EOF").count(), 1, "one exposition");
 
     // a route edit through the API while 100 connections stay open: none breaks
     let long = lab.client.ns.run_in(|| {
