@@ -7,13 +7,9 @@
 //! serving and statuses converge again. TLS passthrough too: a TLSRoute through the API, a
 //! rustls server on a backend, a client connection whose SNI lands on it through the agent.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use blixt_gateway_api::{Gateway, TcpRoute};
@@ -24,7 +20,10 @@ use blixt_lab::traffic::{self, LongLived, UdpOptions};
 use blixt_lab::{EchoConfig, EchoServer};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+#[path = "common/tls.rs"]
+mod tls_support;
+use tls_support::{connect, ping, TlsBackend};
 
 const BLIXT: &str = env!("CARGO_BIN_EXE_blixt");
 
@@ -113,171 +112,6 @@ fn manifests(ns: &str, controller: &str, lab: &Lab, weights: [u32; 3]) -> String
         weights[0], weights[1], weights[2]
     ));
     y
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A rustls server on port 8443 of a backend namespace with a self-signed certificate of its
-/// own; answers each line with `<name>: <line>`. Stops on drop.
-struct TlsBackend {
-    cert: CertificateDer<'static>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for TlsBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl TlsBackend {
-    fn start(lab: &Lab, i: usize) -> TlsBackend {
-        let name = format!("be{i}");
-        let ck = rcgen::generate_simple_self_signed(vec![format!("{name}.backend.test")])
-            .expect("rcgen");
-        let cert = ck.cert.der().clone();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
-        let config = Arc::new(
-            rustls::ServerConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_no_client_auth()
-                .with_single_cert(vec![cert.clone()], key)
-                .expect("server config"),
-        );
-        let listener = lab.backends[i]
-            .ns
-            .run_in(|| TcpListener::bind(("0.0.0.0", 8443)))
-            .expect("backend bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((sock, _)) => {
-                        let (config, name, stop) = (config.clone(), name.clone(), stop2.clone());
-                        std::thread::spawn(move || serve_tls(sock, config, &name, &stop));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => panic!("backend accept: {e}"),
-                }
-            }
-        });
-        TlsBackend {
-            cert,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-fn serve_tls(sock: TcpStream, config: Arc<rustls::ServerConfig>, name: &str, stop: &AtomicBool) {
-    let _ = sock.set_nonblocking(false);
-    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
-    let conn = rustls::ServerConnection::new(config).expect("server conn");
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    let mut line = String::new();
-    while !stop.load(Ordering::Relaxed) {
-        let mut reader = BufReader::new(&mut tls);
-        match reader.read_line(&mut line) {
-            Ok(0) => return,
-            Ok(_) => {
-                let answer = format!("{name}: {line}");
-                line.clear();
-                drop(reader);
-                if tls.write_all(answer.as_bytes()).is_err() || tls.flush().is_err() {
-                    return;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-/// Accepts any certificate: the test tells the backend by the certificate that came back.
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// A TLS connection to `vip` with server name `sni` from the calling thread's namespace, one
-/// line sent; returns the server's certificate and its answer.
-fn tls_ping(vip: SocketAddr, sni: &str) -> std::io::Result<(CertificateDer<'static>, String)> {
-    let p = provider();
-    let config = rustls::ClientConfig::builder_with_provider(p.clone())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(p)))
-        .with_no_client_auth();
-    let name = ServerName::try_from(sni.to_string()).expect("server name");
-    let sock = TcpStream::connect_timeout(&vip, Duration::from_secs(5))?;
-    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client conn");
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock)?;
-    }
-    let cert = tls
-        .conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .cloned()
-        .ok_or_else(|| std::io::Error::other("no server certificate"))?;
-    tls.write_all(format!("{sni}\n").as_bytes())?;
-    tls.flush()?;
-    let mut answer = String::new();
-    BufReader::new(&mut tls).read_line(&mut answer)?;
-    Ok((cert, answer.trim_end().to_string()))
 }
 
 /// A second Gateway with a TLS passthrough listener on `vip`:443 (a static address) and a
@@ -505,13 +339,14 @@ async fn gateway_api_objects_to_balanced_traffic_through_controller_and_agent() 
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let got = lab.client.ns.run_in(|| tls_ping(tls_vip, "a.example.com"));
+        let certs = [tls_backend.cert.clone()];
+        let got = lab.client.ns.run_in(|| {
+            let (i, mut tls) = connect(tls_vip, Some("a.example.com"), &certs)?;
+            Ok::<_, std::io::Error>((i, ping(&mut tls, "a.example.com")?))
+        });
         match got {
-            Ok((cert, answer)) => {
-                assert!(
-                    cert == tls_backend.cert,
-                    "a.example.com: not be0's certificate"
-                );
+            Ok((i, answer)) => {
+                assert_eq!(i, 0, "a.example.com: be0's certificate");
                 assert_eq!(answer, "be0: a.example.com");
                 break;
             }
