@@ -12,7 +12,10 @@
 //! at tiny sizes and check only that each run took the path it names.
 #![forbid(unsafe_code)]
 
+pub mod control_plane;
+pub mod end_to_end;
 pub mod env;
+pub mod forwarding;
 pub mod maglev;
 pub mod packet_cost;
 pub mod plot;
@@ -20,6 +23,8 @@ pub mod profile;
 pub mod report;
 pub mod results;
 pub mod stats;
+pub mod suite;
+pub mod tls;
 pub mod wrap;
 
 /// How big a benchmark run is.
@@ -63,7 +68,53 @@ pub fn require_root() {
 }
 
 /// Suites this harness knows.
-pub const SUITES: [u32; 2] = [1, 5];
+pub const SUITES: [u32; 6] = [1, 2, 3, 4, 5, 6];
+
+/// Suites 2, 3, 4 and 6: each a module with its own run and report section.
+pub const EXTRA_SUITES: [suite::Suite; 4] = [
+    suite::Suite {
+        number: 2,
+        prefix: "forwarding",
+        run: forwarding::run,
+        section: forwarding::section,
+        goal: "LB forwarding capacity ≥ 3x nftables (UDP, 10k flows); new flows/s ≥ 2x nftables",
+        what: "**Suite 2, LB forwarding capacity** with the LB as the bottleneck (own packet \
+               generator toward the VIP, backends sinking with an XDP drop-and-count program): \
+               packets/s for UDP and established TCP with 1 and 10,000 flows, the new-flow \
+               rate, against nftables and iptables forwarding the same stream.",
+    },
+    suite::Suite {
+        number: 3,
+        prefix: "e2e",
+        run: end_to_end::run,
+        section: end_to_end::section,
+        goal: "end-to-end short connections/s ≥ 1.1x nftables and ≥ 1.6x HAProxy",
+        what: "**Suite 3, end to end** in the namespace lab (same topology for every system): \
+               short TCP connections/s, keep-alive request rate and p50/p99 latency, bulk \
+               throughput, UDP request/response rate, CPU seconds per 10k connections — \
+               against kube-proxy's iptables and nftables modes and HAProxy.",
+    },
+    suite::Suite {
+        number: 4,
+        prefix: "control_plane",
+        run: control_plane::run,
+        section: control_plane::section,
+        goal: "route change → programmed p99 < 100 ms at 1,000 routes; controller RSS < 500 MB \
+               at 10k routes / 100k endpoints",
+        what: "**Suite 4, control plane**: route change → snapshot programmed, p50/p99 over 200 \
+               changes at 10 / 1,000 / 10,000 routes; controller and agent RSS at 10k routes / \
+               100k endpoints.",
+    },
+    suite::Suite {
+        number: 6,
+        prefix: "tls",
+        run: tls::run,
+        section: tls::section,
+        goal: "TLS passthrough conn/s ≥ 1.2x HAProxy at equal or lower p99",
+        what: "**Suite 6, TLS passthrough**: connections/s and p99 handshake latency against \
+               HAProxy SNI passthrough.",
+    },
+];
 
 /// Runs the selected suites (`suites` empty: all; `paths` empty: every packet-cost path) and
 /// gathers their metrics.
@@ -117,6 +168,18 @@ pub fn run(
         );
         let mg = maglev::run(mg_sizes)?;
         metrics.extend(mg.metrics(&machine));
+    }
+    for extra in &EXTRA_SUITES {
+        if !want(extra.number) {
+            continue;
+        }
+        let out = (extra.run)(mode, &machine)
+            .map_err(|e| e.context(format!("suite {} ({})", extra.number, extra.prefix)))?;
+        for (k, v) in out.sizes {
+            sizes.insert(format!("{}.{k}", extra.prefix), v);
+        }
+        metrics.extend(out.metrics);
+        findings.extend(out.findings);
     }
     let finished_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

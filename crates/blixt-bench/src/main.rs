@@ -10,8 +10,8 @@ use blixt_bench::results::Results;
 use blixt_bench::{report, Mode};
 use clap::Parser;
 
-/// Blixt's benchmarks: per-packet cost of the XDP load balancer (suite 1) and Maglev
-/// disruption (suite 5). Needs root. Every figure is a median over rounds taken in this one
+/// Blixt's benchmarks (issue 6): per-packet cost (suite 1), forwarding capacity (2), end to
+/// end (3), control plane (4), Maglev disruption (5) and TLS passthrough (6). Needs root. Every figure is a median over rounds taken in this one
 /// run, next to its peers (empty program, parse-only floor, ideal) measured the same way.
 #[derive(Debug, Parser)]
 #[command(name = "blixt-bench", version)]
@@ -34,7 +34,7 @@ struct Cli {
     /// Do not measure: regenerate the report and plots from an existing results.json.
     #[arg(long)]
     report_only: bool,
-    /// Run only these suites (comma-separated numbers; default: all of 1,5).
+    /// Run only these suites (comma-separated numbers; default: all of 1-6).
     #[arg(long, value_delimiter = ',')]
     suites: Vec<u32>,
     /// Run only these per-packet paths (comma-separated ids, e.g. tcp_established).

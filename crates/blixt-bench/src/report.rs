@@ -12,6 +12,8 @@ use plotters::chart::SeriesLabelPosition;
 use crate::plot::{BarChart, Marker, Series, StackedChart, BLUE, GREY, ORANGE, PALETTE, RED};
 use crate::profile::{self, CATEGORIES};
 use crate::results::{Metric, Results, Value, BLIXT};
+use crate::suite::{PlotDir, Section, Suite};
+use crate::EXTRA_SUITES;
 
 const PLOT_HOT: &str = "packet_cost_hot_loop.png";
 const PLOT_ABOVE_FLOOR: &str = "packet_cost_above_floor.png";
@@ -61,7 +63,18 @@ pub fn write(r: &Results, doc: &FsPath, plots: &FsPath) -> Result<()> {
         )
     };
     let links: Vec<(String, String)> = drawn.iter().map(|(k, p)| (k.clone(), rel(p))).collect();
-    let md = markdown(r, &links);
+    let plots_rel = relative(plots, doc_dir);
+    let plot_dir = PlotDir {
+        dir: plots,
+        link_prefix: &plots_rel,
+    };
+    let mut extras = Vec::new();
+    for suite in &EXTRA_SUITES {
+        let section = (suite.section)(r, &plot_dir)
+            .with_context(|| format!("report of suite {}", suite.number))?;
+        extras.push((suite, section));
+    }
+    let md = markdown(r, &links, &extras);
     if let Some(d) = doc.parent() {
         std::fs::create_dir_all(d)?;
     }
@@ -267,7 +280,10 @@ fn link<'a>(links: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn markdown(r: &Results, links: &[(String, String)]) -> String {
+/// A suite after 1 and 5 and its report section (`None`: not measured in this run).
+type Extra<'a> = (&'a Suite, Option<Section>);
+
+fn markdown(r: &Results, links: &[(String, String)], extras: &[Extra<'_>]) -> String {
     let mut s = String::new();
     let w = &mut s;
     let _ = writeln!(w, "# Benchmarks\n");
@@ -295,16 +311,28 @@ fn markdown(r: &Results, links: &[(String, String)]) -> String {
     );
 
     machine_section(w, r);
-    goals_section(w, r);
+    goals_section(w, r, extras);
     if !paths_measured(r).is_empty() {
         packet_cost_section(w, r, links);
     }
+    extra_sections(w, extras, 2..=4);
     if r.metric("maglev.leave.n3").is_some() {
         maglev_section(w, r, links);
     }
-    not_measured_section(w, r);
+    extra_sections(w, extras, 6..=6);
+    not_measured_section(w, r, extras);
     files_section(w);
     s
+}
+
+/// The sections of the extra suites numbered within `range`, in order.
+fn extra_sections(w: &mut String, extras: &[Extra<'_>], range: std::ops::RangeInclusive<u32>) {
+    for (suite, section) in extras {
+        if let Some(sec) = section.as_ref().filter(|_| range.contains(&suite.number)) {
+            w.push_str(sec.markdown.trim_end());
+            w.push_str("\n\n");
+        }
+    }
 }
 
 fn machine_section(w: &mut String, r: &Results) {
@@ -355,7 +383,7 @@ fn utc(t: u64) -> String {
     )
 }
 
-fn goals_section(w: &mut String, r: &Results) {
+fn goals_section(w: &mut String, r: &Results, extras: &[Extra<'_>]) {
     let _ = writeln!(w, "## Goals (issue 6)\n");
     let _ = writeln!(w, "| goal | measured here | met |\n|---|---|---|");
     if let Some(m) = r.metric("tcp_established.hot_loop.above_floor") {
@@ -401,14 +429,22 @@ fn goals_section(w: &mut String, r: &Results) {
             yes_no(all_met)
         );
     }
-    for g in [
-        "LB forwarding capacity ≥ 3x nftables (UDP, 10k flows); new flows/s ≥ 2x nftables (suite 2)",
-        "end-to-end short connections/s ≥ 1.1x nftables and ≥ 1.6x HAProxy (suite 3)",
-        "TLS passthrough conn/s ≥ 1.2x HAProxy (suite 6)",
-        "route change → programmed p99 < 100 ms at 1,000 routes; controller RSS < 500 MB at 10k \
-         routes / 100k endpoints (suite 4)",
-    ] {
-        let _ = writeln!(w, "| {g} | not yet measured | — |");
+    for (suite, section) in extras {
+        match section {
+            Some(sec) if !sec.goals.is_empty() => {
+                for g in &sec.goals {
+                    let met = g.met.map_or("undecided", yes_no);
+                    let _ = writeln!(w, "| {} | {} | {met} |", g.goal, g.measured);
+                }
+            }
+            _ => {
+                let _ = writeln!(
+                    w,
+                    "| {} (suite {}) | not yet measured | — |",
+                    suite.goal, suite.number
+                );
+            }
+        }
     }
     let _ = writeln!(w);
 }
@@ -909,42 +945,37 @@ fn maglev_section(w: &mut String, r: &Results, links: &[(String, String)]) {
     }
 }
 
-fn not_measured_section(w: &mut String, r: &Results) {
+fn not_measured_section(w: &mut String, r: &Results, extras: &[Extra<'_>]) {
     let _ = writeln!(w, "## Not yet measured\n");
-    let _ = writeln!(
-        w,
-        "These suites of issue 6 are later work; no number is quoted for them until a run \
-         measures it:\n\n\
-         - **Suite 2, LB forwarding capacity** with the LB as the bottleneck (own packet \
-         generator toward the VIP, backends sinking with an XDP drop-and-count program): \
-         packets/s for UDP and established TCP with 1 and 10,000 flows, the new-flow rate, \
-         against nftables and iptables forwarding the same stream.\n\
-         - **Suite 3, end to end** in the namespace lab (same topology for every system): short \
-         TCP connections/s, keep-alive request rate and p50/p99 latency, bulk throughput, UDP \
-         request/response rate, CPU seconds per 10k connections — against kube-proxy's \
-         iptables and nftables modes and HAProxy.\n\
-         - **Suite 4, control plane**: route change → snapshot programmed, p50/p99 over 200 \
-         changes at 10 / 1,000 / 10,000 routes; controller and agent RSS at 10k routes / 100k \
-         endpoints.{}\n\
-         - **Suite 6, TLS passthrough** (once the TLS issue lands): connections/s and p99 \
-         handshake latency against HAProxy SNI passthrough.\n\
-         - **IPVS** cannot be measured on this machine: its kernel is built without \
-         `CONFIG_IP_VS`. It will be reported as not measured rather than quoted from \
-         elsewhere.\n",
-        if r.metrics
-            .iter()
-            .any(|m| m.name.starts_with("maglev.build_ms."))
-        {
-            " (Maglev build time for 1,000 backends is measured, in suite 5 above.)"
-        } else {
-            ""
+    let missing: Vec<&Suite> = extras
+        .iter()
+        .filter(|(_, sec)| sec.is_none())
+        .map(|(s, _)| *s)
+        .collect();
+    if !missing.is_empty() {
+        let _ = writeln!(
+            w,
+            "These suites of issue 6 have no numbers in this run (not run, or not measured \
+             yet); no number is quoted for them until a run measures it:\n"
+        );
+        for s in &missing {
+            let _ = writeln!(w, "- {}", s.what);
         }
-    );
+        let _ = writeln!(w);
+    }
+    if r.metrics
+        .iter()
+        .any(|m| m.name.starts_with("maglev.build_ms."))
+    {
+        let _ = writeln!(
+            w,
+            "Maglev build time for 1,000 backends is measured in suite 5 above.\n"
+        );
+    }
     let _ = writeln!(
         w,
-        "The peers of suites 2 and 3 (iptables DNAT with `statistic` matches, nftables \
-         `numgen random` maps, HAProxy in TCP mode) therefore have no numbers on this page \
-         yet.\n"
+        "**IPVS** cannot be measured on this machine: its kernel is built without \
+         `CONFIG_IP_VS`, so the report says so rather than quoting numbers from elsewhere.\n"
     );
 }
 
