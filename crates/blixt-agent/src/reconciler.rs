@@ -19,7 +19,7 @@ use blixt_bpf::shared::{
 use blixt_bpf::Dataplane;
 use blixt_core::maglev::{self, Slot};
 use blixt_core::snapshot::{
-    BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot, SnapshotError,
+    Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot, SnapshotError,
 };
 
 /// Node-level settings of the dataplane.
@@ -126,8 +126,32 @@ struct AppliedFrontend {
     ring: u32,
     flags: u32,
     backends: BTreeMap<BackendAddr, AppliedBackend>,
-    /// The ring's content: backend ids or SLOT_REJECT.
-    table: Vec<u32>,
+    /// What the ring was built from (`None`: re-adopted from pins, unknown). A frontend whose
+    /// input is unchanged keeps its ring without a Maglev build: with 10,000 frontends,
+    /// rebuilding every 16381-slot table on each snapshot cost seconds. The ring's content
+    /// itself is not copied here; it is read from the mmapped ring when needed.
+    maglev_input: Option<MaglevInput>,
+}
+
+/// Everything a frontend's Maglev table depends on besides the ring size (fixed per
+/// dataplane) and the backend ids (stable for backends already applied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MaglevInput {
+    backends: Vec<Backend>,
+    reject_weight: u32,
+}
+
+impl MaglevInput {
+    fn of(fe: &Frontend) -> Self {
+        MaglevInput {
+            backends: fe.backends.clone(),
+            reject_weight: fe.reject_weight,
+        }
+    }
+
+    fn matches(&self, fe: &Frontend) -> bool {
+        self.backends == fe.backends && self.reject_weight == fe.reject_weight
+    }
 }
 
 /// What an apply changed, for logs and metrics.
@@ -139,6 +163,10 @@ pub struct ApplyReport {
     pub frontends_removed: usize,
     pub backends_added: usize,
     pub backends_removed: usize,
+    /// Maglev tables computed (frontends whose backends or weights changed, or new ones).
+    pub tables_built: usize,
+    /// Rings written (tables that differ from the ring in service).
+    pub rings_written: usize,
 }
 
 /// A frontend as applied, for `blixt inspect`.
@@ -226,7 +254,8 @@ struct PlannedFrontend<'a> {
     fe: &'a Frontend,
     /// Backend ids by index into fe.backends (None: terminating and unknown, needs no id).
     ids: Vec<Option<u32>>,
-    table: Vec<u32>,
+    /// The new Maglev table; `None` when the frontend's input is unchanged (same table).
+    table: Option<Vec<u32>>,
     flags: u32,
 }
 
@@ -282,7 +311,6 @@ impl Reconciler {
                     )
                 })
                 .collect();
-            let table = dp.maps.rings.read(v.ring).to_vec();
             frontends.insert(
                 key,
                 AppliedFrontend {
@@ -291,7 +319,7 @@ impl Reconciler {
                     ring: v.ring,
                     flags: v.flags,
                     backends,
-                    table,
+                    maglev_input: None,
                 },
             );
         }
@@ -405,14 +433,24 @@ impl Reconciler {
                 };
                 ids.push(id);
             }
-            let slots = maglev::build(fe, opts.ring_size).map_err(|e| err(e.to_string()))?;
-            let table: Vec<u32> = slots
-                .iter()
-                .map(|s| match s {
-                    Slot::Backend(i) => ids[*i as usize].unwrap_or(SLOT_REJECT),
-                    Slot::Reject => SLOT_REJECT,
-                })
-                .collect();
+            // Same input, same backend ids (known backends keep theirs): same table.
+            let unchanged = old
+                .and_then(|o| o.maglev_input.as_ref())
+                .is_some_and(|m| m.matches(fe));
+            let table = if unchanged {
+                None
+            } else {
+                let slots = maglev::build(fe, opts.ring_size).map_err(|e| err(e.to_string()))?;
+                Some(
+                    slots
+                        .iter()
+                        .map(|s| match s {
+                            Slot::Backend(i) => ids[*i as usize].unwrap_or(SLOT_REJECT),
+                            Slot::Reject => SLOT_REJECT,
+                        })
+                        .collect::<Vec<u32>>(),
+                )
+            };
             let flags = if fe.eligible_backends().next().is_none() {
                 FE_F_ALL_REJECT
             } else {
@@ -507,12 +545,21 @@ impl Reconciler {
             }
 
             // 2. table into a free ring, then the flip
-            let table_changed = old.as_ref().is_none_or(|o| o.table != p.table);
+            if p.table.is_some() {
+                report.tables_built += 1;
+            }
+            let new_table = match (&p.table, &old) {
+                (None, _) => None,
+                (Some(t), Some(o)) if self.dp.maps.rings.read(o.ring) == t.as_slice() => None,
+                (Some(t), _) => Some(t),
+            };
+            let table_changed = new_table.is_some();
             let flags_changed = old.as_ref().is_none_or(|o| o.flags != p.flags);
             let mut new_ring = ring;
-            if table_changed {
+            if let Some(t) = new_table {
                 new_ring = self.free_rings.pop_first().expect("two rings per frontend");
-                self.dp.maps.rings.write(new_ring, &p.table);
+                self.dp.maps.rings.write(new_ring, t);
+                report.rings_written += 1;
             }
             if table_changed || flags_changed {
                 let value = FrontendValue {
@@ -557,7 +604,7 @@ impl Reconciler {
                     ring: new_ring,
                     flags: p.flags,
                     backends,
-                    table: p.table,
+                    maglev_input: Some(MaglevInput::of(fe)),
                 },
             );
         }
@@ -642,7 +689,7 @@ impl Reconciler {
             .map(|(key, f)| {
                 let mut per_id: BTreeMap<u32, u32> = BTreeMap::new();
                 let mut reject_slots = 0;
-                for s in &f.table {
+                for s in self.dp.maps.rings.read(f.ring) {
                     if *s == SLOT_REJECT {
                         reject_slots += 1;
                     } else {
