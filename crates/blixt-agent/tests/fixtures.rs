@@ -1126,3 +1126,68 @@ fn sweeper_expires_pairs_by_state_timeout() {
         assert_eq!(count(fx), 0);
     });
 }
+
+/// Keeps the calling thread on CPU 0, so per-CPU caches written by one test run are the ones
+/// the next run reads.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the test thread to CPU 0"
+        );
+    }
+}
+
+#[test]
+fn new_flows_take_the_backends_cached_next_hop() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        pin_to_cpu0();
+        let key = |sport| FlowKey::new(client4().into(), sport, vip4().into(), 80, 6);
+        let dst_mac = |out: &[u8]| -> [u8; 6] { out[..6].try_into().unwrap() };
+
+        // the first flow to the backend looks the next hop up and leaves it for the next ones
+        let (v, out) = fx.run(&syn_from(51000), fx.fx0);
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(dst_mac(&out), backend_mac(1));
+        assert_eq!(
+            fx.ct(&key(51000)).unwrap().fib_ifindex,
+            0,
+            "first flow: its entry learns the hop from its next packet"
+        );
+        let (v, out) = fx.run(&syn_from(51001), fx.fx0);
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(dst_mac(&out), backend_mac(1));
+        let e = fx.ct(&key(51001)).unwrap();
+        assert_eq!(
+            (e.fib_ifindex, e.fib_smac, e.fib_dmac),
+            (fx.fx1, FX1_MAC, backend_mac(1)),
+            "second flow: recorded with the backend's cached hop"
+        );
+
+        // the backend's neighbour moves: new flows follow once the cached hop is a second old
+        let moved = [2, 0, 0, 0, 1, 0x77];
+        let st = std::process::Command::new("ip")
+            .args([
+                "neigh",
+                "replace",
+                "10.1.0.1",
+                "lladdr",
+                "02:00:00:00:01:77",
+            ])
+            .args(["dev", "fx1", "nud", "permanent"])
+            .status()
+            .expect("ip neigh replace");
+        assert!(st.success());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let (v, out) = fx.run(&syn_from(51002), fx.fx0);
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(dst_mac(&out), moved, "a stale hop is looked up again");
+        let (_, out) = fx.run(&syn_from(51003), fx.fx0);
+        assert_eq!(dst_mac(&out), moved);
+        assert_eq!(fx.ct(&key(51003)).unwrap().fib_dmac, moved);
+    });
+}

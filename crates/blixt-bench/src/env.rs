@@ -56,8 +56,9 @@ pub fn verdict_name(v: u32) -> &'static str {
 const NETNS_PREFIX: &str = "blxbn";
 const PIN_PREFIX: &str = "blixt-bench-";
 const PIN_ROOT: &str = "/sys/fs/bpf";
-/// Maps of bench_wrap.o that are its own, not the dataplane's.
-const PRIVATE_MAPS: &[&str] = &["bench_state", "blixt_scratch"];
+/// Maps of bench_wrap.o that are its own, not the dataplane's (per-CPU scratch and caches the
+/// dataplane does not pin either).
+const PRIVATE_MAPS: &[&str] = &["bench_state", "blixt_scratch", "blixt_nexthops"];
 
 pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 pub const CLIENT_IF_MAC: [u8; 6] = [2, 0, 0, 0, 0xa, 0];

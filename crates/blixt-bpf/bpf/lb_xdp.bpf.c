@@ -149,12 +149,36 @@ static __always_inline int rewrite(struct xdp_md *ctx, struct pkt *p, const __u8
 	return 0;
 }
 
+/* Sends the (rewritten) packet to a next hop found earlier: no FIB lookup. */
+static __always_inline int send_via(struct xdp_md *ctx, const struct blixt_hop *hop)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u32 ifindex = hop->fib_ifindex;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(eth->h_dest, hop->fib_dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, hop->fib_smac, ETH_ALEN);
+	if (ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(ifindex, 0);
+}
+
+/* The conntrack entry's cached next hop, as a struct blixt_hop (same layout, see the header). */
+static __always_inline struct blixt_hop *ct_hop(struct blixt_ct_entry *ct)
+{
+	return (struct blixt_hop *)&ct->fib_ifindex;
+}
+
 /*
  * Sends the packet on by FIB lookup of its (rewritten) destination. With `cache`, a successful
- * lookup is remembered in that conntrack entry, so later packets of the flow skip the FIB (it
- * is about half the cost of an established packet) until the next once-a-second refresh.
+ * lookup is remembered there (a conntrack entry's hop, or the backend's in blixt_nexthops), so
+ * later packets skip the FIB (about half the cost of an established packet) until the next
+ * once-a-second refresh.
  */
-static __always_inline int forward(struct xdp_md *ctx, struct pkt *p, struct blixt_ct_entry *cache)
+static __always_inline int forward(struct xdp_md *ctx, struct pkt *p, struct blixt_hop *cache)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -469,6 +493,11 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct pkt *p, struct bl
 	fwd.state = midstream ? BLIXT_CT_ESTABLISHED : BLIXT_CT_NEW;
 	fwd.last_seen_ns = now;
 	fwd.created_ns = now;
+	/* the backend's next hop, when this CPU looked it up for this generation within a second */
+	struct blixt_nexthop *nh = bpf_map_lookup_elem(&blixt_nexthops, &be_id);
+	if (nh && nh->hop.fib_ifindex && nh->backend_gen == be->gen &&
+	    now - nh->looked_up_ns <= NSEC_PER_SEC)
+		__builtin_memcpy(ct_hop(fwdp), &nh->hop, sizeof(struct blixt_hop));
 	if (tracked && bpf_map_update_elem(&blixt_conntrack, &p->key, &fwd, BPF_ANY)) {
 		bpf_map_delete_elem(&blixt_conntrack, &rkey);
 		tracked = 0;
@@ -736,22 +765,21 @@ int blixt_lb(struct xdp_md *ctx)
 	__builtin_memcpy(&nports, &ct->nsport, 4);
 	if (rewrite(ctx, &p, ct->nsrc, ct->ndst, nports))
 		return XDP_DROP;
-	if (!tracked)
+	if (tracked) {
+		if (!ct->fib_ifindex || p.fib_refresh)
+			return forward(ctx, &p, ct_hop(ct));
+		return send_via(ctx, ct_hop(ct));
+	}
+	/* a new flow: ct is the entry just recorded, with its backend's next hop when cached */
+	if (ct->fib_ifindex)
+		return send_via(ctx, ct_hop(ct));
+	__u32 be_id = ct->backend_id;
+	struct blixt_nexthop *nh = bpf_map_lookup_elem(&blixt_nexthops, &be_id);
+	if (!nh)
 		return forward(ctx, &p, 0);
-	__u32 ifindex = ct->fib_ifindex;
-	if (!ifindex || p.fib_refresh)
-		return forward(ctx, &p, ct);
-	/* the cached next hop */
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return XDP_DROP;
-	__builtin_memcpy(eth->h_dest, ct->fib_dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, ct->fib_smac, ETH_ALEN);
-	if (ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(ifindex, 0);
+	nh->backend_gen = ct->backend_gen;
+	nh->looked_up_ns = bpf_ktime_get_coarse_ns();
+	return forward(ctx, &p, &nh->hop);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

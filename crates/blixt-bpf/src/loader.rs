@@ -293,6 +293,7 @@ impl Dataplane {
             .map_max_entries("blixt_rings", slots.div_ceil(2))
             .map_max_entries("blixt_backends", options.max_backends)
             .map_max_entries("blixt_backend_stats", options.max_backends)
+            .map_max_entries("blixt_nexthops", options.max_backends)
             .map_max_entries("blixt_conntrack", options.conntrack_entries)
             .override_global("ring_size", &options.ring_size, true);
         let pin_paths: Vec<(&'static str, PathBuf)> = match &options.pin_dir {

@@ -112,6 +112,23 @@ struct blixt_ct_entry {
 	__u8 fib_dmac[6];
 };
 
+/*
+ * A next hop as bpf_fib_lookup() returned it. The same three fields end struct blixt_ct_entry
+ * (fib_ifindex, fib_smac, fib_dmac, at an offset checked below), so either can be handed to
+ * the code that fills or uses a cached hop.
+ */
+struct blixt_hop {
+	__u32 fib_ifindex; /* 0: none cached */
+	__u8 fib_smac[6];
+	__u8 fib_dmac[6];
+};
+_Static_assert(__builtin_offsetof(struct blixt_ct_entry, fib_smac) ==
+		       __builtin_offsetof(struct blixt_ct_entry, fib_ifindex) + 4 &&
+		       __builtin_offsetof(struct blixt_ct_entry, fib_dmac) ==
+		       __builtin_offsetof(struct blixt_ct_entry, fib_ifindex) + 10,
+	       "the cached hop of a conntrack entry has struct blixt_hop's layout");
+
+
 /* Global configuration, one entry, written by the agent. */
 struct blixt_config {
 	__u8 snat_v4[16]; /* node address used as source towards backends (IPv4) */
