@@ -1,18 +1,566 @@
-//! Suite 2, LB forwarding capacity (issue 6). Not measured yet: the run records no metric and the report
-//! lists the suite under "Not yet measured".
+//! Suite 2, LB forwarding capacity with the LB as the bottleneck (issue 6).
+//!
+//! A packet generator of the project's own ([`gen`]: an XDP program run through
+//! BPF_PROG_TEST_RUN in live-frame mode on the client's veth end, one CPU) pushes 60-byte
+//! UDP or established-TCP packets toward a VIP faster than the lb node can forward them; the
+//! three backends count and drop what arrives with an XDP sink. Packets/s forwarded is the
+//! sinks' count of packets rewritten to the backend port over the generator's wall time.
+//!
+//! Each system runs in a lab of its own ([`systems`]), all built before the first round;
+//! rounds alternate between systems so that a noisy moment on the shared machine hits all of
+//! them alike. CPU placement (2 cores): the generator thread is pinned to CPU 0, the lb's
+//! receiving veth NAPI runs as a kthread pinned to CPU 1, so the LB's work (receive, the
+//! forwarding decision, transmit into the backend veth, and the sinks' NAPI it schedules on
+//! its CPU) has CPU 1 to itself, the same for every system.
+//!
+//! Established TCP: the lb sees only the client's direction (the backends are sinks), so no
+//! system ever sees a SYN-ACK. State is made by a warm-up of the same ACK stream before the
+//! rounds: Blixt creates mid-stream flows as established (`ct_miss_midstream`), conntrack picks
+//! them up as ESTABLISHED (`nf_conntrack_tcp_loose`, on by default). A SYN first would not do:
+//! conntrack treats a client ACK after a SYN without a SYN-ACK as invalid and never NATs it.
 
-use anyhow::Result;
+pub mod gen;
+pub mod systems;
 
-use crate::results::{Machine, Results};
-use crate::suite::{PlotDir, Section, SuiteOutput};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::plot::{BarChart, Series, BLUE, GREEN, GREY, ORANGE, RED};
+use crate::results::{Machine, Metric, Results};
+use crate::stats::Summary;
+use crate::suite::{GoalRow, PlotDir, Section, SuiteOutput};
 use crate::Mode;
+use gen::{Generator, Proto, Template};
+use systems::{Bed, System};
+
+/// Suite name in results.json.
+pub const SUITE: &str = "2 forwarding capacity";
+/// CPU of the generator thread.
+const GEN_CPU: usize = 0;
+/// CPU of the lb's receive NAPI kthread.
+const LB_CPU: usize = 1;
+/// Prefix of this suite's findings.
+const FINDING: &str = "forwarding: ";
+
+/// Sizes of the suite.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Sizes {
+    pub rounds: usize,
+    /// Length of one measured round.
+    pub round_ms: u64,
+    /// Untimed run before a scenario's rounds (creates the flows' state).
+    pub warmup_ms: u64,
+    /// Frames per BPF_PROG_TEST_RUN call of the generator.
+    pub chunk: u32,
+}
+
+impl Sizes {
+    pub fn for_mode(mode: Mode) -> Sizes {
+        match mode {
+            Mode::Full => Sizes {
+                rounds: 5,
+                round_ms: 2000,
+                warmup_ms: 500,
+                chunk: 1 << 16,
+            },
+            Mode::Quick => Sizes {
+                rounds: 3,
+                round_ms: 600,
+                warmup_ms: 200,
+                chunk: 1 << 15,
+            },
+            Mode::Tiny => Sizes {
+                rounds: 1,
+                round_ms: 40,
+                warmup_ms: 20,
+                chunk: 1 << 12,
+            },
+        }
+    }
+}
+
+/// A traffic pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scenario {
+    /// Metric name without the suite prefix and unit, e.g. "udp.flows10k".
+    pub id: &'static str,
+    pub label: &'static str,
+    pub proto: Proto,
+    /// Flows cycled through; 0: every packet a new flow.
+    pub flows: u32,
+}
+
+pub const SCENARIOS: [Scenario; 5] = [
+    Scenario {
+        id: "udp.flows1",
+        label: "UDP, 1 flow",
+        proto: Proto::Udp,
+        flows: 1,
+    },
+    Scenario {
+        id: "udp.flows10k",
+        label: "UDP, 10k flows",
+        proto: Proto::Udp,
+        flows: 10_000,
+    },
+    Scenario {
+        id: "tcp_established.flows1",
+        label: "TCP established, 1 flow",
+        proto: Proto::TcpAck,
+        flows: 1,
+    },
+    Scenario {
+        id: "tcp_established.flows10k",
+        label: "TCP established, 10k flows",
+        proto: Proto::TcpAck,
+        flows: 10_000,
+    },
+    // last: it fills conntrack tables, which would slow the lookups of later scenarios
+    Scenario {
+        id: "new_flows",
+        label: "UDP, every packet a new flow",
+        proto: Proto::Udp,
+        flows: 0,
+    },
+];
+
+/// Scenario on which the generator's own rate and the rx-drop ceiling are measured.
+const GEN_SCENARIO: &str = "udp.flows10k";
+
+/// Samples of one system in one scenario.
+#[derive(Debug, Default, Clone)]
+struct Samples {
+    forwarded_pps: Vec<f64>,
+    offered_pps: Vec<f64>,
+    /// Per-backend totals over the rounds (to backend port).
+    per_backend: Vec<u64>,
+}
 
 /// Measures suite 2.
-pub fn run(_mode: Mode, _machine: &Machine) -> Result<SuiteOutput> {
-    Ok(SuiteOutput::default())
+pub fn run(mode: Mode, machine: &Machine) -> Result<SuiteOutput> {
+    crate::require_root();
+    ensure!(
+        machine.cores >= 2,
+        "suite 2 pins the generator and the LB to different CPUs: needs 2 cores, have {}",
+        machine.cores
+    );
+    let sizes = Sizes::for_mode(mode);
+    let mut findings = Vec::new();
+    let mut systems = vec![System::Blixt, System::Nftables, System::Iptables];
+    if systems::iptables_legacy_works() {
+        systems.push(System::IptablesLegacy);
+    } else {
+        findings.push(format!(
+            "{FINDING}iptables-legacy cannot install NAT rules on this kernel (no ip_tables \
+             modules); iptables is measured with its nf_tables backend only"
+        ));
+    }
+    systems.push(System::RxDrop);
+    eprintln!(
+        "blixt-bench: forwarding: building labs for {} ...",
+        systems
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut beds = systems
+        .iter()
+        .map(|&s| Bed::new(s, LB_CPU).with_context(|| format!("setting up {}", s.name())))
+        .collect::<Result<Vec<_>>>()?;
+
+    let mut samples: BTreeMap<(&'static str, System), Samples> = BTreeMap::new();
+    for sc in SCENARIOS {
+        eprintln!("blixt-bench: forwarding: {} ...", sc.label);
+        let mut gens = Vec::new();
+        for bed in &beds {
+            if !bed.system.forwards() && sc.id != GEN_SCENARIO {
+                gens.push(None);
+                continue;
+            }
+            let link = &bed.lab.client.link;
+            let port = match sc.proto {
+                Proto::Udp => systems::UDP_PORT,
+                Proto::TcpAck => systems::TCP_PORT,
+            };
+            let t = Template::new(
+                sc.proto,
+                link.peer_mac.0,
+                link.lb_mac.0,
+                bed.lab.vip4(1),
+                port,
+            );
+            let g = Generator::load(&t, sc.flows)?;
+            generate(bed, &g, Duration::from_millis(sizes.warmup_ms), sizes.chunk)?;
+            gens.push(Some(g));
+        }
+        for _ in 0..sizes.rounds {
+            for (bed, g) in beds.iter().zip(&gens) {
+                let Some(g) = g else { continue };
+                let before = bed.counts()?;
+                let sent = generate(bed, g, Duration::from_millis(sizes.round_ms), sizes.chunk)?;
+                // frames still in the rings (at most a few hundred) land before the read
+                std::thread::sleep(Duration::from_millis(5));
+                let delta = bed.counts()?.since(&before);
+                let s = samples.entry((sc.id, bed.system)).or_default();
+                s.forwarded_pps
+                    .push(delta.forwarded(bed.system) as f64 / sent.elapsed.as_secs_f64());
+                s.offered_pps.push(sent.pps());
+                if s.per_backend.is_empty() {
+                    s.per_backend = vec![0; delta.0.len()];
+                }
+                for (t, c) in s.per_backend.iter_mut().zip(&delta.0) {
+                    *t += c[usize::from(bed.system.forwards())];
+                }
+            }
+        }
+        check_paths(sc, &beds, &samples)?;
+    }
+    for bed in &mut beds {
+        findings.push(format!(
+            "{FINDING}{}: {}",
+            bed.system.name(),
+            bed.own_counters()?
+        ));
+    }
+    for ((id, sys), s) in &samples {
+        if sys.forwards() {
+            findings.push(format!(
+                "{FINDING}{}: {id}: packets per backend over all rounds {:?}",
+                sys.name(),
+                s.per_backend
+            ));
+        }
+    }
+    drop(beds);
+
+    let metrics = metrics(&samples, &systems, machine);
+    let mut sz = BTreeMap::new();
+    sz.insert("rounds".into(), sizes.rounds as u64);
+    sz.insert("round_ms".into(), sizes.round_ms);
+    sz.insert("warmup_ms".into(), sizes.warmup_ms);
+    sz.insert("flows_many".into(), 10_000);
+    sz.insert("backends".into(), systems::BACKENDS as u64);
+    Ok(SuiteOutput {
+        metrics,
+        findings,
+        sizes: sz,
+    })
+}
+
+/// Runs `g` against `bed` for `duration` on a thread in the client namespace pinned to the
+/// generator's CPU.
+fn generate(bed: &Bed, g: &Generator, duration: Duration, chunk: u32) -> Result<gen::Sent> {
+    let ifindex = bed.lab.client.link.peer_ifindex;
+    bed.lab.client.ns.run_in(|| {
+        gen::pin_current_thread(GEN_CPU)?;
+        g.run(ifindex, duration, chunk)
+    })
+}
+
+/// Fails unless every forwarding system's sinks got rewritten packets, and (with many flows)
+/// every backend got some: the path measured is the path named.
+fn check_paths(
+    sc: Scenario,
+    beds: &[Bed],
+    samples: &BTreeMap<(&'static str, System), Samples>,
+) -> Result<()> {
+    for bed in beds {
+        let Some(s) = samples.get(&(sc.id, bed.system)) else {
+            continue;
+        };
+        let total: u64 = s.per_backend.iter().sum();
+        if total == 0 {
+            bail!(
+                "{}: {}: no packet reached a backend rewritten to port {} (for rx_xdp_drop: \
+                 no frame reached the lb at all)",
+                bed.system.name(),
+                sc.label,
+                systems::BACKEND_PORT,
+            );
+        }
+        if bed.system.forwards() && sc.flows != 1 && s.per_backend.contains(&0) {
+            bail!(
+                "{}: {}: a backend got nothing ({:?} packets per backend)",
+                bed.system.name(),
+                sc.label,
+                s.per_backend
+            );
+        }
+    }
+    Ok(())
+}
+
+fn metrics(
+    samples: &BTreeMap<(&'static str, System), Samples>,
+    systems: &[System],
+    machine: &Machine,
+) -> Vec<Metric> {
+    let mut out = Vec::new();
+    for sc in SCENARIOS {
+        let Some(blixt) = samples.get(&(sc.id, System::Blixt)) else {
+            continue;
+        };
+        let peers: Vec<(&str, Summary)> = systems
+            .iter()
+            .filter(|s| s.forwards() && **s != System::Blixt)
+            .filter_map(|s| {
+                samples
+                    .get(&(sc.id, *s))
+                    .map(|v| (s.name(), Summary::of(&v.forwarded_pps)))
+            })
+            .collect();
+        let note = format!(
+            "{}: packets/s the lb node forwarded to the backends (60-byte frames, counted by \
+             XDP sinks on 3 backends as rewritten to the backend port), LB on one CPU; \
+             nftables/iptables DNAT + masquerade as kube-proxy sets them up",
+            sc.label
+        );
+        let mut m = Metric::new(
+            SUITE,
+            &format!("forwarding.{}.pps", sc.id),
+            "packets/s",
+            Summary::of(&blixt.forwarded_pps),
+            &peers,
+            &note,
+            machine,
+        );
+        if let Some(r) = m.ratios.get("blixt/nftables").copied() {
+            match sc.id {
+                "udp.flows10k" => m = m.with_goal(">= 3x nftables", r >= 3.0),
+                "new_flows" => m = m.with_goal(">= 2x nftables", r >= 2.0),
+                _ => {}
+            }
+        }
+        out.push(m);
+    }
+    if let Some(b) = samples.get(&(GEN_SCENARIO, System::Blixt)) {
+        let mut peers = Vec::new();
+        if let Some(d) = samples.get(&(GEN_SCENARIO, System::RxDrop)) {
+            peers.push(("rx_xdp_drop", Summary::of(&d.forwarded_pps)));
+            peers.push(("offered_to_rx_xdp_drop", Summary::of(&d.offered_pps)));
+        }
+        out.push(Metric::new(
+            SUITE,
+            "forwarding.generator.pps",
+            "packets/s",
+            Summary::of(&b.offered_pps),
+            &peers,
+            "The generator: frames/s it handed to the veth (one CPU) while Blixt was under test \
+             (UDP, 10k flows); rx_xdp_drop: frames/s an XDP_DROP program on the lb's receiving \
+             veth end took from it (the lab's receive ceiling, nothing forwarded), \
+             offered_to_rx_xdp_drop: the generator's rate in that run",
+            machine,
+        ));
+    }
+    out
+}
+
+fn mpps(v: f64) -> String {
+    format!("{:.2}", v / 1e6)
 }
 
 /// The report's section for suite 2, or `None` when the run has no metric of it.
-pub fn section(_r: &Results, _plots: &PlotDir<'_>) -> Result<Option<Section>> {
-    Ok(None)
+pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
+    let rows: Vec<(&Scenario, &Metric)> = SCENARIOS
+        .iter()
+        .filter_map(|sc| {
+            r.metric(&format!("forwarding.{}.pps", sc.id))
+                .map(|m| (sc, m))
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut peers: Vec<String> = rows
+        .iter()
+        .flat_map(|(_, m)| m.systems.keys().cloned())
+        .filter(|k| k != "blixt")
+        .collect();
+    peers.sort();
+    peers.dedup();
+    let mut w = String::new();
+    w += "## Suite 2: LB forwarding capacity (LB as the bottleneck)\n\n";
+    w += "A packet generator of the project's own pushes 60-byte packets toward the VIP faster \
+          than the lb node can forward them; three backends count and drop what arrives. \
+          Packets/s is what reached the backends rewritten to the backend port, per second of \
+          generator time. Higher is better.\n\n";
+    w += "**Setup.** One namespace lab per system (client, lb node, 3 backends on veth pairs; \
+          `blixt-lab`), all built first; rounds alternate between systems. \
+          *Generator*: `bench_gen.bpf.c` run by `BPF_PROG_TEST_RUN` with \
+          `BPF_F_TEST_XDP_LIVE_FRAMES` on the client's veth end from a thread in the client \
+          namespace pinned to CPU 0; it stamps the source port (and, past 60,000 ports, the \
+          source address) from a counter with incrementally fixed IPv4 and L4 checksums \
+          (live-frame pages are recycled without being re-initialised, so every varying field \
+          is written from constants each time) and returns `XDP_TX`, which sends the frame \
+          into the lb's receive queue. *LB*: the lb's receiving veth end runs its NAPI as a \
+          kthread (`/sys/class/net/lb-client/threaded`) pinned to CPU 1, so everything the LB \
+          does — receive, the forwarding decision, transmit into a backend veth, and the \
+          backends' sink NAPI it schedules on its own CPU — runs on CPU 1. *Sinks*: \
+          `bench_sink.bpf.c` (XDP, per-CPU counters, `XDP_DROP`) on each backend's veth end. \
+          *Same for every system*: an XDP program on the lb's receiving veth end — Blixt's own \
+          (`blixt_lb`, attached to every lb-side veth as the agent does), an `XDP_PASS` program \
+          for the others (a veth accepts frames from a peer's `XDP_TX` only when it has one), \
+          so all get the same NAPI receive path.\n\n";
+    w += "**Systems.** *blixt*: the real dataplane programmed by the agent's reconciler (UDP and \
+          TCP frontends on one VIP, 3 backends, full NAT). *nftables*: kube-proxy's nftables \
+          mode in miniature: a `vmap` of services, `numgen random mod 3` to endpoint chains \
+          that `dnat`, `masquerade fully-random` of marked packets (full NAT like Blixt), a \
+          forward chain dropping `ct state invalid`. *iptables*: kube-proxy's iptables mode in \
+          miniature (KUBE-SERVICES → KUBE-SVC with `statistic --mode random --probability` → \
+          KUBE-SEP DNAT, KUBE-MARK-MASQ/KUBE-POSTROUTING masquerade, KUBE-FORWARD), through \
+          the machine's `iptables` (nf_tables backend); *iptables_legacy* when the \
+          legacy xtables backend works on this kernel. All rules live only in the lb \
+          namespace. **Established TCP**: the backends are sinks and never answer, so no \
+          system sees a SYN-ACK; state comes from an untimed warm-up of the same ACK stream \
+          (Blixt creates mid-stream flows as established, counted as `ct_miss_midstream`; \
+          conntrack picks them up as ESTABLISHED with `nf_conntrack_tcp_loose`, the default). \
+          A SYN first would not work for conntrack: a client ACK after a SYN without a SYN-ACK \
+          is invalid and never NATed. **New flows**: UDP, every packet a new source \
+          port/address; Blixt's conntrack has the agent's default 262,144 entries (LRU), the \
+          kernel's `nf_conntrack_max` is the host's.\n\n";
+    let sizes = |k: &str| {
+        r.sizes
+            .get(&format!("forwarding.{k}"))
+            .copied()
+            .unwrap_or(0)
+    };
+    w += &format!(
+        "Sizes: {} rounds of {} ms per system and scenario after a {} ms warm-up.\n\n",
+        sizes("rounds"),
+        sizes("round_ms"),
+        sizes("warmup_ms")
+    );
+
+    w += "| traffic | blixt (Mpps) |";
+    for p in &peers {
+        w += &format!(" {p} (Mpps) |");
+    }
+    for p in &peers {
+        w += &format!(" blixt/{p} |");
+    }
+    w += "\n|---|---|";
+    for _ in 0..2 * peers.len() {
+        w += "---|";
+    }
+    w += "\n";
+    for (sc, m) in &rows {
+        w += &format!(
+            "| {} | {} ({}–{}) |",
+            sc.label,
+            mpps(m.median),
+            mpps(m.min),
+            mpps(m.max)
+        );
+        for p in &peers {
+            w += &match m.system(p) {
+                Some(v) => format!(" {} ({}–{}) |", mpps(v.median), mpps(v.min), mpps(v.max)),
+                None => " — |".into(),
+            };
+        }
+        for p in &peers {
+            w += &match m.ratios.get(&format!("blixt/{p}")) {
+                Some(x) => format!(" {x:.2}x |"),
+                None => " — |".into(),
+            };
+        }
+        w += "\n";
+    }
+    w += "\nMedian (min–max) over the rounds, million packets/s.\n\n";
+    if let Some(g) = r.metric("forwarding.generator.pps") {
+        w += &format!(
+            "**The generator outruns the LB**: it offered {} Mpps (median) while Blixt was \
+             under test (UDP, 10k flows)",
+            mpps(g.median)
+        );
+        if let (Some(d), Some(o)) = (g.system("rx_xdp_drop"), g.system("offered_to_rx_xdp_drop")) {
+            w += &format!(
+                "; an `XDP_DROP` program on the lb's receiving veth end (nothing forwarded) took \
+                 {} Mpps of the {} Mpps offered — the ceiling of this lab's receive path on one \
+                 CPU",
+                mpps(d.median),
+                mpps(o.median)
+            );
+        }
+        w += ".\n\n";
+    }
+
+    let file = "forwarding_pps.png";
+    let colors = [BLUE, ORANGE, RED, GREEN, GREY];
+    let mut series = vec![Series {
+        label: "blixt".into(),
+        color: colors[0],
+        values: rows
+            .iter()
+            .map(|(_, m)| Some((m.median / 1e6, m.min / 1e6, m.max / 1e6)))
+            .collect(),
+    }];
+    for (i, p) in peers.iter().enumerate() {
+        series.push(Series {
+            label: p.clone(),
+            color: colors[(i + 1) % colors.len()],
+            values: rows
+                .iter()
+                .map(|(_, m)| {
+                    m.system(p)
+                        .map(|v| (v.median / 1e6, v.min / 1e6, v.max / 1e6))
+                })
+                .collect(),
+        });
+    }
+    BarChart {
+        title: "Suite 2: packets/s forwarded by the lb node (one CPU), higher is better".into(),
+        x_label: "million packets/s (median, whiskers min–max)".into(),
+        categories: rows.iter().map(|(sc, _)| sc.label.to_string()).collect(),
+        series,
+        markers: Vec::new(),
+        decimals: 2,
+        legend: plotters::prelude::SeriesLabelPosition::LowerRight,
+    }
+    .draw(&plots.dir.join(file))?;
+    w += &format!(
+        "![packets/s forwarded per system]({})\n\n",
+        plots.link(file)
+    );
+
+    let proofs: Vec<&String> = r
+        .findings
+        .iter()
+        .filter(|f| f.starts_with(FINDING))
+        .collect();
+    if !proofs.is_empty() {
+        w += "**The counters prove the path** (totals over the whole run):\n\n";
+        for f in proofs {
+            w += &format!("- {}\n", f.trim_start_matches(FINDING));
+        }
+        w += "\n";
+    }
+
+    let mut goals = Vec::new();
+    for (id, text, want) in [
+        (
+            "udp.flows10k",
+            "LB forwarding capacity ≥ 3x nftables (UDP, 10k flows)",
+            3.0,
+        ),
+        ("new_flows", "new flows/s ≥ 2x nftables", 2.0),
+    ] {
+        let m = r.metric(&format!("forwarding.{id}.pps"));
+        let ratio = m.and_then(|m| m.ratios.get("blixt/nftables").copied());
+        goals.push(GoalRow {
+            goal: text.into(),
+            measured: match (m, ratio) {
+                (Some(m), Some(x)) => format!(
+                    "{x:.2}x ({} vs {} Mpps)",
+                    mpps(m.median),
+                    mpps(m.system("nftables").map_or(0.0, |v| v.median))
+                ),
+                _ => "not measured".into(),
+            },
+            met: ratio.map(|x| x >= want),
+        });
+    }
+    Ok(Some(Section { markdown: w, goals }))
 }

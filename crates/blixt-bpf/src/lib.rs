@@ -1,6 +1,7 @@
 //! Blixt's eBPF dataplane: the C programs under `bpf/` (built by build.rs), the Rust mirror of
 //! their shared structs, the loader with typed map handles, and test helpers for packet fixtures.
 
+pub mod live;
 pub mod loader;
 pub mod pinned;
 pub mod shared;
