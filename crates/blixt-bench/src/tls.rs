@@ -1,18 +1,585 @@
-//! Suite 6, TLS passthrough (issue 6). Not measured yet: the run records no metric and the report
-//! lists the suite under "Not yet measured".
+//! Suite 6, TLS passthrough (issue 6): Blixt's SNI-routing proxy against HAProxy's SNI
+//! passthrough, in the same namespace lab, in the same run.
+//!
+//! - Lab: client, lb node and three backends ([`blixt_lab::Lab`]); each backend runs a rustls
+//!   server with a certificate of its own for its own name (`a.example.com` → be0, ...; see
+//!   [`servers`]).
+//! - Systems on the lb node, one at a time, a fresh process per round ([`systems`]): Blixt's
+//!   proxy served the way `blixt run` serves a TLSRoute (sk_lookup steering, no VIP configured
+//!   by hand), and HAProxy 2.6 in TCP mode routing on `req_ssl_sni` with its VIP on the lb's
+//!   loopback.
+//! - Client: our own load generator ([`load`]): N concurrent loops of connect, full TLS 1.3
+//!   handshake with SNI (no resumption), read the backend's one-line answer, close. Every
+//!   connection is checked by the certificate received and the answer; a connection that
+//!   reached the wrong backend fails the run.
+//!
+//! Rounds alternate the systems (Blixt first in even rounds, HAProxy first in odd ones), so
+//! slow drifts of a shared machine hit both alike; each figure is the median over rounds.
 
-use anyhow::Result;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use crate::results::{Machine, Results};
-use crate::suite::{PlotDir, Section, SuiteOutput};
+use anyhow::{bail, Context, Result};
+use blixt_lab::{Lab, LabSpec};
+
+use crate::plot::{BarChart, Series, BLUE, ORANGE};
+use crate::results::{Machine, Metric, Results, BLIXT};
+use crate::stats::Summary;
+use crate::suite::{GoalRow, PlotDir, Section, SuiteOutput};
 use crate::Mode;
 
+pub mod load;
+pub mod servers;
+pub mod systems;
+
+use systems::System;
+
+/// Suite name in results.json.
+pub const SUITE: &str = "6 TLS passthrough";
+
+/// The issue's goal: connections/s at least this multiple of HAProxy's...
+pub const GOAL_RATIO: f64 = 1.2;
+
+/// Backends (and server names) in the lab.
+pub const BACKENDS: usize = 3;
+
+/// Sizes of the suite.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sizes {
+    /// Concurrent connections of the load generator, one measurement each.
+    pub concurrency: Vec<usize>,
+    /// Rounds per system and concurrency (systems alternate within a round).
+    pub rounds: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+impl Sizes {
+    pub fn for_mode(mode: Mode) -> Sizes {
+        match mode {
+            Mode::Full => Sizes {
+                concurrency: vec![16, 64],
+                rounds: 5,
+                warmup: Duration::from_secs(1),
+                duration: Duration::from_secs(8),
+            },
+            Mode::Quick => Sizes {
+                concurrency: vec![16, 64],
+                rounds: 3,
+                warmup: Duration::from_millis(500),
+                duration: Duration::from_secs(3),
+            },
+            Mode::Tiny => Sizes {
+                concurrency: vec![4],
+                rounds: 1,
+                warmup: Duration::ZERO,
+                duration: Duration::from_millis(400),
+            },
+        }
+    }
+}
+
+/// One round of one system at one concurrency.
+#[derive(Debug, Clone)]
+pub struct Round {
+    pub system: System,
+    pub concurrency: usize,
+    pub load: load::LoadResult,
+    /// CPU seconds of the lb process per 10,000 verified connections (warm-up included).
+    pub cpu_per_10k: f64,
+    /// Blixt's own counters at the end of the round.
+    pub counters: Option<systems::BlixtCounters>,
+}
+
+/// Removes the suite's scratch directory on drop.
+struct WorkDir(std::path::PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs every round; fails on a connection routed to the wrong backend, and (at tiny size,
+/// where it proves the path) on any failed connection.
+pub fn measure(mode: Mode, sizes: &Sizes) -> Result<(Vec<Round>, Vec<String>)> {
+    let mut findings = Vec::new();
+    let haproxy = systems::haproxy_available();
+    if !haproxy {
+        findings.push(
+            "TLS passthrough: haproxy is not installed (`make deps` installs it): Blixt was \
+             measured alone and the goal is undecided"
+                .to_string(),
+        );
+    }
+    let lab = Lab::build(LabSpec {
+        backends: BACKENDS,
+        prefix: "tlsb".into(),
+        ..LabSpec::default()
+    })
+    .context("building the namespace lab")?;
+    // Client ports: a long run opens hundreds of thousands of connections.
+    for ns in [&lab.client.ns, &lab.lb] {
+        ns.sysctl_set("net.ipv4.ip_local_port_range", "1024 65000")?;
+        ns.sysctl_set("net.ipv4.tcp_tw_reuse", "1")?;
+    }
+    let haproxy_vip = System::Haproxy.target(&lab);
+    lab.lb
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{}/32", haproxy_vip.ip()),
+            "dev",
+            "lo",
+        ])
+        .context("HAProxy's VIP on the lb's loopback")?;
+    let work =
+        WorkDir(std::env::temp_dir().join(format!("blixt-bench-tls-{}", std::process::id())));
+    std::fs::create_dir_all(&work.0).with_context(|| format!("creating {}", work.0.display()))?;
+
+    let nodes: Vec<_> = (0..BACKENDS)
+        .map(|i| (&lab.backend(i).ns, lab.backend(i).v4().into()))
+        .collect();
+    let servers = servers::start(&nodes)?;
+    let backends = servers.backends.clone();
+
+    let mut rounds = Vec::new();
+    for r in 0..sizes.rounds {
+        for &concurrency in &sizes.concurrency {
+            let mut order: Vec<System> = System::ALL
+                .into_iter()
+                .filter(|s| *s == System::Blixt || haproxy)
+                .collect();
+            if r % 2 == 1 {
+                order.reverse();
+            }
+            for system in order {
+                eprintln!(
+                    "blixt-bench: tls: round {}/{}, {} concurrent, {} ...",
+                    r + 1,
+                    sizes.rounds,
+                    concurrency,
+                    system.label()
+                );
+                let round = one_round(&lab, system, &backends, &work.0, concurrency, sizes)?;
+                check_round(mode, &round, &backends, &mut findings)?;
+                rounds.push(round);
+            }
+        }
+    }
+    drop(servers);
+    Ok((rounds, findings))
+}
+
+fn one_round(
+    lab: &Lab,
+    system: System,
+    backends: &[servers::Backend],
+    work: &std::path::Path,
+    concurrency: usize,
+    sizes: &Sizes,
+) -> Result<Round> {
+    let running = systems::start(system, lab, backends, work)?;
+    let target: SocketAddr = system.target(lab);
+    let spec = load::LoadSpec {
+        concurrency,
+        warmup: sizes.warmup,
+        duration: sizes.duration,
+    };
+    let cpu0 = running.cpu_seconds()?;
+    let result = lab
+        .client
+        .ns
+        .run_in(|| load::run(target, backends, spec))
+        .with_context(|| format!("load against {} on {target}", system.label()))?;
+    let cpu = running.cpu_seconds()? - cpu0;
+    let counters = running.stop()?;
+    let verified: u64 = result.per_backend.iter().sum();
+    Ok(Round {
+        system,
+        concurrency,
+        cpu_per_10k: if verified > 0 {
+            cpu / verified as f64 * 10_000.0
+        } else {
+            f64::NAN
+        },
+        load: result,
+        counters,
+    })
+}
+
+fn check_round(
+    mode: Mode,
+    round: &Round,
+    backends: &[servers::Backend],
+    findings: &mut Vec<String>,
+) -> Result<()> {
+    let l = &round.load;
+    let who = format!(
+        "{} at {} concurrent",
+        round.system.label(),
+        round.concurrency
+    );
+    if l.wrong_backend > 0 {
+        bail!(
+            "{who}: {} connection(s) reached a backend other than the one their server name \
+             routes to",
+            l.wrong_backend
+        );
+    }
+    if l.completed == 0 {
+        bail!(
+            "{who}: no connection completed in the measurement window ({} errors; first: {:?})",
+            l.errors,
+            l.error_samples
+        );
+    }
+    if let Some(c) = &round.counters {
+        // Blixt's own counters must account for every verified connection of the client
+        let verified: u64 = l.per_backend.iter().sum();
+        if c.forwarded < verified {
+            bail!(
+                "{who}: the client verified {verified} connections but Blixt's proxy counted \
+                 only {} forwarded",
+                c.forwarded
+            );
+        }
+        for b in backends {
+            let n = c
+                .backends
+                .iter()
+                .find(|(a, _)| *a == b.addr)
+                .map_or(0, |(_, n)| *n);
+            if n == 0 {
+                bail!(
+                    "{who}: Blixt's proxy counted no connection to {} ({})",
+                    b.name,
+                    b.addr
+                );
+            }
+        }
+    }
+    if l.per_backend.contains(&0) {
+        bail!("{who}: a backend got no connection: {:?}", l.per_backend);
+    }
+    if l.errors > 0 {
+        if mode == Mode::Tiny {
+            bail!(
+                "{who}: {} failed connection(s): {:?}",
+                l.errors,
+                l.error_samples
+            );
+        }
+        findings.push(format!(
+            "TLS passthrough, {who}: {} of {} connections failed (first: {})",
+            l.errors,
+            l.errors + l.per_backend.iter().sum::<u64>(),
+            l.error_samples.first().map_or("", String::as_str)
+        ));
+    }
+    Ok(())
+}
+
 /// Measures suite 6.
-pub fn run(_mode: Mode, _machine: &Machine) -> Result<SuiteOutput> {
-    Ok(SuiteOutput::default())
+pub fn run(mode: Mode, machine: &Machine) -> Result<SuiteOutput> {
+    let sizes = Sizes::for_mode(mode);
+    let (rounds, findings) = measure(mode, &sizes)?;
+    let mut out = SuiteOutput {
+        metrics: metrics(&rounds, &sizes, machine),
+        findings,
+        sizes: BTreeMap::new(),
+    };
+    out.sizes.insert("rounds".into(), sizes.rounds as u64);
+    out.sizes
+        .insert("warmup_ms".into(), sizes.warmup.as_millis() as u64);
+    out.sizes
+        .insert("duration_ms".into(), sizes.duration.as_millis() as u64);
+    for c in &sizes.concurrency {
+        out.sizes.insert(format!("concurrency.c{c}"), *c as u64);
+    }
+    let total: u64 = rounds
+        .iter()
+        .map(|r| r.load.per_backend.iter().sum::<u64>())
+        .sum();
+    out.sizes.insert("verified_connections".into(), total);
+    Ok(out)
+}
+
+fn summary_of(rounds: &[&Round], f: impl Fn(&Round) -> f64) -> Option<Summary> {
+    let v: Vec<f64> = rounds
+        .iter()
+        .map(|r| f(r))
+        .filter(|x| x.is_finite())
+        .collect();
+    (!v.is_empty()).then(|| Summary::of(&v))
+}
+
+/// The suite's metrics, one set per concurrency.
+pub fn metrics(rounds: &[Round], sizes: &Sizes, machine: &Machine) -> Vec<Metric> {
+    let mut out = Vec::new();
+    for &c in &sizes.concurrency {
+        let of = |s: System| -> Vec<&Round> {
+            rounds
+                .iter()
+                .filter(|r| r.system == s && r.concurrency == c)
+                .collect()
+        };
+        let (b, h) = (of(System::Blixt), of(System::Haproxy));
+        type Getter = fn(&Round) -> f64;
+        let kinds: [(&str, &str, Getter, String); 4] = [
+            (
+                "conn_per_s",
+                "conn/s",
+                |r| r.load.conn_per_s(),
+                format!(
+                    "TLS connections/s through the lb node: {c} concurrent loops of connect, full \
+                     TLS 1.3 handshake with SNI, one-line answer, close"
+                ),
+            ),
+            (
+                "handshake_p50_ms",
+                "ms",
+                |r| r.load.handshake_ms(50.0),
+                format!(
+                    "median handshake latency (TCP connect to TLS handshake done), {c} concurrent"
+                ),
+            ),
+            (
+                "handshake_p99_ms",
+                "ms",
+                |r| r.load.handshake_ms(99.0),
+                format!("99th percentile handshake latency, {c} concurrent"),
+            ),
+            (
+                "lb_cpu_s_per_10k",
+                "CPU s / 10k conn",
+                |r| r.cpu_per_10k,
+                format!(
+                    "CPU seconds (user + system) of the lb node's proxy process per 10,000 \
+                     connections, {c} concurrent"
+                ),
+            ),
+        ];
+        let mut blixt_vals = BTreeMap::new();
+        let mut peer_vals = BTreeMap::new();
+        for (name, unit, get, note) in kinds {
+            let Some(bs) = summary_of(&b, get) else {
+                continue;
+            };
+            let hs = summary_of(&h, get);
+            blixt_vals.insert(name, bs.median);
+            if let Some(hs) = hs {
+                peer_vals.insert(name, hs.median);
+            }
+            let peers: Vec<(&str, Summary)> =
+                hs.into_iter().map(|s| (System::Haproxy.key(), s)).collect();
+            out.push(Metric::new(
+                SUITE,
+                &format!("tls.{name}.c{c}"),
+                unit,
+                bs,
+                &peers,
+                &note,
+                machine,
+            ));
+        }
+        // the goal sits on the conn/s metric of this concurrency
+        if let (Some(bc), Some(hc), Some(bp), Some(hp)) = (
+            blixt_vals.get("conn_per_s"),
+            peer_vals.get("conn_per_s"),
+            blixt_vals.get("handshake_p99_ms"),
+            peer_vals.get("handshake_p99_ms"),
+        ) {
+            let met = *bc >= GOAL_RATIO * hc && bp <= hp;
+            if let Some(m) = out
+                .iter_mut()
+                .find(|m| m.name == format!("tls.conn_per_s.c{c}"))
+            {
+                *m = m.clone().with_goal(
+                    &format!("≥ {GOAL_RATIO}x HAProxy's conn/s at equal or lower p99"),
+                    met,
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Concurrency levels present in the results.
+fn levels(r: &Results) -> Vec<usize> {
+    let mut v: Vec<usize> = r
+        .metrics
+        .iter()
+        .filter_map(|m| m.name.strip_prefix("tls.conn_per_s.c")?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn range(s: &Summary, decimals: usize) -> String {
+    if s.runs > 1 {
+        format!(
+            "{:.*} ({:.*}–{:.*})",
+            decimals, s.median, decimals, s.min, decimals, s.max
+        )
+    } else {
+        format!("{:.*}", decimals, s.median)
+    }
+}
+
+fn triple(s: &Summary) -> Option<(f64, f64, f64)> {
+    Some((s.median, s.min, s.max))
 }
 
 /// The report's section for suite 6, or `None` when the run has no metric of it.
-pub fn section(_r: &Results, _plots: &PlotDir<'_>) -> Result<Option<Section>> {
-    Ok(None)
+pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
+    let levels = levels(r);
+    if levels.is_empty() {
+        return Ok(None);
+    }
+    let hp = System::Haproxy.key();
+    let mut w = String::new();
+    let _ = writeln!(w, "## Suite 6: TLS passthrough\n");
+    let _ = writeln!(
+        w,
+        "Blixt's TLS passthrough proxy against HAProxy's SNI passthrough, in the same namespace \
+         lab and the same run. Three backends run rustls servers, each with a certificate of its \
+         own for its own name (a/b/c.example.com). On the lb node runs one system at a time, a \
+         fresh process per round: **Blixt** as `blixt run` serves a TLSRoute (tokio runtime with \
+         the default workers, default limits, sk_lookup steering: the VIP is on no interface) \
+         or **HAProxy** 2.6 in TCP mode (`nbthread 2`, `tcp-request inspect-delay` until \
+         `req_ssl_hello_type 1`, then `use_backend` on `req_ssl_sni`; it binds its VIP, so that \
+         VIP is an address on the lb's loopback). The client is the suite's own load generator \
+         (tokio + rustls): N concurrent loops of TCP connect, full TLS 1.3 handshake with SNI \
+         (no resumption), read the backend's one-line answer, close. Every connection is \
+         checked by the certificate it received and the answer; one that reaches the wrong \
+         backend fails the run. Handshake latency runs from the start of the TCP connect to the \
+         completed TLS handshake; percentiles are exact over all connections of a round. Rounds \
+         alternate the systems; figures are medians over rounds (min–max in parentheses). \
+         Client, backends and proxy share the machine's cores, so TLS crypto on the client and \
+         backends takes most of the CPU and bounds the rate for both systems.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| concurrent | system | conn/s | handshake p50 (ms) | handshake p99 (ms) | lb process CPU s per 10k conn |\n|---|---|---|---|---|---|"
+    );
+    let mut goals = Vec::new();
+    let mut conn_series = (Vec::new(), Vec::new());
+    let mut lat_series = (Vec::new(), Vec::new());
+    let mut lat_categories = Vec::new();
+    for &c in &levels {
+        let get = |kind: &str| r.metric(&format!("tls.{kind}.c{c}"));
+        for (sys, key) in [("Blixt", BLIXT), ("HAProxy", hp)] {
+            let cell = |kind: &str, d: usize| {
+                get(kind)
+                    .and_then(|m| m.system(key))
+                    .map_or("—".to_string(), |s| range(s, d))
+            };
+            let _ = writeln!(
+                w,
+                "| {c} | {sys} | {} | {} | {} | {} |",
+                cell("conn_per_s", 0),
+                cell("handshake_p50_ms", 2),
+                cell("handshake_p99_ms", 2),
+                cell("lb_cpu_s_per_10k", 2)
+            );
+        }
+        let conn = get("conn_per_s");
+        conn_series
+            .0
+            .push(conn.and_then(|m| m.system(BLIXT)).and_then(triple));
+        conn_series
+            .1
+            .push(conn.and_then(|m| m.system(hp)).and_then(triple));
+        for p in ["p50", "p99"] {
+            let m = get(&format!("handshake_{p}_ms"));
+            lat_categories.push(format!("{p}, {c} concurrent"));
+            lat_series
+                .0
+                .push(m.and_then(|m| m.system(BLIXT)).and_then(triple));
+            lat_series
+                .1
+                .push(m.and_then(|m| m.system(hp)).and_then(triple));
+        }
+        let ratio = conn.and_then(|m| m.ratios.get(&format!("{BLIXT}/{hp}")).copied());
+        let p99 = get("handshake_p99_ms");
+        let p99s = p99.and_then(|m| Some((m.system(BLIXT)?.median, m.system(hp)?.median)));
+        let measured = match (ratio, p99s) {
+            (Some(x), Some((b, h))) => {
+                format!("{c} concurrent: {x:.2}x HAProxy's conn/s; p99 {b:.2} ms vs {h:.2} ms")
+            }
+            _ => format!("{c} concurrent: no HAProxy figure in this run"),
+        };
+        goals.push(GoalRow {
+            goal: format!(
+                "TLS passthrough conn/s ≥ {GOAL_RATIO}x HAProxy at equal or lower p99 ({c} \
+                 concurrent)"
+            ),
+            measured,
+            met: conn.and_then(|m| m.goal.as_ref()).map(|g| g.met),
+        });
+    }
+    let _ = writeln!(w);
+    for g in &goals {
+        let verdict = match g.met {
+            Some(true) => "goal met",
+            Some(false) => "**goal not met**",
+            None => "goal undecided",
+        };
+        let _ = writeln!(w, "- {}: {verdict}.", g.measured);
+    }
+    let _ = writeln!(w);
+
+    let categories: Vec<String> = levels.iter().map(|c| format!("{c} concurrent")).collect();
+    let series = |vals: (Vec<_>, Vec<_>)| {
+        vec![
+            Series {
+                label: "Blixt".into(),
+                color: BLUE,
+                values: vals.0,
+            },
+            Series {
+                label: "HAProxy".into(),
+                color: ORANGE,
+                values: vals.1,
+            },
+        ]
+    };
+    let charts = [
+        (
+            "tls_conn_per_s.png",
+            "TLS passthrough: connections per second (higher is better)",
+            "connections/s",
+            categories,
+            series(conn_series),
+            0,
+            "connections per second",
+        ),
+        (
+            "tls_handshake_latency.png",
+            "TLS passthrough: handshake latency (lower is better)",
+            "ms from TCP connect to TLS handshake done",
+            lat_categories,
+            series(lat_series),
+            2,
+            "handshake latency",
+        ),
+    ];
+    for (file, title, x_label, categories, series, decimals, what) in charts {
+        let chart = BarChart {
+            title: title.into(),
+            x_label: x_label.into(),
+            categories,
+            series,
+            markers: Vec::new(),
+            decimals,
+            legend: plotters::prelude::SeriesLabelPosition::LowerRight,
+        };
+        chart.draw(&plots.dir.join(file))?;
+        let _ = writeln!(w, "![TLS passthrough {what}]({})\n", plots.link(file));
+    }
+    Ok(Some(Section { markdown: w, goals }))
 }
