@@ -19,6 +19,13 @@ pub trait SnapshotSource {
     /// A new snapshot when there is one, an error (reported, the last good one keeps serving)
     /// when the source has something it cannot turn into a snapshot, `None` when nothing changed.
     fn poll(&mut self) -> Option<Result<Snapshot>>;
+
+    /// Waits up to `timeout` before the next [`SnapshotSource::poll`]. A source that can tell
+    /// when it changed (a file watcher) returns as soon as it did, so a change is applied
+    /// without waiting out the poll interval; the default just sleeps.
+    fn wait(&mut self, timeout: Duration) {
+        std::thread::sleep(timeout);
+    }
 }
 
 /// Everything the agent needs besides its snapshot source.
@@ -27,7 +34,8 @@ pub struct AgentOptions {
     pub dataplane: DataplaneOptions,
     pub interfaces: Vec<String>,
     pub node: NodeConfig,
-    /// How often the source is polled.
+    /// How often the source is polled (at the latest: a source may wake the loop sooner, see
+    /// [`SnapshotSource::wait`]).
     pub poll_interval: Duration,
     /// How often conntrack is swept for expired flows.
     pub sweep_interval: Duration,
@@ -140,7 +148,7 @@ pub fn run(
             }
             last_sweep = Instant::now();
         }
-        std::thread::sleep(opts.poll_interval);
+        source.wait(opts.poll_interval);
     }
     if opts.remove_on_exit {
         if let Some(dir) = &opts.dataplane.pin_dir {

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, Context, Result};
 use blixt_agent::metrics::AgentMetrics;
@@ -68,6 +68,27 @@ struct Pending {
     report: StatusReport,
     statuses: Statuses,
     tls: Vec<TlsFrontend>,
+    timing: Timing,
+}
+
+/// Where the time of one reload went, printed with its `applied` event (the benchmark's
+/// control-plane suite reads it).
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    /// When the change was noticed, in µs since the Unix epoch.
+    detected_unix_us: u128,
+    /// Reading and parsing the files.
+    load: Duration,
+    /// Translating the objects into a snapshot and statuses.
+    translate: Duration,
+    /// When the snapshot was handed to the agent (the rest until `applied` is the apply).
+    handed: Instant,
+}
+
+fn unix_us() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +110,9 @@ struct StandaloneSource {
     node: NodeConfigSpec,
     shared: Arc<Mutex<Shared>>,
     first: Option<LoadedConfig>,
+    /// Wakes [`SnapshotSource::wait`] on a change; `None` where inotify is unavailable (the
+    /// poll interval alone then paces reloads).
+    watcher: Option<watch::Watcher>,
 }
 
 fn fingerprint(path: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
@@ -106,7 +130,13 @@ fn fingerprint(path: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
 }
 
 impl StandaloneSource {
-    fn translate(&mut self, mut loaded: LoadedConfig) -> Snapshot {
+    fn translate(
+        &mut self,
+        mut loaded: LoadedConfig,
+        detected_unix_us: u128,
+        load: Duration,
+    ) -> Snapshot {
+        let started = Instant::now();
         if loaded.node != self.node {
             warn!(
                 "the NodeConfig changed; interfaces, addresses, ports, timeouts and map sizes \
@@ -120,11 +150,18 @@ impl StandaloneSource {
         self.generation += 1;
         let mut snapshot = translation.snapshot;
         snapshot.generation = self.generation;
+        let report = report(&loaded.objects, &translation.statuses);
         shared.pending = Some(Pending {
             generation: self.generation,
-            report: report(&loaded.objects, &translation.statuses),
+            report,
             statuses: translation.statuses,
             tls: translation.tls,
+            timing: Timing {
+                detected_unix_us,
+                load,
+                translate: started.elapsed(),
+                handed: Instant::now(),
+            },
         });
         shared.current.refused = None;
         snapshot
@@ -134,20 +171,143 @@ impl StandaloneSource {
 impl SnapshotSource for StandaloneSource {
     fn poll(&mut self) -> Option<Result<Snapshot>> {
         if let Some(first) = self.first.take() {
-            return Some(Ok(self.translate(first)));
+            return Some(Ok(self.translate(first, unix_us(), Duration::ZERO)));
         }
         let fp = fingerprint(&self.path);
         if fp == self.fingerprint {
             return None;
         }
+        let detected = unix_us();
+        let started = Instant::now();
         self.fingerprint = fp;
         match blixt_standalone::load(&self.path) {
-            Ok(loaded) => Some(Ok(self.translate(loaded))),
+            Ok(loaded) => Some(Ok(self.translate(loaded, detected, started.elapsed()))),
             Err(e) => {
                 let msg = e.to_string();
                 self.shared.lock().expect("status lock").current.refused = Some(msg.clone());
                 Some(Err(anyhow!("{}:\n{msg}", self.path.display())))
             }
+        }
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        match &self.watcher {
+            Some(w) => {
+                w.wait(timeout);
+            }
+            None => std::thread::sleep(timeout),
+        }
+    }
+}
+
+/// Waking the file source on a change of the config path: inotify on the directory that holds
+/// the files (for a single file, its parent: editors and ConfigMap volumes replace files by a
+/// rename, which a watch on the file itself would not follow). The fingerprint comparison in
+/// [`StandaloneSource::poll`] still decides whether anything changed, and the poll interval
+/// stays the fallback for changes inotify does not report (e.g. some network filesystems).
+mod watch {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+    use std::time::Duration;
+
+    /// Events that can mean a config file changed. IN_MODIFY is left out on purpose: a file
+    /// being written is not complete until IN_CLOSE_WRITE (or the rename that installs it).
+    const MASK: u32 = libc::IN_CLOSE_WRITE
+        | libc::IN_MOVED_TO
+        | libc::IN_MOVED_FROM
+        | libc::IN_CREATE
+        | libc::IN_DELETE
+        | libc::IN_ATTRIB
+        | libc::IN_DELETE_SELF
+        | libc::IN_MOVE_SELF;
+
+    #[derive(Debug)]
+    pub struct Watcher {
+        fd: OwnedFd,
+    }
+
+    impl Watcher {
+        /// Watches the directory of `path` (`path` itself when it is a directory).
+        pub fn new(path: &Path) -> std::io::Result<Watcher> {
+            let dir = if path.is_dir() {
+                path
+            } else {
+                path.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+            };
+            let name = CString::new(dir.as_os_str().as_bytes())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            // SAFETY: inotify_init1 takes flags only and returns a new fd or -1.
+            let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+            if raw < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: `raw` is a freshly created fd that nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            // SAFETY: a valid fd and a NUL-terminated path that outlives the call.
+            let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), name.as_ptr(), MASK) };
+            if wd < 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("inotify watch on {}: {e}", dir.display()),
+                ));
+            }
+            Ok(Watcher { fd })
+        }
+
+        /// Returns after `timeout` (`false`), or as soon as an event arrives (`true`; all
+        /// queued events are consumed: one poll of the files follows however many there were).
+        pub fn wait(&self, timeout: Duration) -> bool {
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            // SAFETY: one pollfd that lives across the call.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n <= 0 {
+                return false;
+            }
+            let mut buf = [0u8; 4096];
+            loop {
+                // SAFETY: reads into a buffer we own, at most its length.
+                let r =
+                    unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if r <= 0 {
+                    break;
+                }
+            }
+            true
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_file_renamed_into_the_directory_wakes_the_watcher() {
+            let dir = std::env::temp_dir().join(format!("blixt-watch-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let w = Watcher::new(&dir).unwrap();
+            assert!(!w.wait(Duration::from_millis(10)), "nothing changed yet");
+            std::fs::write(dir.join(".routes.yaml.tmp"), "x").unwrap();
+            std::fs::rename(dir.join(".routes.yaml.tmp"), dir.join("routes.yaml")).unwrap();
+            assert!(
+                w.wait(Duration::from_secs(30)),
+                "the rename was not reported"
+            );
+            // a single file is watched through its directory: replacing it is seen too
+            let f = Watcher::new(&dir.join("routes.yaml")).unwrap();
+            std::fs::write(dir.join("routes.yaml"), "y").unwrap();
+            let seen = f.wait(Duration::from_secs(30));
+            let _ = std::fs::remove_dir_all(&dir);
+            assert!(seen, "rewriting the watched file was not reported");
         }
     }
 }
@@ -243,10 +403,29 @@ pub fn run(args: RunArgs) -> Result<()> {
         node: spec.clone(),
         shared: shared.clone(),
         first: Some(loaded),
+        watcher: match watch::Watcher::new(&args.config) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(
+                    "not watching the config for changes ({e}); polling every {:?}",
+                    opts.poll_interval
+                );
+                None
+            }
+        },
     };
     let result = runner::run(&opts, &rec, &metrics, &mut source, &STOP, |snap| {
         let pending = shared.lock().expect("status lock").pending.take();
+        let mut timing = String::new();
         if let Some(p) = pending.filter(|p| p.generation == snap.generation) {
+            let t = p.timing;
+            timing = format!(
+                "\"detected_unix_us\":{},\"load_us\":{},\"translate_us\":{},\"apply_us\":{},",
+                t.detected_unix_us,
+                t.load.as_micros(),
+                t.translate.as_micros(),
+                t.handed.elapsed().as_micros()
+            );
             // The agent applied the XDP part; now the TLS part of the same generation, then
             // the statuses of both.
             tls.0.apply(p.generation, p.tls);
@@ -255,8 +434,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             s.current.report = Some(p.report);
             s.applied = p.statuses;
         }
+        // `generation` stays last: readers match `"generation":N}`.
         println!(
-            "{{\"event\":\"applied\",\"generation\":{}}}",
+            "{{\"event\":\"applied\",{timing}\"generation\":{}}}",
             snap.generation
         );
     });
