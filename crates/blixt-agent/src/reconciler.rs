@@ -167,6 +167,9 @@ pub struct ApplyReport {
     pub tables_built: usize,
     /// Rings written (tables that differ from the ring in service).
     pub rings_written: usize,
+    /// VIPs this node started announcing (ARP/NDP) with this apply: neighbours may still map
+    /// them to another node, so the agent sends gratuitous ARP / unsolicited NA for them.
+    pub announced: Vec<IpAddr>,
 }
 
 /// A frontend as applied, for `blixt inspect`.
@@ -201,6 +204,9 @@ pub struct Reconciler {
     free_frontend_ids: BTreeSet<u32>,
     free_rings: BTreeSet<u32>,
     generation: Option<u64>,
+    /// The VIPs this node answers ARP/NDP for; `None`: all of them (see
+    /// [`Reconciler::set_announced`]).
+    announced: Option<BTreeSet<IpAddr>>,
 }
 
 fn to_bpf_key(k: &FrontendKey) -> BpfFrontendKey {
@@ -344,6 +350,7 @@ impl Reconciler {
             frontends,
             backend_gen,
             generation: None,
+            announced: None,
         };
         // Orphans (ACTIVE backends of no frontend, e.g. a crash between writes) are released.
         for (_, list) in by_frontend {
@@ -483,6 +490,55 @@ impl Reconciler {
         Ok(planned)
     }
 
+    /// Which VIPs this node answers ARP/NDP for, now and in later applies: `None` every VIP
+    /// in service (standalone, or a controller that does not assign owners), `Some(vips)`
+    /// only those (the controller's share for this node; every VIP's traffic is still
+    /// load-balanced when it arrives here). Returns the VIPs in service that this started
+    /// announcing.
+    pub fn set_announced(
+        &mut self,
+        vips: Option<BTreeSet<IpAddr>>,
+    ) -> Result<Vec<IpAddr>, ApplyError> {
+        self.announced = vips;
+        self.sync_vips()
+    }
+
+    /// Makes `blixt_vips` hold exactly the VIPs in service, flagged for announcement when
+    /// this node announces them; returns the ones that were not announced before.
+    fn sync_vips(&mut self) -> Result<Vec<IpAddr>, ApplyError> {
+        let in_use: BTreeSet<IpAddr> = self.frontends.keys().map(|k| k.vip).collect();
+        let mut before = BTreeMap::new();
+        for entry in self.dp.maps.vips.iter() {
+            let (k, flags) = entry.map_err(map_err("blixt_vips"))?;
+            before.insert(addr_from(&k.addr, k.family), (k, flags));
+        }
+        for (vip, (k, _)) in &before {
+            if !in_use.contains(vip) {
+                match self.dp.maps.vips.remove(k) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err("blixt_vips")(e)),
+                }
+            }
+        }
+        let mut started = Vec::new();
+        for vip in in_use {
+            let announce = self.announced.as_ref().is_none_or(|a| a.contains(&vip));
+            let flags = if announce { VIP_F_ANNOUNCE } else { 0 };
+            let old = before.get(&vip).map(|(_, f)| *f);
+            if old != Some(flags) {
+                self.dp
+                    .maps
+                    .vips
+                    .insert(vip_key(vip), flags, 0)
+                    .map_err(map_err("blixt_vips"))?;
+            }
+            if announce && old.is_none_or(|f| f & VIP_F_ANNOUNCE == 0) {
+                started.push(vip);
+            }
+        }
+        Ok(started)
+    }
+
     /// Applies a whole snapshot. On `Err` from planning (a bad snapshot), nothing was written.
     pub fn apply(&mut self, snap: &Snapshot) -> Result<ApplyReport, ApplyError> {
         let planned = self.plan(snap)?;
@@ -573,13 +629,6 @@ impl Reconciler {
                     .frontends
                     .insert(to_bpf_key(&fe.key), value, 0)
                     .map_err(map_err("blixt_frontends"))?;
-                if old.is_none() {
-                    self.dp
-                        .maps
-                        .vips
-                        .insert(vip_key(fe.key.vip), VIP_F_ANNOUNCE, 0)
-                        .map_err(map_err("blixt_vips"))?;
-                }
             }
             if let Some(o) = &old {
                 if new_ring != ring {
@@ -627,18 +676,7 @@ impl Reconciler {
             self.free_frontend_ids.insert(o.id);
             report.frontends_removed += 1;
         }
-        let vips_in_use: BTreeSet<IpAddr> = self.frontends.keys().map(|k| k.vip).collect();
-        let stale_vips: Vec<VipKey> = self
-            .dp
-            .maps
-            .vips
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !vips_in_use.contains(&addr_from(&k.addr, k.family)))
-            .collect();
-        for k in stale_vips {
-            let _ = self.dp.maps.vips.remove(&k);
-        }
+        report.announced = self.sync_vips()?;
 
         // 4. after the flip: release, so flows of removed backends end
         report.backends_removed = to_release.len();
