@@ -243,7 +243,7 @@ fn agent_has_exactly_the_capabilities_it_needs() {
     let caps = security.capabilities.as_ref().expect("capabilities");
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
     let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
-    assert_eq!(added, ["BPF", "NET_ADMIN", "PERFMON"].into());
+    assert_eq!(added, ["BPF", "NET_ADMIN", "PERFMON", "NET_RAW"].into());
 
     // The flags of `blixt agent` (crates/blixt/src/agent_cmd.rs).
     assert_eq!(

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use blixt_core::snapshot::{
@@ -75,6 +76,8 @@ pub struct Update {
     /// `snapshot.generation` equals [`Update::generation`].
     pub snapshot: Snapshot,
     pub tls: Vec<TlsFrontend>,
+    /// The VIPs this agent announces (ARP/NDP); `None`: every VIP of the snapshot.
+    pub announce: Option<BTreeSet<IpAddr>>,
 }
 
 /// Joins a field path: `join("a", "b") == "a.b"`, `join("", "b") == "b"`.
@@ -325,6 +328,16 @@ impl pb::SnapshotUpdate {
         pb::SnapshotUpdate {
             generation: snapshot.generation,
             snapshot: Some(pb::Snapshot::from_core(snapshot, tls)),
+            announce: None,
+        }
+    }
+}
+
+impl pb::Announce {
+    /// The wire form of an announce set.
+    pub fn from_core<'a>(vips: impl IntoIterator<Item = &'a IpAddr>) -> Self {
+        pb::Announce {
+            vips: vips.into_iter().map(|ip| ip_to_bytes(*ip)).collect(),
         }
     }
 }
@@ -334,6 +347,7 @@ impl From<&Update> for pb::SnapshotUpdate {
         pb::SnapshotUpdate {
             generation: u.generation,
             snapshot: Some(pb::Snapshot::from_core(&u.snapshot, &u.tls)),
+            announce: u.announce.as_ref().map(pb::Announce::from_core),
         }
     }
 }
@@ -346,10 +360,22 @@ impl TryFrom<&pb::SnapshotUpdate> for Update {
             .as_ref()
             .ok_or_else(|| ConversionError::new("snapshot", Problem::Missing))?;
         let (snapshot, tls) = snapshot.to_core(u.generation, "snapshot")?;
+        let announce = u
+            .announce
+            .as_ref()
+            .map(|a| {
+                a.vips
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| ip_from_bytes(v, format!("announce.vips[{i}]")))
+                    .collect::<Result<BTreeSet<_>, _>>()
+            })
+            .transpose()?;
         Ok(Update {
             generation: u.generation,
             snapshot,
             tls,
+            announce,
         })
     }
 }

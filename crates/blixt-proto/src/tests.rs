@@ -86,14 +86,16 @@ fn arb_update() -> impl Strategy<Value = Update> {
         any::<u64>(),
         proptest::collection::vec(arb_frontend(), 0..5),
         proptest::collection::vec(arb_tls_frontend(), 0..3),
+        proptest::option::of(proptest::collection::btree_set(arb_ip(), 0..4)),
     )
-        .prop_map(|(generation, frontends, tls)| Update {
+        .prop_map(|(generation, frontends, tls, announce)| Update {
             generation,
             snapshot: Snapshot {
                 generation,
                 frontends,
             },
             tls,
+            announce,
         })
 }
 
@@ -167,7 +169,25 @@ fn sample() -> Update {
                 },
             ],
         }],
+        announce: Some(["192.0.2.1".parse().unwrap()].into()),
     }
+}
+
+#[test]
+fn announce_absent_means_every_vip_and_bad_lengths_are_named() {
+    let mut wire = pb::SnapshotUpdate::from(&sample());
+    assert_eq!(
+        Update::try_from(&wire).unwrap().announce,
+        Some(["192.0.2.1".parse().unwrap()].into())
+    );
+    wire.announce = None;
+    assert_eq!(Update::try_from(&wire).unwrap().announce, None);
+    wire.announce = Some(pb::Announce {
+        vips: vec![vec![192, 0, 2, 1], vec![1, 2, 3]],
+    });
+    let err = Update::try_from(&wire).unwrap_err();
+    assert_eq!(err.field, "announce.vips[1]");
+    assert_eq!(err.problem, Problem::AddressLength { len: 3 });
 }
 
 /// Applies `edit` to the wire form of [`sample`] and returns the conversion error.
@@ -240,6 +260,7 @@ fn missing_snapshot_is_named() {
     let err = Update::try_from(pb::SnapshotUpdate {
         generation: 1,
         snapshot: None,
+        announce: None,
     })
     .unwrap_err();
     assert_eq!(err.to_string(), "snapshot: missing");

@@ -6,8 +6,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use blixt_core::snapshot::Snapshot;
-use blixt_core::tls::TlsFrontend;
 use blixt_proto::pb;
 use blixt_proto::pb::snapshot_service_client::SnapshotServiceClient;
 use blixt_proto::Update;
@@ -153,8 +151,8 @@ type Client = SnapshotServiceClient<
     tonic::service::interceptor::InterceptedService<Channel, TokenInterceptor>,
 >;
 
-/// The last snapshot applied, to skip re-applying it when a reconnection brings it again.
-type Applied = Option<(u64, Snapshot, Vec<TlsFrontend>)>;
+/// The last update applied, to skip re-applying it when a reconnection brings it again.
+type Applied = Option<Update>;
 
 impl SnapshotClient {
     pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
@@ -196,9 +194,10 @@ impl SnapshotClient {
     /// with backoff whenever the stream breaks, until `shutdown` completes. Returns the last
     /// applied generation.
     ///
-    /// `on_snapshot(generation, snapshot, tls)` gets well-formed, [validated] snapshots only
-    /// (others are acked as failed without calling it); its `Err` is acked as the reason. It
-    /// is not called again for a snapshot identical to the one it applied last. Nothing is
+    /// `on_snapshot(update)` gets well-formed updates with [validated] snapshots only (others
+    /// are acked as failed without calling it); its `Err` is acked as the reason. It is not
+    /// called again for an update identical to the one it applied last; it is called again
+    /// with the same generation when only the VIPs this node announces changed. Nothing is
     /// ever "un-applied": while disconnected the caller keeps serving what it has. Shutdown
     /// never interrupts a call of `on_snapshot`.
     ///
@@ -209,7 +208,7 @@ impl SnapshotClient {
         shutdown: impl Future<Output = ()>,
     ) -> Option<u64>
     where
-        F: FnMut(u64, Snapshot, Vec<TlsFrontend>) -> Result<(), String>,
+        F: FnMut(Update) -> Result<(), String>,
     {
         tokio::pin!(shutdown);
         let mut applied: Applied = None;
@@ -236,7 +235,7 @@ impl SnapshotClient {
             }
         }
         self.status.send_modify(|s| s.connected = false);
-        applied.map(|(g, _, _)| g)
+        applied.map(|u| u.generation)
     }
 
     /// One connection: returns why it ended.
@@ -247,7 +246,7 @@ impl SnapshotClient {
         received: &mut bool,
     ) -> String
     where
-        F: FnMut(u64, Snapshot, Vec<TlsFrontend>) -> Result<(), String>,
+        F: FnMut(Update) -> Result<(), String>,
     {
         let mut endpoint = self.endpoint.clone();
         if let Some(tls) = &self.config.tls {
@@ -278,7 +277,7 @@ impl SnapshotClient {
         .max_decoding_message_size(256 << 20);
         let last_generation = applied
             .as_ref()
-            .map_or(self.config.last_generation, |(g, _, _)| *g);
+            .map_or(self.config.last_generation, |u| u.generation);
         let stream = match client
             .subscribe(pb::SubscribeRequest {
                 node_name: self.config.node_name.clone(),
@@ -336,27 +335,25 @@ impl SnapshotClient {
         on_snapshot: &mut F,
     ) -> Result<(), String>
     where
-        F: FnMut(u64, Snapshot, Vec<TlsFrontend>) -> Result<(), String>,
+        F: FnMut(Update) -> Result<(), String>,
     {
         let generation = update.generation;
-        let Update { snapshot, tls, .. } = Update::try_from(update).map_err(|e| {
+        let update = Update::try_from(update).map_err(|e| {
             warn!(generation, "malformed snapshot: {e}");
             format!("malformed snapshot: {e}")
         })?;
-        snapshot.validate().map_err(|e| {
+        update.snapshot.validate().map_err(|e| {
             warn!(generation, "invalid snapshot: {e}");
             format!("invalid snapshot: {e}")
         })?;
-        if let Some((g, s, t)) = applied.as_ref() {
-            if *g == generation && *s == snapshot && *t == tls {
-                debug!(generation, "snapshot already applied");
-                return Ok(());
-            }
+        if applied.as_ref() == Some(&update) {
+            debug!(generation, "snapshot already applied");
+            return Ok(());
         }
-        match on_snapshot(generation, snapshot.clone(), tls.clone()) {
+        match on_snapshot(update.clone()) {
             Ok(()) => {
                 debug!(generation, "snapshot applied");
-                *applied = Some((generation, snapshot, tls));
+                *applied = Some(update);
                 Ok(())
             }
             Err(e) => {

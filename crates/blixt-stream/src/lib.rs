@@ -8,6 +8,8 @@
 //! - [`auth`]: nobody gets anything unauthenticated: client certificates
 //!   ([`MtlsAuthenticator`]) or bearer tokens ([`BearerAuthenticator`] with a pluggable
 //!   [`TokenVerifier`]), then an [`AccessPolicy`].
+//! - [`owners`]: one agent announces each VIP (ARP/NDP), picked by rendezvous hashing among
+//!   the subscribed agents; each agent's stream says which VIPs are its own.
 //!
 //! See `docs/snapshot-stream.md` for the protocol and the operational picture.
 
@@ -15,6 +17,7 @@
 
 pub mod auth;
 mod client;
+pub mod owners;
 mod server;
 pub mod tls;
 
@@ -22,9 +25,12 @@ pub use auth::{
     AccessPolicy, AuthMethod, AuthRequest, Authenticator, BearerAuthenticator, CachingVerifier,
     FirstPresented, Identity, MtlsAuthenticator, StaticTokens, TokenError, TokenVerifier,
 };
+/// What [`SnapshotClient::run`] hands the agent: generation, snapshot, TLS frontends and the
+/// VIPs this node announces.
+pub use blixt_proto::Update;
 pub use client::{Backoff, ClientConfig, ClientError, ClientStatus, SnapshotClient, Token};
 pub use server::{
-    AckRecord, NodeStatus, ProgrammedState, PublishError, ServeError, SnapshotServer,
+    AckRecord, Keepalive, NodeStatus, ProgrammedState, PublishError, ServeError, SnapshotServer,
     SnapshotService,
 };
 pub use tls::{ClientTls, Pem, ServerTls, TlsError};

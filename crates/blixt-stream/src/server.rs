@@ -1,7 +1,8 @@
 //! The controller's side: publishes snapshots to every subscribed agent and records their acks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
 use crate::auth::{AccessPolicy, AuthRequest, Authenticator, Identity};
+use crate::owners;
 use crate::tls::{tls_incoming, ServerTls, TlsError};
 
 /// What subscribers are sent.
@@ -25,8 +27,11 @@ struct Published {
     generation: u64,
     snapshot: Arc<Snapshot>,
     tls: Arc<Vec<TlsFrontend>>,
-    /// Converted once per generation, not once per subscriber.
+    /// Converted once per generation, not once per subscriber (without `announce`, which
+    /// each subscriber sets for its node).
     wire: pb::SnapshotUpdate,
+    /// Every VIP of the snapshot and the TLS frontends: what the agents announce.
+    vips: BTreeSet<IpAddr>,
 }
 
 /// The last ack of a node.
@@ -97,13 +102,39 @@ pub enum ServeError {
 struct Inner {
     current: watch::Sender<Option<Arc<Published>>>,
     nodes: Mutex<BTreeMap<String, NodeStatus>>,
+    /// Nodes with an open subscription: the candidates for owning VIPs.
+    live: watch::Sender<BTreeSet<String>>,
+    keepalive: Mutex<Keepalive>,
     changes: watch::Sender<()>,
     authenticator: Arc<dyn Authenticator>,
     policy: AccessPolicy,
 }
 
+/// HTTP/2 pings from the server: an agent that does not answer one within `timeout` is
+/// dropped, its subscription ends and its VIPs move to other agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// The snapshot distributor of the controller. Cheap to clone; every clone is the same
 /// server.
+///
+/// Every subscriber gets the same snapshot; what differs is the set of VIPs it announces
+/// (`SnapshotUpdate.announce`): each VIP has one owner among the subscribed nodes (see
+/// [`owners`](crate::owners)), and an agent's stream carries a new update whenever its share
+/// changes (a node subscribed or went away), with the same generation when only the share
+/// changed.
 ///
 /// Subscribers get the current snapshot when they connect and then every newer generation;
 /// one that reads slowly skips to the newest (a `watch` channel: never a backlog). Before the
@@ -152,6 +183,8 @@ impl SnapshotServer {
             inner: Arc::new(Inner {
                 current: watch::Sender::new(None),
                 nodes: Mutex::new(BTreeMap::new()),
+                live: watch::Sender::new(BTreeSet::new()),
+                keepalive: Mutex::new(Keepalive::default()),
                 changes: watch::Sender::new(()),
                 authenticator,
                 policy,
@@ -165,8 +198,15 @@ impl SnapshotServer {
     pub fn publish(&self, snapshot: Snapshot, tls: Vec<TlsFrontend>) -> Result<(), PublishError> {
         snapshot.validate().map_err(PublishError::Invalid)?;
         let generation = snapshot.generation;
+        let vips = snapshot
+            .frontends
+            .iter()
+            .map(|f| f.key.vip)
+            .chain(tls.iter().map(|t| t.vip))
+            .collect();
         let published = Arc::new(Published {
             generation,
+            vips,
             wire: pb::SnapshotUpdate::from_core(&snapshot, &tls),
             snapshot: Arc::new(snapshot),
             tls: Arc::new(tls),
@@ -212,6 +252,30 @@ impl SnapshotServer {
             .map(|p| (p.snapshot.clone(), p.tls.clone()))
     }
 
+    /// The owner of every VIP of the published snapshot among the subscribed nodes (empty
+    /// before the first publish; VIPs are missing while no node is subscribed).
+    pub fn vip_owners(&self) -> BTreeMap<IpAddr, String> {
+        let current = self.inner.current.borrow();
+        let Some(p) = current.as_ref() else {
+            return BTreeMap::new();
+        };
+        owners::owners(&p.vips, &self.inner.live.borrow())
+    }
+
+    /// Changes whenever the set of subscribed nodes changes (and so, maybe, VIP owners).
+    pub fn live_nodes(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.inner.live.subscribe()
+    }
+
+    /// Sets the HTTP/2 keepalive of [`serve`](Self::serve) (for servers started after).
+    pub fn set_keepalive(&self, keepalive: Keepalive) {
+        *self
+            .inner
+            .keepalive
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = keepalive;
+    }
+
     /// The last ack of every node that acked.
     pub fn acks(&self) -> BTreeMap<String, AckRecord> {
         self.lock_nodes()
@@ -227,7 +291,10 @@ impl SnapshotServer {
 
     /// Drops what is known of a node (its Node object was deleted).
     pub fn forget_node(&self, node: &str) {
-        if self.lock_nodes().remove(node).is_some() {
+        let mut nodes = self.lock_nodes();
+        if nodes.remove(node).is_some() {
+            self.update_live(&nodes);
+            drop(nodes);
             self.inner.changes.send_replace(());
         }
     }
@@ -316,10 +383,16 @@ impl SnapshotServer {
     ) -> Result<(), ServeError> {
         let stop = CancellationToken::new();
         let addr = listener.local_addr().ok();
+        let keepalive = *self
+            .inner
+            .keepalive
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut builder = tonic::transport::Server::builder()
-            // Finds agents that vanished without closing (node down, partition).
-            .http2_keepalive_interval(Some(Duration::from_secs(20)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Finds agents that vanished without closing (node down, partition), so that their
+            // VIPs move to agents that are still there.
+            .http2_keepalive_interval(Some(keepalive.interval))
+            .http2_keepalive_timeout(Some(keepalive.timeout))
             .tcp_nodelay(true);
         let router = builder.add_service(self.service(stop.clone()));
         let signal = {
@@ -394,16 +467,38 @@ impl SnapshotServer {
         s.agent_version = agent_version.to_owned();
         s.identity = identity.to_string();
         s.last_seen = now;
+        self.update_live(&nodes);
         drop(nodes);
         self.inner.changes.send_replace(());
     }
 
     fn disconnected(&self, node: &str) {
-        if let Some(s) = self.lock_nodes().get_mut(node) {
+        let mut nodes = self.lock_nodes();
+        if let Some(s) = nodes.get_mut(node) {
             s.subscriptions = s.subscriptions.saturating_sub(1);
             s.last_seen = SystemTime::now();
         }
+        self.update_live(&nodes);
+        drop(nodes);
         self.inner.changes.send_replace(());
+    }
+
+    /// Recomputes the subscribed nodes; called with the nodes lock held, so updates to the
+    /// live set happen in the order of the changes that caused them.
+    fn update_live(&self, nodes: &BTreeMap<String, NodeStatus>) {
+        let live: BTreeSet<String> = nodes
+            .iter()
+            .filter(|(_, s)| s.subscriptions > 0)
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.inner.live.send_if_modified(|cur| {
+            if *cur == live {
+                return false;
+            }
+            info!(nodes = ?live, "subscribed agents changed; VIP owners follow");
+            *cur = live;
+            true
+        });
     }
 
     fn record_ack(&self, ack: &pb::AckRequest, identity: &Identity) {
@@ -495,6 +590,9 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotService {
               last_generation = sub.last_generation, "agent subscribed");
         self.server
             .connected(&sub.node_name, &identity, &sub.agent_version);
+        // After `connected`: this node is in the live set from the first message on.
+        let mut live = self.server.inner.live.subscribe();
+        let node = sub.node_name.clone();
         let guard = Subscription {
             server: self.server.clone(),
             node: sub.node_name,
@@ -505,9 +603,12 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotService {
         let stop = self.stop.clone();
         tokio::spawn(async move {
             let _guard = guard;
+            // What this stream sent last: nothing is resent while neither changes.
+            let mut sent: Option<(u64, BTreeSet<IpAddr>)> = None;
             loop {
                 tokio::select! {
                     changed = rx.changed() => if changed.is_err() { break },
+                    changed = live.changed() => if changed.is_err() { break },
                     () = tx.closed() => break,
                     () = stop.cancelled() => {
                         let _ = tx.try_send(Err(Status::unavailable("snapshot server shutting down")));
@@ -515,7 +616,18 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotService {
                     }
                 }
                 let msg = match &*rx.borrow_and_update() {
-                    Some(p) => Ok(p.wire.clone()),
+                    Some(p) => {
+                        let mine = owners::announced_by(&node, &p.vips, &live.borrow_and_update());
+                        let this = (p.generation, mine);
+                        if sent.as_ref() == Some(&this) {
+                            continue;
+                        }
+                        let mut wire = p.wire.clone();
+                        wire.announce = Some(pb::Announce::from_core(&this.1));
+                        debug!(%node, generation = p.generation, announce = ?this.1, "sending");
+                        sent = Some(this);
+                        Ok(wire)
+                    }
                     None => Err(Status::unavailable(
                         "snapshot server withdrew (leadership lost); reconnect",
                     )),

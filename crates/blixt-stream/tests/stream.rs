@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use blixt_core::snapshot::Snapshot;
-use blixt_core::tls::TlsFrontend;
 use blixt_proto::pb::snapshot_service_client::SnapshotServiceClient;
 use blixt_proto::{pb, Update};
 use blixt_stream::{
@@ -20,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 /// What a test agent applied, in order.
-type Log = Arc<Mutex<Vec<(u64, Snapshot, Vec<TlsFrontend>)>>>;
+type Log = Arc<Mutex<Vec<Update>>>;
 
 /// Runs a [`SnapshotClient`] in the background; its callback logs every snapshot and refuses
 /// the generations in `refuse`.
@@ -46,13 +45,14 @@ impl Agent {
             tokio::spawn(async move {
                 client
                     .run(
-                        move |g, s, t| {
+                        move |u: Update| {
                             // A slow dataplane: the stream keeps flowing meanwhile.
                             std::thread::sleep(delay);
+                            let g = u.generation;
                             if refuse.contains(&g) {
                                 return Err(format!("map full at generation {g}"));
                             }
-                            log.lock().unwrap().push((g, s, t));
+                            log.lock().unwrap().push(u);
                             Ok(())
                         },
                         stop.cancelled_owned(),
@@ -73,7 +73,7 @@ impl Agent {
             .lock()
             .unwrap()
             .iter()
-            .map(|(g, _, _)| *g)
+            .map(|u| u.generation)
             .collect()
     }
 
@@ -368,8 +368,8 @@ async fn client_reconnects_after_a_server_restart_and_gets_the_current_snapshot(
     .await;
     {
         let log = agent.log.lock().unwrap();
-        assert_eq!(log.last().unwrap().1, snapshot(5, 4));
-        assert_eq!(log.last().unwrap().2, tls_frontends(5));
+        assert_eq!(log.last().unwrap().snapshot, snapshot(5, 4));
+        assert_eq!(log.last().unwrap().tls, tls_frontends(5));
     }
     running.stop().await;
 
@@ -832,4 +832,132 @@ async fn client_acks_malformed_and_invalid_snapshots_as_errors_and_keeps_the_las
     agent.stop().await;
     stop.cancel();
     server.await.unwrap().unwrap();
+}
+
+/// The VIPs `agent` announces according to the last update it applied.
+fn announced(agent: &Agent) -> Option<BTreeSet<IpAddr>> {
+    agent.log.lock().unwrap().last()?.announce.clone()
+}
+
+/// Polls `cond` until it holds, failing with `what` (and `state()`) after 10 s.
+async fn eventually<S: std::fmt::Debug>(
+    what: &str,
+    cond: impl Fn() -> bool,
+    state: impl Fn() -> S,
+) {
+    let held = retry(Duration::from_secs(10), || async { cond().then_some(()) }).await;
+    assert!(
+        held.is_some(),
+        "{what}: not within 10 s; state {:?}",
+        state()
+    );
+}
+
+/// Every VIP is announced by exactly one subscribed agent; an agent alone announces them all;
+/// when one goes away (its stream ends) only its VIPs move, and the remaining agents get them
+/// in an update of the same generation.
+#[tokio::test]
+async fn every_vip_has_one_announcer_and_moves_when_its_agent_leaves() {
+    let server = token_server();
+    server.publish(snapshot(1, 12), tls_frontends(1)).unwrap();
+    let running = Running::start(&server, None).await;
+    let all: BTreeSet<IpAddr> = snapshot(1, 12)
+        .frontends
+        .iter()
+        .map(|f| f.key.vip)
+        .chain(tls_frontends(1).iter().map(|t| t.vip))
+        .collect();
+    assert_eq!(all.len(), 13);
+
+    let a = Agent::start(token_config(running.http(), "node-a", "agent-token"), &[]);
+    eventually(
+        "node-a alone announces every VIP",
+        || announced(&a).as_ref() == Some(&all),
+        || announced(&a),
+    )
+    .await;
+
+    let b = Agent::start(token_config(running.http(), "node-b", "agent-token"), &[]);
+    // A third agent as a bare gRPC subscriber, to vanish without a goodbye below.
+    let c_set: Arc<Mutex<Option<BTreeSet<IpAddr>>>> = Arc::default();
+    let c_task = {
+        let (c_set, url) = (c_set.clone(), running.http());
+        tokio::spawn(async move {
+            let mut raw = raw_client(url, None).await;
+            let mut stream = raw
+                .subscribe(subscribe_req("node-c", Some("agent-token")))
+                .await
+                .unwrap()
+                .into_inner();
+            while let Ok(Some(m)) = stream.message().await {
+                *c_set.lock().unwrap() = Update::try_from(m).unwrap().announce;
+            }
+        })
+    };
+    let c = || c_set.lock().unwrap().clone();
+    let partition = |sets: &[Option<BTreeSet<IpAddr>>]| {
+        let mut seen = BTreeSet::new();
+        sets.iter().all(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.iter().all(|v| seen.insert(*v)))
+        }) && seen == all
+    };
+    eventually(
+        "three agents announce disjoint shares covering every VIP",
+        || partition(&[announced(&a), announced(&b), c()]),
+        || (announced(&a), announced(&b), c()),
+    )
+    .await;
+    let owners = server.vip_owners();
+    assert_eq!(owners.len(), all.len());
+    for (node, set) in [
+        ("node-a", announced(&a)),
+        ("node-b", announced(&b)),
+        ("node-c", c()),
+    ] {
+        let owned: BTreeSet<IpAddr> = owners
+            .iter()
+            .filter(|(_, n)| n.as_str() == node)
+            .map(|(v, _)| *v)
+            .collect();
+        assert!(!owned.is_empty(), "{node} owns nothing of 13 VIPs");
+        assert_eq!(
+            set.unwrap(),
+            owned,
+            "{node}: what it announces is what the server says"
+        );
+    }
+    let b_before = announced(&b).unwrap();
+
+    // node-c vanishes: only its VIPs move, to node-a and node-b.
+    c_task.abort();
+    eventually(
+        "node-c's VIPs taken over by node-a and node-b",
+        || partition(&[announced(&a), announced(&b)]),
+        || (announced(&a), announced(&b)),
+    )
+    .await;
+    assert!(
+        announced(&b).unwrap().is_superset(&b_before),
+        "a VIP left node-b though it stayed"
+    );
+    assert!(
+        a.generations().iter().all(|g| *g == 1),
+        "only the announce set changed"
+    );
+
+    // node-b stops: node-a announces everything again.
+    b.stop().await;
+    eventually(
+        "node-a announces every VIP after node-b left",
+        || announced(&a).as_ref() == Some(&all),
+        || announced(&a),
+    )
+    .await;
+    assert_eq!(
+        server.vip_owners().into_values().collect::<BTreeSet<_>>(),
+        BTreeSet::from(["node-a".to_string()])
+    );
+    a.stop().await;
+    running.stop().await;
 }

@@ -210,6 +210,16 @@ pub fn run(args: AgentArgs) -> Result<()> {
     })
 }
 
+/// Sends gratuitous ARP / unsolicited NA for `vips` on `ifaces`; a failure is logged (the
+/// neighbours then learn the new owner when their entries go stale).
+fn gratuitous(ifaces: &[String], vips: &[IpAddr]) {
+    match blixt_agent::garp::announce(ifaces, vips) {
+        Ok(0) => {}
+        Ok(frames) => tracing::info!(?vips, frames, "announced VIPs now owned by this node"),
+        Err(e) => tracing::warn!(?vips, "gratuitous ARP / unsolicited NA: {e}"),
+    }
+}
+
 /// Where and how to subscribe to the controller's snapshots.
 struct ControllerSource {
     endpoint: String,
@@ -236,7 +246,14 @@ fn from_controller(
     src: ControllerSource,
 ) -> Result<()> {
     let mut config = blixt_stream::ClientConfig::new(src.endpoint, src.node_name);
-    config.last_generation = rec.lock().expect("reconciler").generation().unwrap_or(0);
+    {
+        let mut rec = rec.lock().expect("reconciler");
+        config.last_generation = rec.generation().unwrap_or(0);
+        // VIPs re-adopted from pinned maps may have moved to another node while this agent
+        // was away: answer ARP/NDP for none until the controller says which are ours.
+        rec.set_announced(Some(Default::default()))
+            .context("clearing announcements of re-adopted VIPs")?;
+    }
     config.token = src.token_file.map(blixt_stream::Token::File);
     config.tls = src.ca.map(|ca| blixt_stream::ClientTls {
         ca: blixt_stream::Pem::File(ca),
@@ -248,6 +265,12 @@ fn from_controller(
     let stream_metrics = metrics.clone();
     // TLS passthrough starts with the first generation that has a TLS listener
     let stream_tls = tls.0.clone();
+    // Interfaces to send gratuitous ARP / unsolicited NA on when VIPs move here.
+    let garp_ifaces = if opts.announce {
+        opts.interfaces.clone()
+    } else {
+        Vec::new()
+    };
     let stream = std::thread::Builder::new()
         .name("snapshots".into())
         .spawn(move || {
@@ -255,11 +278,24 @@ fn from_controller(
                 .enable_all()
                 .build()?;
             rt.block_on(client.run(
-                |generation, snap, tls_frontends| {
+                |update: blixt_stream::Update| {
+                    let (generation, snap, tls_frontends) =
+                        (update.generation, update.snapshot, update.tls);
                     let t = std::time::Instant::now();
-                    let result = applier.lock().expect("reconciler").apply(&snap);
+                    let result = {
+                        let mut rec = applier.lock().expect("reconciler");
+                        // The controller's share of VIPs for this node (ARP/NDP answers),
+                        // then the snapshot: VIPs that start being announced by either.
+                        rec.set_announced(update.announce).and_then(|mut started| {
+                            let report = rec.apply(&snap)?;
+                            started.extend(&report.announced);
+                            Ok((report, started))
+                        })
+                    };
                     match result {
-                        Ok(report) => {
+                        Ok((report, started)) => {
+                            // VIPs that moved here: tell the neighbours now.
+                            gratuitous(&garp_ifaces, &started);
                             // The XDP part is applied; now the TLS part of the same
                             // generation, before the ack. A TLS failure is logged and shown
                             // by the service; TCP and UDP listeners keep serving.
@@ -299,6 +335,15 @@ fn from_controller(
     let joined = stream
         .join()
         .map_err(|_| anyhow::anyhow!("snapshot thread panicked"));
+    // Leaving (the stream has ended): the controller hands this node's VIPs to other agents
+    // as the stream closes; a pinned dataplane that stays behind must not answer for them too.
+    if let Err(e) = rec
+        .lock()
+        .expect("reconciler")
+        .set_announced(Some(Default::default()))
+    {
+        tracing::warn!("withdrawing VIP announcements at exit: {e}");
+    }
     drop(tls);
     result?;
     joined??;

@@ -13,7 +13,7 @@ use blixt_controller::leader::LeaseConfig;
 use blixt_controller::ControllerOptions;
 use blixt_core::translator::{TranslatorConfig, CONTROLLER_NAME};
 use blixt_stream::{
-    AccessPolicy, BearerAuthenticator, CachingVerifier, Pem, ServerTls, SnapshotServer,
+    AccessPolicy, BearerAuthenticator, CachingVerifier, Keepalive, Pem, ServerTls, SnapshotServer,
 };
 use tracing::info;
 
@@ -52,6 +52,11 @@ pub struct ControllerArgs {
         default_value = "system:serviceaccount:blixt-system:blixt-agent"
     )]
     agent_users: Vec<String>,
+    /// Seconds after which an agent that stopped answering HTTP/2 pings (node down, network
+    /// partition) is dropped and the VIPs it announced move to other agents. An agent that
+    /// exits or restarts closes its connection and is dropped at once.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
+    agent_timeout: u64,
     /// Address for `/metrics` and `/healthz`; "none" to serve neither.
     #[arg(long, default_value = "none")]
     metrics_address: String,
@@ -70,12 +75,25 @@ fn serve_metrics(
         let generation = running.snapshots.borrow().snapshot.generation;
         let leader = u8::from(running.leadership.is_leader());
         let agents = server.as_ref().map_or(0, |s| s.acks().len());
-        format!(
+        let mut out = format!(
             "# TYPE blixt_controller_leader gauge\nblixt_controller_leader {leader}\n\
              # TYPE blixt_controller_snapshot_generation gauge\n\
              blixt_controller_snapshot_generation {generation}\n\
-             # TYPE blixt_controller_agents gauge\nblixt_controller_agents {agents}\n# EOF\n"
-        )
+             # TYPE blixt_controller_agents gauge\nblixt_controller_agents {agents}\n"
+        );
+        // Which node answers ARP/NDP for each VIP (absent while no agent is subscribed).
+        out.push_str("# TYPE blixt_vip_owner gauge\n");
+        for (vip, node) in server
+            .as_ref()
+            .map(SnapshotServer::vip_owners)
+            .unwrap_or_default()
+        {
+            out.push_str(&format!(
+                "blixt_vip_owner{{vip=\"{vip}\",node=\"{node}\"}} 1\n"
+            ));
+        }
+        out.push_str("# EOF\n");
+        out
     })
     .with_context(|| format!("--metrics-address {addr}"))?;
     Ok(())
@@ -133,6 +151,11 @@ pub fn run(args: ControllerArgs) -> Result<()> {
                 Arc::new(BearerAuthenticator::new(verifier)),
                 AccessPolicy::users(args.agent_users.clone()).require_node_binding(false),
             );
+            let half = Duration::from_secs(args.agent_timeout) / 2;
+            server.set_keepalive(Keepalive {
+                interval: half,
+                timeout: half,
+            });
             let listener = tokio::net::TcpListener::bind(&args.grpc_address)
                 .await
                 .with_context(|| format!("--grpc-address {}", args.grpc_address))?;

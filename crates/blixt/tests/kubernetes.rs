@@ -7,9 +7,9 @@
 //! serving and statuses converge again. TLS passthrough too: a TLSRoute through the API, a
 //! rustls server on a backend, a client connection whose SNI lands on it through the agent.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blixt_gateway_api::{Gateway, TcpRoute};
@@ -25,48 +25,9 @@ use kube::api::{Api, PostParams};
 mod tls_support;
 use tls_support::{connect, ping, TlsBackend};
 
-const BLIXT: &str = env!("CARGO_BIN_EXE_blixt");
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!("needs root (BPF, network namespaces): run as root, as `make test` does");
-    }
-}
-
-/// A veth from the host namespace into the lab's lb namespace, removed on drop.
-struct HostLink(String);
-
-impl Drop for HostLink {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
-struct Controller(Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "common/k8s.rs"]
+mod k8s_support;
+use k8s_support::{free_port, require_root, Cleanup, Controller, HostLink, BLIXT};
 
 async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

@@ -64,7 +64,7 @@ async fn chart_applies_to_the_api_server() {
         .expect("capabilities");
     assert_eq!(
         caps.add.unwrap_or_default(),
-        ["BPF", "NET_ADMIN", "PERFMON"]
+        ["BPF", "NET_ADMIN", "PERFMON", "NET_RAW"]
     );
     let services: Api<Service> = Api::namespaced(client.clone(), ns.name());
     let service = services
