@@ -37,6 +37,14 @@ pub struct AgentArgs {
     /// CA of the controller's serving certificate (PEM), for https endpoints.
     #[arg(long, requires = "controller")]
     controller_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the controller, for controllers that require
+    /// mutual TLS (`blixt controller --client-ca`); its subject CN must be this node's name.
+    /// Re-read on every connection (rotated in place).
+    #[arg(long, requires_all = ["controller_ca", "client_key"])]
+    client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
     /// Service-account token presented to the controller (re-read on every connection).
     #[arg(long, requires = "controller")]
     token_file: Option<PathBuf>,
@@ -196,6 +204,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
                     .node_name
                     .context("--node-name (or $NODE_NAME) is required with --controller")?,
                 ca: args.controller_ca,
+                client_cert: args.client_cert.zip(args.client_key),
                 token_file: args.token_file,
             },
         );
@@ -225,6 +234,8 @@ struct ControllerSource {
     endpoint: String,
     node_name: String,
     ca: Option<PathBuf>,
+    /// Client certificate and key, for mutual TLS.
+    client_cert: Option<(PathBuf, PathBuf)>,
     token_file: Option<PathBuf>,
 }
 
@@ -258,7 +269,9 @@ fn from_controller(
     config.tls = src.ca.map(|ca| blixt_stream::ClientTls {
         ca: blixt_stream::Pem::File(ca),
         domain_name: None,
-        identity: None,
+        identity: src
+            .client_cert
+            .map(|(cert, key)| (blixt_stream::Pem::File(cert), blixt_stream::Pem::File(key))),
     });
     let client = blixt_stream::SnapshotClient::new(config).context("snapshot client")?;
     let applier = rec.clone();

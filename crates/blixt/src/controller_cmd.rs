@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use blixt_controller::agents::TokenReviewVerifier;
 use blixt_controller::leader::LeaseConfig;
 use blixt_controller::ControllerOptions;
 use blixt_core::translator::{TranslatorConfig, CONTROLLER_NAME};
 use blixt_stream::{
-    AccessPolicy, BearerAuthenticator, CachingVerifier, Keepalive, Pem, ServerTls, SnapshotServer,
+    AccessPolicy, Authenticator, BearerAuthenticator, CachingVerifier, FirstPresented, Keepalive,
+    MtlsAuthenticator, Pem, ServerTls, SnapshotServer,
 };
 use tracing::info;
 
@@ -45,6 +46,22 @@ pub struct ControllerArgs {
     tls_cert: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// CA (PEM) of the agents' client certificates: agents must then present a certificate
+    /// it signed (mutual TLS; needs --tls-cert). The subject CN names the node, and an agent
+    /// may only subscribe and ack as that node. Tokens are no longer accepted unless
+    /// --accept-tokens is given too.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// With --client-ca: accept service-account tokens as well (an agent presenting a
+    /// certificate is judged by it alone). Needs --agent-group, so that certificates and
+    /// tokens are each held to their own allow-list.
+    #[arg(long, requires = "client_ca")]
+    accept_tokens: bool,
+    /// Certificate organisations (subject O) allowed to subscribe, with --client-ca (repeat).
+    /// Without any, every certificate the client CA signed is allowed: give the controller a
+    /// CA that signs only agent certificates.
+    #[arg(long = "agent-group", requires = "client_ca")]
+    agent_groups: Vec<String>,
     /// Kubernetes users allowed to subscribe (the agents' service account); tokens are checked
     /// with TokenReview for the audience `blixt-controller`.
     #[arg(
@@ -99,6 +116,51 @@ fn serve_metrics(
     Ok(())
 }
 
+/// How agents authenticate, and who among them may subscribe: service-account tokens
+/// (TokenReview) by default; client certificates of `--client-ca` when given; both with
+/// `--accept-tokens`.
+fn agent_auth(
+    args: &ControllerArgs,
+    client: &kube::Client,
+) -> Result<(Arc<dyn Authenticator>, AccessPolicy)> {
+    let tokens = || -> Arc<dyn Authenticator> {
+        let verifier = Arc::new(CachingVerifier::new(
+            TokenReviewVerifier::new(client.clone()),
+            Duration::from_secs(60),
+            10_000,
+        ));
+        Arc::new(BearerAuthenticator::new(verifier))
+    };
+    let Some(ca) = &args.client_ca else {
+        let policy = AccessPolicy::users(args.agent_users.clone()).require_node_binding(false);
+        return Ok((tokens(), policy));
+    };
+    let pem = std::fs::read(ca).with_context(|| format!("--client-ca {}", ca.display()))?;
+    let certificates: Arc<dyn Authenticator> = Arc::new(
+        MtlsAuthenticator::from_ca_pem(&pem)
+            .with_context(|| format!("--client-ca {}", ca.display()))?,
+    );
+    if args.accept_tokens {
+        if args.agent_groups.is_empty() {
+            bail!(
+                "--accept-tokens with --client-ca needs --agent-group (the subject O of the \
+                 agents' certificates): otherwise no certificate would be allowed"
+            );
+        }
+        let policy = AccessPolicy::users(args.agent_users.clone())
+            .or_groups(args.agent_groups.clone());
+        // A presented certificate decides; a token is looked at only without one.
+        let either = FirstPresented(vec![certificates, tokens()]);
+        return Ok((Arc::new(either), policy));
+    }
+    let policy = if args.agent_groups.is_empty() {
+        AccessPolicy::any_authenticated()
+    } else {
+        AccessPolicy::users(Vec::<String>::new()).or_groups(args.agent_groups.clone())
+    };
+    Ok((certificates, policy))
+}
+
 async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
@@ -119,6 +181,7 @@ pub fn run(args: ControllerArgs) -> Result<()> {
         .build()?;
     rt.block_on(async move {
         let client = client(args.kubeconfig.as_ref()).await?;
+        let auth = agent_auth(&args, &client)?;
         let identity = args.identity.unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
@@ -142,15 +205,8 @@ pub fn run(args: ControllerArgs) -> Result<()> {
             programmed_gate: None,
         };
         let server = if args.grpc_address != "none" {
-            let verifier = Arc::new(CachingVerifier::new(
-                TokenReviewVerifier::new(client.clone()),
-                Duration::from_secs(60),
-                10_000,
-            ));
-            let server = SnapshotServer::new(
-                Arc::new(BearerAuthenticator::new(verifier)),
-                AccessPolicy::users(args.agent_users.clone()).require_node_binding(false),
-            );
+            let (authenticator, policy) = auth;
+            let server = SnapshotServer::new(authenticator, policy);
             let half = Duration::from_secs(args.agent_timeout) / 2;
             server.set_keepalive(Keepalive {
                 interval: half,
@@ -164,7 +220,7 @@ pub fn run(args: ControllerArgs) -> Result<()> {
                 (Some(cert), Some(key)) => Some(ServerTls {
                     cert_chain: Pem::File(cert),
                     key: Pem::File(key),
-                    client_ca: None,
+                    client_ca: args.client_ca.clone().map(Pem::File),
                 }),
                 _ => None,
             };

@@ -234,39 +234,8 @@ async fn one_node_answers_for_each_vip_and_the_other_takes_over_when_it_goes() {
         ip(ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
     }
     let host_if = format!("bvo{id}h");
-    assert!(Command::new("ip")
-        .args([
-            "link",
-            "add",
-            &host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "h0",
-            "netns",
-            switch.name()
-        ])
-        .status()
-        .unwrap()
-        .success());
-    let _link = HostLink(host_if.clone());
+    let _link = HostLink::create(&host_if, "h0", switch.name(), &format!("{host_ip}/24"));
     ip(&switch, &["link", "set", "h0", "master", "br0", "up"]);
-    for args in [
-        vec![
-            "addr".to_string(),
-            "add".into(),
-            format!("{host_ip}/24"),
-            "dev".into(),
-            host_if.clone(),
-        ],
-        vec!["link".into(), "set".into(), host_if.clone(), "up".into()],
-    ] {
-        assert!(
-            Command::new("ip").args(&args).status().unwrap().success(),
-            "{args:?}"
-        );
-    }
     let (mac_a, mac_b, client_mac) = (
         mac_of(&node_a, "eth0"),
         mac_of(&node_b, "eth0"),

@@ -18,6 +18,24 @@ pub fn require_root() {
 /// A veth from the host namespace into a lab namespace, removed on drop.
 pub struct HostLink(pub String);
 
+impl HostLink {
+    /// Creates the veth `host_if` in the host namespace, with the address `host_cidr` and up,
+    /// and its peer `peer_if` in the namespace `netns` (down, no address).
+    pub fn create(host_if: &str, peer_if: &str, netns: &str, host_cidr: &str) -> HostLink {
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip").args(args).status().unwrap().success();
+            assert!(ok, "ip {args:?}");
+        };
+        ip(&[
+            "link", "add", host_if, "type", "veth", "peer", "name", peer_if, "netns", netns,
+        ]);
+        let link = HostLink(host_if.to_owned());
+        ip(&["addr", "add", host_cidr, "dev", host_if]);
+        ip(&["link", "set", host_if, "up"]);
+        link
+    }
+}
+
 impl Drop for HostLink {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["link", "del", &self.0]).status();
