@@ -17,6 +17,7 @@ pub mod end_to_end;
 pub mod env;
 pub mod forwarding;
 pub mod maglev;
+pub mod map_cost;
 pub mod packet_cost;
 pub mod plot;
 pub mod profile;
@@ -157,6 +158,15 @@ pub fn run(
         }
         metrics.extend(pc.metrics(&machine));
         programs = pc.programs;
+        if paths.is_empty() || paths.iter().any(|p| p.is_new_flow()) {
+            eprintln!("blixt-bench: packet cost: the conntrack map's own operations ...");
+            metrics.extend(map_cost::run(
+                pc_sizes.conntrack_entries,
+                pc_sizes.new_flow_repeat,
+                pc_sizes.rounds,
+                &machine,
+            )?);
+        }
     }
     if want(5) {
         let mg_sizes = maglev::Sizes::for_mode(mode);

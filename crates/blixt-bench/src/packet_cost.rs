@@ -162,7 +162,7 @@ impl Path {
         Path::ALL.into_iter().find(|p| p.id() == id)
     }
 
-    fn is_new_flow(self) -> bool {
+    pub fn is_new_flow(self) -> bool {
         matches!(self, Path::TcpNew | Path::UdpNew | Path::NewTcpFull)
     }
 

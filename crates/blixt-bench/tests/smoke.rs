@@ -31,6 +31,10 @@ fn tiny_run_checks_every_path_and_writes_the_report() {
         // a property of the table, not a timing: the leaving backend's own flows move
         assert!(m.min >= 0.5 / n as f64, "{}: {}", m.name, m.min);
     }
+    for op in blixt_bench::map_cost::Op::ALL {
+        let name = blixt_bench::map_cost::metric_name(op);
+        assert!(r.metric(&name).is_some(), "no metric {name}");
+    }
     let lb = r
         .programs
         .iter()

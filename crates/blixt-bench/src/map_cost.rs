@@ -1,0 +1,158 @@
+//! Suite 1's account of the conntrack map: what the map operations of a new flow cost alone,
+//! on maps of the dataplane's key, value and size (bench_maps.bpf.c), so the report can say how
+//! much of a new flow is the map and how much the program.
+//!
+//! Each round loads the object afresh (empty maps) and runs each program once as a hot loop of
+//! `repeat` iterations; every iteration uses a key never seen before. The cost of an operation
+//! is its program's ns per iteration minus `bench_maps_empty`'s (the loop and key building).
+//! Each run is checked: the last verdict says the operation succeeded and the map holds exactly
+//! the entries the run inserted.
+
+use anyhow::{ensure, Context, Result};
+use aya::maps::HashMap;
+use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
+use aya::{Ebpf, EbpfLoader};
+use blixt_bpf::shared::{CtEntry, FlowKey};
+
+use crate::results::{Machine, Metric};
+use crate::stats::Summary;
+
+static MAPS_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_maps.o"));
+
+const SUITE: &str = "1 per-packet cost";
+const XDP_DROP: u32 = 1;
+
+/// One measured map operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    LruMiss,
+    LruInsert,
+    LruNewFlow,
+    HashInsert,
+}
+
+impl Op {
+    pub const ALL: [Op; 4] = [Op::LruMiss, Op::LruInsert, Op::LruNewFlow, Op::HashInsert];
+
+    fn program(self) -> &'static str {
+        match self {
+            Op::LruMiss => "bench_maps_lru_miss",
+            Op::LruInsert => "bench_maps_lru_insert",
+            Op::LruNewFlow => "bench_maps_lru_new_flow",
+            Op::HashInsert => "bench_maps_hash_insert",
+        }
+    }
+
+    /// Name of its metric, `map_cost.<id>`.
+    pub fn id(self) -> &'static str {
+        match self {
+            Op::LruMiss => "lru_lookup_miss",
+            Op::LruInsert => "lru_insert",
+            Op::LruNewFlow => "lru_new_flow_maps",
+            Op::HashInsert => "hash_insert",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Op::LruMiss => "lookup miss, LRU hash (the conntrack's type)",
+            Op::LruInsert => "insert of a new key, LRU hash",
+            Op::LruNewFlow => "a new flow's map work: one miss + two inserts, LRU hash",
+            Op::HashInsert => "insert of a new key, preallocated plain hash (no eviction)",
+        }
+    }
+
+    /// (map, entries one iteration leaves in it)
+    fn leaves(self) -> (&'static str, usize) {
+        match self {
+            Op::LruMiss => ("bench_lru", 0),
+            Op::LruInsert => ("bench_lru", 1),
+            Op::LruNewFlow => ("bench_lru", 2),
+            Op::HashInsert => ("bench_hash", 1),
+        }
+    }
+}
+
+/// Metric name of an operation's cost.
+pub fn metric_name(op: Op) -> String {
+    format!("map_cost.{}", op.id())
+}
+
+fn run_once(entries: u32, program: &str, repeat: u32) -> Result<(f64, u32, Ebpf)> {
+    let mut bpf = EbpfLoader::new()
+        .map_max_entries("bench_lru", entries)
+        .map_max_entries("bench_hash", entries)
+        .load(MAPS_OBJ)
+        .context("loading bench_maps.o")?;
+    let prog: &mut Xdp = bpf
+        .program_mut(program)
+        .with_context(|| format!("{program} not in bench_maps.o"))?
+        .try_into()
+        .map_err(|e: ProgramError| anyhow::anyhow!("{program}: {e}"))?;
+    prog.load().with_context(|| format!("loading {program}"))?;
+    let pkt = [0u8; 64];
+    let mut out = [0u8; 64];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(&pkt);
+    opts.data_out = Some(&mut out);
+    opts.repeat = repeat;
+    let res = prog
+        .test_run(opts)
+        .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
+    Ok((res.duration.as_nanos() as f64, res.return_value, bpf))
+}
+
+/// Runs `rounds` rounds of every operation on maps of `entries` entries, `repeat` iterations
+/// each, and returns one metric per operation (ns per operation above the empty loop).
+pub fn run(entries: u32, repeat: u32, rounds: usize, machine: &Machine) -> Result<Vec<Metric>> {
+    let mut loop_ns = Vec::new();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Op::ALL.len()];
+    for _ in 0..rounds {
+        let (base, v, _) = run_once(entries, "bench_maps_empty", repeat)?;
+        ensure!(v == XDP_DROP, "bench_maps_empty: verdict {v}");
+        loop_ns.push(base);
+        for (i, op) in Op::ALL.into_iter().enumerate() {
+            let (ns, v, mut bpf) = run_once(entries, op.program(), repeat)?;
+            ensure!(
+                v == XDP_DROP,
+                "{}: the last iteration's operation failed (verdict {v})",
+                op.program()
+            );
+            let (map, per_iter) = op.leaves();
+            let m: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(
+                bpf.map_mut(map)
+                    .with_context(|| format!("{map} not in bench_maps.o"))?,
+            )
+            .with_context(|| format!("opening {map}"))?;
+            let n = m.keys().count();
+            ensure!(
+                n == per_iter * repeat as usize,
+                "{}: {repeat} iterations left {n} entries in {map}, not {}",
+                op.program(),
+                per_iter * repeat as usize
+            );
+            samples[i].push(ns - base);
+        }
+    }
+    let lp = Summary::of(&loop_ns);
+    Ok(Op::ALL
+        .into_iter()
+        .zip(samples)
+        .map(|(op, s)| {
+            Metric::new(
+                SUITE,
+                &metric_name(op),
+                "ns",
+                Summary::of(&s),
+                &[("loop", lp)],
+                &format!(
+                    "{}: ns per operation above the loop that builds the keys (`loop`), on an \
+                     empty map of {entries} entries (the conntrack's size), {repeat} new keys per \
+                     run",
+                    op.title()
+                ),
+                machine,
+            )
+        })
+        .collect())
+}
