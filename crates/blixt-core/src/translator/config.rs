@@ -50,6 +50,16 @@ pub struct TranslatorConfig {
     /// Gateways' addresses from it instead of `address_pool`. A missing pool makes the class
     /// `Accepted=False/InvalidParameters`.
     pub address_pools: std::collections::BTreeMap<String, Vec<IpAddr>>,
+    /// Pools of `address_pools` with `delegateToLoadBalancer`: their classes' Gateways get
+    /// their addresses from a Service of type LoadBalancer (see
+    /// [`Translation::delegations`](super::Translation::delegations)).
+    #[serde(default)]
+    pub delegated_pools: BTreeSet<String>,
+    /// What the load balancer assigned to each delegating Gateway (`"namespace/name"`): the
+    /// `status.loadBalancer.ingress` IPs of its Service. Filled by the controller; the
+    /// translator only reads it.
+    #[serde(default)]
+    pub delegated_addresses: std::collections::BTreeMap<String, Vec<IpAddr>>,
     /// Where static `spec.addresses` may lie. Empty: anywhere. An address outside every range
     /// makes the Gateway `Programmed=False/AddressNotUsable`.
     pub static_address_ranges: Vec<IpNet>,
@@ -72,6 +82,8 @@ impl Default for TranslatorConfig {
             controller_name: CONTROLLER_NAME.to_string(),
             address_pool: Vec::new(),
             address_pools: std::collections::BTreeMap::new(),
+            delegated_pools: BTreeSet::new(),
+            delegated_addresses: std::collections::BTreeMap::new(),
             static_address_ranges: Vec::new(),
             reserved_ports: BTreeSet::new(),
             max_frontends: None,

@@ -16,6 +16,7 @@ pub mod config;
 
 mod addresses;
 mod backends;
+mod delegation;
 mod hostname;
 mod listeners;
 mod objects;
@@ -55,6 +56,9 @@ pub use self::config::{
     IpNet, TranslatorConfig, ADDRESS_POOL_KIND, CONTROLLER_NAME, GATEWAY_EXISTS_FINALIZER,
     PARAMETERS_GROUP, SUPPORTED_FEATURES,
 };
+pub use self::delegation::{
+    service_name as delegated_service_name, Delegation, GATEWAY_NAME_LABEL,
+};
 pub use self::objects::{ObjectIndex, ObjectKey};
 
 /// What [`translate`] produces.
@@ -65,6 +69,9 @@ pub struct Translation {
     /// SNI tables of TLS passthrough listeners, one per Gateway address and port.
     pub tls: Vec<TlsFrontend>,
     pub statuses: Statuses,
+    /// The LoadBalancer Services accepted Gateways of delegating classes need (their
+    /// addresses are not Blixt's to announce).
+    pub delegations: Vec<Delegation>,
 }
 
 /// The status Blixt writes for every object it owns.
@@ -181,9 +188,12 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
         .collect();
 
     // Addresses, for accepted Gateways only: a rejected one must not hold pool addresses.
+    let delegating = |g: &GatewayEval<'_>| {
+        delegation::delegates(classes[g.obj.spec.gateway_class_name.as_str()].0, config)
+    };
     let claimants: Vec<Claimant<'_>> = gateways
         .iter()
-        .filter(|g| g.accepted.is_true())
+        .filter(|g| g.accepted.is_true() && !delegating(g))
         .map(|g| Claimant {
             key: g.key.clone(),
             request: &g.request,
@@ -198,9 +208,15 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
         })
         .collect();
     let mut assigned = addresses::assign(&claimants, config);
+    let taken: BTreeSet<IpAddr> = assigned.values().flat_map(|o| o.assigned.clone()).collect();
+    let mut delegations = Vec::new();
     let mut frontends_used = 0usize;
     for g in &mut gateways {
         g.addresses = assigned.remove(&g.key).unwrap_or_default();
+        if g.accepted.is_true() && delegating(g) {
+            g.addresses = delegation::outcome(g.obj, &g.key, &g.request, config, &taken);
+            delegations.push(delegation::delegation(&g.key, &g.listeners, &g.addresses));
+        }
         g.programmed = gateway_programmed(g, config, &mut frontends_used);
     }
     let gateway_index: BTreeMap<ObjectKey, usize> = gateways
@@ -441,6 +457,7 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
         },
         tls,
         statuses,
+        delegations,
     }
 }
 

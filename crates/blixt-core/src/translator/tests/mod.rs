@@ -3,6 +3,7 @@
 
 mod addresses;
 mod backends;
+mod delegation;
 mod gateway_class;
 mod listeners;
 mod routes;
