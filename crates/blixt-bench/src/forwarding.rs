@@ -1,7 +1,7 @@
 //! Suite 2, LB forwarding capacity with the LB as the bottleneck (issue 6).
 //!
 //! A packet generator of the project's own ([`gen`]: an XDP program run through
-//! BPF_PROG_TEST_RUN in live-frame mode on the client's veth end, one CPU) pushes 60-byte
+//! BPF_PROG_TEST_RUN in live-frame mode on the client's veth end, one CPU) pushes 64-byte
 //! UDP or established-TCP packets toward a VIP faster than the lb node can forward them; the
 //! three backends count and drop what arrives with an XDP sink. Packets/s forwarded is the
 //! sinks' count of packets rewritten to the backend port over the generator's wall time.
@@ -313,7 +313,7 @@ fn metrics(
             })
             .collect();
         let note = format!(
-            "{}: packets/s the lb node forwarded to the backends (60-byte frames, counted by \
+            "{}: packets/s the lb node forwarded to the backends (64-byte frames, counted by \
              XDP sinks on 3 backends as rewritten to the backend port), LB on one CPU; \
              nftables/iptables DNAT + masquerade as kube-proxy sets them up",
             sc.label
@@ -383,7 +383,7 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
     peers.dedup();
     let mut w = String::new();
     w += "## Suite 2: LB forwarding capacity (LB as the bottleneck)\n\n";
-    w += "A packet generator of the project's own pushes 60-byte packets toward the VIP faster \
+    w += "A packet generator of the project's own pushes 64-byte packets toward the VIP faster \
           than the lb node can forward them; three backends count and drop what arrives. \
           Packets/s is what reached the backends rewritten to the backend port, per second of \
           generator time. Higher is better.\n\n";

@@ -5,12 +5,13 @@
  * veth: every run of the program stamps one frame and returns XDP_TX, which live-frame mode
  * turns into a redirect out of that interface, i.e. into the lb node's receive queue.
  *
- * The template frame (Ethernet, IPv4 without options, UDP or TCP) comes from user space with
- * source port 0 and the low 16 bits of the source address 0; its checksums are computed for
- * exactly that and passed in as constants below. Live-frame pages are recycled without being
- * rewritten (Documentation/bpf/bpf_prog_run.rst, "live frame mode"), so a page may hold the
- * previous frame's port and checksums: every varying field is therefore written from these
- * constants and the counter, never derived from the page's contents.
+ * The template frame (Ethernet, IPv4 without options, UDP or TCP, 64 bytes) comes from user
+ * space with source port 0 and the low 16 bits of the source address 0; its checksums are
+ * computed for exactly that and passed in as constants below. Live-frame pages are recycled
+ * without being rewritten (Documentation/bpf/bpf_prog_run.rst, "live frame mode"), and a
+ * recycled page holds whatever the last consumer left there: after a load balancer's full-NAT
+ * rewrite and a sink's XDP_DROP, the page comes back addressed to a backend. So every frame
+ * is first copied whole from gen_frame, then stamped: nothing is taken from the page.
  *
  * Flow i (see gen_flows) gets source port gen_port_base + i % gen_port_span and source address
  * low half i / gen_port_span + 1, so "every packet a new flow" runs through 60,000 ports of
@@ -22,6 +23,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+/* The template frame (64 bytes) as native u64 words. */
+volatile const __u64 gen_frame[8] = {};
 /* Flows cycled through; 0: every packet is a new flow. */
 volatile const __u32 gen_flows = 1;
 /* First source port. */
@@ -62,8 +65,11 @@ int bench_gen(struct xdp_md *ctx)
 	struct iphdr *ip = data + sizeof(struct ethhdr);
 	__u8 *l4 = data + L4_OFF;
 
-	if ((void *)(l4 + 20) > data_end)
+	if (data + 64 > data_end)
 		return XDP_ABORTED;
+#pragma unroll
+	for (int i = 0; i < 8; i++)
+		((__u64 *)data)[i] = gen_frame[i];
 
 	__u64 n = gen_seq++;
 	__u64 idx = gen_flows ? n % gen_flows : n;

@@ -17,13 +17,15 @@ const SRC_BASE: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 0);
 /// Frames per batch: what a NAPI poll takes at most (the kernel's default too).
 const BATCH: u32 = 64;
 const ETH_IP_LEN: usize = 14 + 20;
+/// Every generated frame is this long (bench_gen copies it as 8 words).
+pub const FRAME_LEN: usize = 64;
 
 /// What the generated packets are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
-    /// UDP datagrams (18 bytes of payload: 60-byte frames).
+    /// UDP datagrams (22 bytes of payload: 64-byte frames).
     Udp,
-    /// TCP segments with ACK|PSH and 6 bytes of payload (60-byte frames): packets of an
+    /// TCP segments with ACK|PSH and 10 bytes of payload (64-byte frames): packets of an
     /// established connection.
     TcpAck,
 }
@@ -46,14 +48,14 @@ impl Template {
     ) -> Self {
         let ip = Packet::eth(src_mac, dst_mac).ipv4(SRC_BASE, dst);
         let frame = match proto {
-            Proto::Udp => ip.udp(0, dport).payload(&[0x5a; 18]).build(),
+            Proto::Udp => ip.udp(0, dport).payload(&[0x5a; 22]).build(),
             Proto::TcpAck => ip
                 .tcp(0, dport)
                 .flags(TcpFlags::ACK | TcpFlags::PSH)
                 .seq(1_000_000)
                 .ack(2_000_000)
                 .window(65_000)
-                .payload(&[0x5a; 6])
+                .payload(&[0x5a; 10])
                 .build(),
         };
         Template { frame, proto }
@@ -104,12 +106,21 @@ impl Generator {
     /// Loads bench_gen for `template`, cycling through `flows` flows (0: every packet new).
     pub fn load(template: &Template, flows: u32) -> Result<Generator> {
         let t = template;
-        ensure!(t.frame.len() >= ETH_IP_LEN + 20, "template frame too short");
+        ensure!(
+            t.frame.len() == FRAME_LEN,
+            "template frame is {} bytes, bench_gen copies {FRAME_LEN}",
+            t.frame.len()
+        );
+        let mut words = [0u64; FRAME_LEN / 8];
+        for (w, b) in words.iter_mut().zip(t.frame.chunks_exact(8)) {
+            *w = u64::from_ne_bytes(b.try_into().expect("8-byte chunk"));
+        }
         let ip_csum = t.word(24);
         let l4_off = t.l4_csum_off() as u32;
         let l4_csum = t.word(ETH_IP_LEN + t.l4_csum_off());
         let udp = u32::from(t.proto == Proto::Udp);
         let mut ebpf = EbpfLoader::new()
+            .override_global("gen_frame", &words, true)
             .override_global("gen_flows", &flows, true)
             .override_global("gen_ip_csum", &ip_csum, true)
             .override_global("gen_l4_csum", &l4_csum, true)
@@ -155,7 +166,11 @@ impl Generator {
     }
 }
 
-/// Pins the calling thread to `cpu` (`taskset -p` on its thread id: no `unsafe` needed).
+/// Real-time priority of the generator thread and the lb's NAPI kthread (SCHED_FIFO).
+pub const RT_PRIORITY: u32 = 50;
+
+/// Pins the calling thread to `cpu` and gives it [`RT_PRIORITY`] (`taskset`/`chrt` on its
+/// thread id: no `unsafe` needed).
 pub fn pin_current_thread(cpu: usize) -> Result<()> {
     let link = std::fs::read_link("/proc/thread-self").context("reading /proc/thread-self")?;
     let tid = link
@@ -163,20 +178,31 @@ pub fn pin_current_thread(cpu: usize) -> Result<()> {
         .and_then(|s| s.to_str())
         .context("thread id from /proc/thread-self")?
         .to_string();
-    pin_task(&tid, cpu)
+    pin_task(&tid, cpu, RT_PRIORITY)
 }
 
-/// Pins task (thread or kthread) `tid` to `cpu`.
-pub fn pin_task(tid: &str, cpu: usize) -> Result<()> {
-    let out = std::process::Command::new("taskset")
-        .args(["-p", "-c", &cpu.to_string(), tid])
-        .output()
-        .context("running taskset (util-linux)")?;
-    ensure!(
-        out.status.success(),
-        "taskset -p -c {cpu} {tid}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+/// Pins task (thread or kthread) `tid` to `cpu` and makes it SCHED_FIFO at `priority`:
+/// on a real NIC the receive path runs in softirq context, ahead of every process; a
+/// threaded NAPI (or the generator) at normal priority would instead share its CPU with
+/// whatever else the machine runs (compilers, on these shared machines).
+pub fn pin_task(tid: &str, cpu: usize, priority: u32) -> Result<()> {
+    let prio = priority.to_string();
+    let cpu = cpu.to_string();
+    for (tool, args) in [
+        ("taskset", ["-p", "-c", cpu.as_str(), tid]),
+        ("chrt", ["-f", "-p", prio.as_str(), tid]),
+    ] {
+        let out = std::process::Command::new(tool)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {tool} (util-linux)"))?;
+        ensure!(
+            out.status.success(),
+            "{tool} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     Ok(())
 }
 
@@ -185,10 +211,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn templates_are_60_byte_frames() {
+    fn templates_are_64_byte_frames() {
         for p in [Proto::Udp, Proto::TcpAck] {
             let t = Template::new(p, [2; 6], [4; 6], Ipv4Addr::new(10, 99, 100, 1), 53);
-            assert_eq!(t.frame.len(), 60, "{p:?}");
+            assert_eq!(t.frame.len(), FRAME_LEN, "{p:?}");
         }
     }
 }
