@@ -207,6 +207,8 @@ pub struct Reconciler {
     /// The VIPs this node answers ARP/NDP for; `None`: all of them (see
     /// [`Reconciler::set_announced`]).
     announced: Option<BTreeSet<IpAddr>>,
+    /// VIPs served on this node outside the XDP frontends (see [`Reconciler::set_proxied_vips`]).
+    proxied_vips: BTreeSet<IpAddr>,
 }
 
 fn to_bpf_key(k: &FrontendKey) -> BpfFrontendKey {
@@ -351,6 +353,7 @@ impl Reconciler {
             backend_gen,
             generation: None,
             announced: None,
+            proxied_vips: BTreeSet::new(),
         };
         // Orphans (ACTIVE backends of no frontend, e.g. a crash between writes) are released.
         for (_, list) in by_frontend {
@@ -503,10 +506,27 @@ impl Reconciler {
         self.sync_vips()
     }
 
-    /// Makes `blixt_vips` hold exactly the VIPs in service, flagged for announcement when
-    /// this node announces them; returns the ones that were not announced before.
+    /// Sets the VIPs this node serves outside the XDP frontends: those of TLS passthrough
+    /// listeners, which blixt-tls proxies. They get ARP/NDP answers like the frontends' VIPs
+    /// (and, like them, only when this node announces them): the kernel answers ARP for an
+    /// IPv4 address it has a local route for, but never a neighbour solicitation for an IPv6
+    /// address it has not configured, so without this an on-link IPv6 VIP with only TLS
+    /// listeners is unreachable. Returns the VIPs this started announcing.
+    pub fn set_proxied_vips(&mut self, vips: BTreeSet<IpAddr>) -> Result<Vec<IpAddr>, ApplyError> {
+        self.proxied_vips = vips;
+        self.sync_vips()
+    }
+
+    /// Makes `blixt_vips` hold exactly the VIPs in service (frontends' and proxied ones),
+    /// flagged for announcement when this node announces them; returns the ones that were not
+    /// announced before.
     fn sync_vips(&mut self) -> Result<Vec<IpAddr>, ApplyError> {
-        let in_use: BTreeSet<IpAddr> = self.frontends.keys().map(|k| k.vip).collect();
+        let in_use: BTreeSet<IpAddr> = self
+            .frontends
+            .keys()
+            .map(|k| k.vip)
+            .chain(self.proxied_vips.iter().copied())
+            .collect();
         let mut before = BTreeMap::new();
         for entry in self.dp.maps.vips.iter() {
             let (k, flags) = entry.map_err(map_err("blixt_vips"))?;

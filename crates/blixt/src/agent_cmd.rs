@@ -299,9 +299,12 @@ fn from_controller(
                         let mut rec = applier.lock().expect("reconciler");
                         // The controller's share of VIPs for this node (ARP/NDP answers),
                         // then the snapshot: VIPs that start being announced by either.
+                        // The VIPs of TLS listeners are answered like the frontends'.
+                        let proxied = tls_frontends.iter().map(|t| t.vip).collect();
                         rec.set_announced(update.announce).and_then(|mut started| {
                             let report = rec.apply(&snap)?;
                             started.extend(&report.announced);
+                            started.extend(rec.set_proxied_vips(proxied)?);
                             Ok((report, started))
                         })
                     };

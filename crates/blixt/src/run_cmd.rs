@@ -426,8 +426,12 @@ pub fn run(args: RunArgs) -> Result<()> {
                 t.translate.as_micros(),
                 t.handed.elapsed().as_micros()
             );
-            // The agent applied the XDP part; now the TLS part of the same generation, then
-            // the statuses of both.
+            // The agent applied the XDP part; now the TLS part of the same generation (its
+            // VIPs answered by ARP/NDP like the frontends'), then the statuses of both.
+            let proxied = p.tls.iter().map(|t| t.vip).collect();
+            if let Err(e) = rec.lock().expect("reconciler").set_proxied_vips(proxied) {
+                warn!("announcing the VIPs of TLS listeners: {e}");
+            }
             tls.0.apply(p.generation, p.tls);
             let mut s = shared.lock().expect("status lock");
             s.current.generation = p.generation;

@@ -563,3 +563,46 @@ fn route_edit_on_disk_breaks_none_of_100_open_tls_connections() {
         );
     }
 }
+
+#[test]
+fn tls_only_vips_on_the_clients_link_are_answered_by_arp_and_ndp() {
+    let s = Standalone::start();
+    let certs = s.certs();
+    let vips = s.vips();
+    // The client treats the TLS-only VIPs as on-link: it must resolve them itself. IPv6 needs
+    // the agent's NDP answers (the kernel answers solicitations only for configured addresses;
+    // the VIP has just a local route), IPv4 gets the agent's ARP answer before the kernel's.
+    let client = &s.lab.client.ns;
+    for vip in vips {
+        client
+            .ip_batch(&[format!("route replace {} dev eth0", vip.ip())])
+            .unwrap();
+    }
+    client.run_in(|| {
+        for vip in vips {
+            let (got, mut tls) = connect(vip, Some("a.example.com"), &certs)
+                .unwrap_or_else(|e| panic!("a.example.com via on-link {vip}: {e}"));
+            assert_eq!(got, 0);
+            assert_eq!(
+                ping(&mut tls, "a.example.com").unwrap(),
+                "be0: a.example.com"
+            );
+        }
+    });
+    let neigh = client.ip(&["neigh", "show", "dev", "eth0"]).unwrap();
+    let lb_mac = s.lab.client.link.lb_mac.to_string();
+    for vip in vips {
+        let ip = vip.ip().to_string();
+        let line = neigh
+            .lines()
+            .find(|l| l.starts_with(&format!("{ip} ")))
+            .unwrap_or_else(|| panic!("{ip} not resolved:\n{neigh}"));
+        assert!(line.contains(&lb_mac), "{ip} resolves to {lb_mac}: {line}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&s.inspect("json")).unwrap();
+    assert!(
+        v["events"]["ndp_reply"].as_u64().unwrap_or(0) >= 1,
+        "the agent answered the IPv6 VIP's solicitation: {}",
+        v["events"]
+    );
+}
