@@ -5,8 +5,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool
 # the benchmark peers (also run at tiny sizes by `make test`): kube-proxy-style iptables and
-# nftables rules, HAProxy, and wrk as the HTTP load generator
-APT_PACKAGES += nftables iptables haproxy wrk
+# nftables rules (with conntrack, the tool kube-proxy uses to clear its entries), HAProxy, and wrk
+# as the HTTP load generator
+APT_PACKAGES += nftables iptables conntrack haproxy wrk
 
 .PHONY: demo test deps k8s-bins deploy-tools build lint unit fixtures lab bench clean help
 

@@ -18,6 +18,7 @@ pub mod cpu;
 pub mod lab;
 pub mod measure;
 pub mod peers;
+pub mod profile;
 pub mod wrk;
 
 use std::collections::BTreeMap;
@@ -73,8 +74,22 @@ pub fn run(mode: Mode, machine: &Machine) -> Result<SuiteOutput> {
             rounds.push(round);
         }
     }
+    let mut profiles = BTreeMap::new();
+    if mode != Mode::Tiny && profile::available() {
+        for system in System::ALL {
+            match profile_short(&lab, &services, &wrk, &sizes, system) {
+                Ok(p) => {
+                    profiles.insert(system, p);
+                }
+                Err(e) => eprintln!("blixt-bench: e2e profile of {}: {e:#}", system.id()),
+            }
+        }
+    }
     let mut out = SuiteOutput {
-        metrics: metrics(&rounds, &lab, machine),
+        metrics: metrics(&rounds, &lab, machine)
+            .into_iter()
+            .chain(profile_metrics(&profiles, machine))
+            .collect(),
         findings: findings(&rounds),
         ..SuiteOutput::default()
     };
@@ -83,6 +98,55 @@ pub fn run(mode: Mode, machine: &Machine) -> Result<SuiteOutput> {
         out.sizes.insert(k.clone(), v.as_u64().unwrap_or(0));
     }
     Ok(out)
+}
+
+/// A short-connection run of `system` under `perf record -a`: samples per bucket
+/// ([`profile::BUCKETS`]) as shares of the non-idle ones.
+fn profile_short(
+    lab: &lab::E2eLab,
+    services: &[peers::Service],
+    wrk: &wrk::Wrk,
+    sizes: &Sizes,
+    system: System,
+) -> Result<Vec<f64>> {
+    let installed = peers::install(system, &lab.lab, services)?;
+    let mut o = wrk::WrkOptions::new(std::time::Duration::from_secs(sizes.short_s)).closing();
+    o.connections = sizes.connections;
+    o.threads = sizes.threads;
+    let rec = profile::Recorder::start(system.id())?;
+    let r = wrk.run(&lab.lab.client.ns, lab.http_target(), &o);
+    let (samples, shares) = rec.finish()?;
+    installed.remove(&lab.lab)?;
+    let r = r?;
+    anyhow::ensure!(samples > 0, "perf recorded no sample");
+    anyhow::ensure!(r.requests > 0, "no request completed under perf");
+    Ok(shares)
+}
+
+fn profile_metrics(profiles: &BTreeMap<System, Vec<f64>>, machine: &Machine) -> Vec<Metric> {
+    let Some(blixt) = profiles.get(&System::Blixt) else {
+        return Vec::new();
+    };
+    profile::BUCKETS
+        .iter()
+        .enumerate()
+        .map(|(i, (id, what))| {
+            let peers: Vec<(&str, Summary)> = profiles
+                .iter()
+                .filter(|(s, _)| **s != System::Blixt)
+                .map(|(s, v)| (s.id(), Summary::exact(v[i])))
+                .collect();
+            Metric::new(
+                SUITE,
+                &format!("e2e.profile.{id}"),
+                "share of non-idle CPU samples",
+                Summary::exact(blixt[i]),
+                &peers,
+                &format!("perf record -a during one short-connection run: {what}"),
+                machine,
+            )
+        })
+        .collect()
 }
 
 /// One metric per measured quantity: Blixt's rounds, the peers beside it.
@@ -458,6 +522,61 @@ fn draw_plots(r: &Results, plots: &PlotDir<'_>) -> Result<Vec<(String, String)>>
     Ok(links)
 }
 
+/// Where the machine's time went in each system's profiled short-connection run.
+fn profile_table(w: &mut String, r: &Results) {
+    let ms: Vec<(&str, &Metric)> = profile::BUCKETS
+        .iter()
+        .filter_map(|(id, what)| r.metric(&format!("e2e.profile.{id}")).map(|m| (*what, m)))
+        .collect();
+    if ms.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "**Where the time goes** (`perf record -a -g` over one extra short-connection run per \
+         system; share of the non-idle CPU samples of the whole machine; a sample counts for \
+         the load balancer when its stack holds Blixt's XDP program or a netfilter function, or \
+         it is HAProxy's):\n\n\
+         | bucket | Blixt | iptables | nftables | HAProxy |\n|---|---:|---:|---:|---:|"
+    );
+    for (what, m) in &ms {
+        let cell = |id: &str| {
+            m.system(id)
+                .map_or("—".into(), |v| format!("{:.1}%", v.median * 100.0))
+        };
+        let _ = writeln!(
+            w,
+            "| {what} | {} | {} | {} | {} |",
+            cell(BLIXT),
+            cell("iptables"),
+            cell("nftables"),
+            cell("haproxy")
+        );
+    }
+    let lb = |id: &str| -> f64 {
+        ["blixt_xdp", "netfilter", "haproxy", "forwarding"]
+            .iter()
+            .filter_map(|b| r.metric(&format!("e2e.profile.{b}")))
+            .filter_map(|m| m.system(id))
+            .map(|v| v.median)
+            .sum()
+    };
+    let _ = writeln!(
+        w,
+        "\nThe load balancer's own share of the machine's busy time: Blixt {:.1}%, iptables \
+         {:.1}%, nftables {:.1}%, HAProxy {:.1}%. The rest — wrk opening and closing \
+         connections and the backends' TCP stacks and servers — is the same work whatever the \
+         lb runs, so on this 2-core machine that shares its CPUs between client, lb and \
+         backends, the connection rate can only move by about the load balancer's share: a \
+         system that costs nothing could at most turn the lb's share into more connections \
+         for the others.\n",
+        lb(BLIXT) * 100.0,
+        lb("iptables") * 100.0,
+        lb("nftables") * 100.0,
+        lb("haproxy") * 100.0,
+    );
+}
+
 /// The report's section for suite 3, or `None` when the run has no metric of it.
 pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
     let Some(short) = r.metric("e2e.short.conn_per_s") else {
@@ -599,6 +718,7 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
         }
         let _ = writeln!(w);
     }
+    profile_table(&mut w, r);
     for f in r.findings.iter().filter(|f| f.starts_with("e2e:")) {
         let _ = writeln!(w, "- {}", f.trim_start_matches("e2e: "));
     }

@@ -631,10 +631,16 @@ impl Netfilter {
         Ok(nf)
     }
 
+    /// Empties the lb's ruleset and its conntrack table, so every run starts as Blixt's does,
+    /// from empty state (entries in TIME_WAIT would otherwise linger for 120 s and fill the
+    /// table across rounds).
     fn flush_checked(&self, lb: &NetNs) -> Result<()> {
-        lb.exec(&["nft", "flush", "ruleset"])
-            .map(|_| ())
-            .context("nft flush ruleset in the lb namespace (is nftables installed? `make deps`)")
+        lb.exec(&["nft", "flush", "ruleset"]).context(
+            "nft flush ruleset in the lb namespace (is nftables installed? `make deps`)",
+        )?;
+        lb.exec(&["conntrack", "-F"])
+            .context("conntrack -F in the lb namespace (is conntrack installed? `make deps`)")?;
+        Ok(())
     }
 
     /// Packets through each backend's DNAT rule.
@@ -666,6 +672,9 @@ impl Netfilter {
     fn flush(&mut self) {
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", &self.lb, "nft", "flush", "ruleset"])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.lb, "conntrack", "-F"])
             .output();
         match out {
             Ok(o) if o.status.success() => {}
