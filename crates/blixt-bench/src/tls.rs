@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use blixt_lab::{Lab, LabSpec};
 
-use crate::plot::{BarChart, Series, BLUE, ORANGE};
+use crate::plot::{BarChart, Series, BLUE, GREY, ORANGE};
 use crate::results::{Machine, Metric, Results, BLIXT};
 use crate::stats::Summary;
 use crate::suite::{GoalRow, PlotDir, Section, SuiteOutput};
@@ -69,7 +69,7 @@ impl Sizes {
                 concurrency: vec![16, 64],
                 rounds: 3,
                 warmup: Duration::from_millis(500),
-                duration: Duration::from_secs(3),
+                duration: Duration::from_millis(2500),
             },
             Mode::Tiny => Sizes {
                 concurrency: vec![4],
@@ -125,7 +125,7 @@ pub fn measure(mode: Mode, sizes: &Sizes) -> Result<(Vec<Round>, Vec<String>)> {
         ns.sysctl_set("net.ipv4.ip_local_port_range", "1024 65000")?;
         ns.sysctl_set("net.ipv4.tcp_tw_reuse", "1")?;
     }
-    let haproxy_vip = System::Haproxy.target(&lab);
+    let haproxy_vip = SocketAddr::new(lab.vip4(systems::HAPROXY_VIP_N).into(), systems::TLS_PORT);
     lab.lb
         .ip(&[
             "addr",
@@ -150,11 +150,10 @@ pub fn measure(mode: Mode, sizes: &Sizes) -> Result<(Vec<Round>, Vec<String>)> {
         for &concurrency in &sizes.concurrency {
             let mut order: Vec<System> = System::ALL
                 .into_iter()
-                .filter(|s| *s == System::Blixt || haproxy)
+                .filter(|s| *s != System::Haproxy || haproxy)
                 .collect();
-            if r % 2 == 1 {
-                order.reverse();
-            }
+            let n = order.len();
+            order.rotate_left(r % n);
             for system in order {
                 eprintln!(
                     "blixt-bench: tls: round {}/{}, {} concurrent, {} ...",
@@ -182,20 +181,23 @@ fn one_round(
     sizes: &Sizes,
 ) -> Result<Round> {
     let running = systems::start(system, lab, backends, work)?;
-    let target: SocketAddr = system.target(lab);
+    let targets = system.targets(lab, backends);
     let spec = load::LoadSpec {
         concurrency,
         warmup: sizes.warmup,
         duration: sizes.duration,
     };
-    let cpu0 = running.cpu_seconds()?;
+    let cpu0 = running.as_ref().map(|r| r.cpu_seconds()).transpose()?;
     let result = lab
         .client
         .ns
-        .run_in(|| load::run(target, backends, spec))
-        .with_context(|| format!("load against {} on {target}", system.label()))?;
-    let cpu = running.cpu_seconds()? - cpu0;
-    let counters = running.stop()?;
+        .run_in(|| load::run(&targets, backends, spec))
+        .with_context(|| format!("load against {} on {targets:?}", system.label()))?;
+    let cpu = match (&running, cpu0) {
+        (Some(r), Some(c0)) => r.cpu_seconds()? - c0,
+        _ => f64::NAN,
+    };
+    let counters = running.map(systems::Running::stop).transpose()?.flatten();
     let verified: u64 = result.per_backend.iter().sum();
     Ok(Round {
         system,
@@ -326,7 +328,8 @@ pub fn metrics(rounds: &[Round], sizes: &Sizes, machine: &Machine) -> Vec<Metric
                 .filter(|r| r.system == s && r.concurrency == c)
                 .collect()
         };
-        let (b, h) = (of(System::Blixt), of(System::Haproxy));
+        let b = of(System::Blixt);
+        let peer_rounds = [System::Haproxy, System::Direct].map(|s| (s, of(s)));
         type Getter = fn(&Round) -> f64;
         let kinds: [(&str, &str, Getter, String); 4] = [
             (
@@ -368,13 +371,16 @@ pub fn metrics(rounds: &[Round], sizes: &Sizes, machine: &Machine) -> Vec<Metric
             let Some(bs) = summary_of(&b, get) else {
                 continue;
             };
-            let hs = summary_of(&h, get);
             blixt_vals.insert(name, bs.median);
-            if let Some(hs) = hs {
-                peer_vals.insert(name, hs.median);
+            let mut peers: Vec<(&str, Summary)> = Vec::new();
+            for (sys, rs) in &peer_rounds {
+                if let Some(ps) = summary_of(rs, get) {
+                    if *sys == System::Haproxy {
+                        peer_vals.insert(name, ps.median);
+                    }
+                    peers.push((sys.key(), ps));
+                }
             }
-            let peers: Vec<(&str, Summary)> =
-                hs.into_iter().map(|s| (System::Haproxy.key(), s)).collect();
             out.push(Metric::new(
                 SUITE,
                 &format!("tls.{name}.c{c}"),
@@ -441,6 +447,7 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
         return Ok(None);
     }
     let hp = System::Haproxy.key();
+    let direct = System::Direct.key();
     let mut w = String::new();
     let _ = writeln!(w, "## Suite 6: TLS passthrough\n");
     let _ = writeln!(
@@ -458,21 +465,23 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
          checked by the certificate it received and the answer; one that reaches the wrong \
          backend fails the run. Handshake latency runs from the start of the TCP connect to the \
          completed TLS handshake; percentiles are exact over all connections of a round. Rounds \
-         alternate the systems; figures are medians over rounds (min–max in parentheses). \
+         rotate the order of the systems; figures are medians over rounds (min–max in parentheses). \
          Client, backends and proxy share the machine's cores, so TLS crypto on the client and \
-         backends takes most of the CPU and bounds the rate for both systems.\n"
+         backends takes most of the CPU. **Direct** is the same load without a proxy (each client \
+         connects to its backend's own address through the lb node's kernel forwarding): the \
+         ceiling any proxy can reach in this lab.\n"
     );
     let _ = writeln!(
         w,
         "| concurrent | system | conn/s | handshake p50 (ms) | handshake p99 (ms) | lb process CPU s per 10k conn |\n|---|---|---|---|---|---|"
     );
     let mut goals = Vec::new();
-    let mut conn_series = (Vec::new(), Vec::new());
-    let mut lat_series = (Vec::new(), Vec::new());
+    let mut conn_series = (Vec::new(), Vec::new(), Vec::new());
+    let mut lat_series = (Vec::new(), Vec::new(), Vec::new());
     let mut lat_categories = Vec::new();
     for &c in &levels {
         let get = |kind: &str| r.metric(&format!("tls.{kind}.c{c}"));
-        for (sys, key) in [("Blixt", BLIXT), ("HAProxy", hp)] {
+        for (sys, key) in [("Blixt", BLIXT), ("HAProxy", hp), ("direct", direct)] {
             let cell = |kind: &str, d: usize| {
                 get(kind)
                     .and_then(|m| m.system(key))
@@ -494,6 +503,9 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
         conn_series
             .1
             .push(conn.and_then(|m| m.system(hp)).and_then(triple));
+        conn_series
+            .2
+            .push(conn.and_then(|m| m.system(direct)).and_then(triple));
         for p in ["p50", "p99"] {
             let m = get(&format!("handshake_{p}_ms"));
             lat_categories.push(format!("{p}, {c} concurrent"));
@@ -507,9 +519,14 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
         let ratio = conn.and_then(|m| m.ratios.get(&format!("{BLIXT}/{hp}")).copied());
         let p99 = get("handshake_p99_ms");
         let p99s = p99.and_then(|m| Some((m.system(BLIXT)?.median, m.system(hp)?.median)));
+        let ceiling = conn
+            .and_then(|m| Some(m.system(direct)?.median / m.system(hp)?.median))
+            .map_or(String::new(), |x| format!(" (no proxy at all: {x:.2}x)"));
         let measured = match (ratio, p99s) {
             (Some(x), Some((b, h))) => {
-                format!("{c} concurrent: {x:.2}x HAProxy's conn/s; p99 {b:.2} ms vs {h:.2} ms")
+                format!(
+                    "{c} concurrent: {x:.2}x HAProxy's conn/s{ceiling}; p99 {b:.2} ms vs {h:.2} ms"
+                )
             }
             _ => format!("{c} concurrent: no HAProxy figure in this run"),
         };
@@ -534,7 +551,7 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
     let _ = writeln!(w);
 
     let categories: Vec<String> = levels.iter().map(|c| format!("{c} concurrent")).collect();
-    let series = |vals: (Vec<_>, Vec<_>)| {
+    let series = |vals: (Vec<_>, Vec<_>, Vec<_>)| {
         vec![
             Series {
                 label: "Blixt".into(),
@@ -545,6 +562,11 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
                 label: "HAProxy".into(),
                 color: ORANGE,
                 values: vals.1,
+            },
+            Series {
+                label: "direct (no proxy)".into(),
+                color: GREY,
+                values: vals.2,
             },
         ]
     };

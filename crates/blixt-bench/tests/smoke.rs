@@ -35,6 +35,12 @@ fn tiny_run_checks_every_path_and_writes_the_report() {
         let name = blixt_bench::map_cost::metric_name(op);
         assert!(r.metric(&name).is_some(), "no metric {name}");
     }
+    // suite 6: Blixt and HAProxy both completed TLS handshakes to the right backends (the
+    // harness checks every connection's certificate); tests/tls.rs checks the details
+    let tls = r
+        .metric("tls.conn_per_s.c4")
+        .expect("TLS passthrough metric");
+    assert!(tls.systems.contains_key("haproxy"), "{tls:?}");
     let lb = r
         .programs
         .iter()

@@ -151,7 +151,8 @@ pub fn client_config(backends: &[Backend]) -> Result<Arc<rustls::ClientConfig>> 
 }
 
 struct Shared {
-    target: SocketAddr,
+    /// Where to connect for the server name of each backend.
+    targets: Vec<SocketAddr>,
     connector: TlsConnector,
     backends: Vec<Backend>,
     names: Vec<ServerName<'static>>,
@@ -166,9 +167,10 @@ struct Shared {
 /// handshake latency.
 async fn one(sh: &Shared, which: usize) -> Result<(usize, Duration)> {
     let t0 = Instant::now();
-    let tcp = TcpStream::connect(sh.target)
+    let target = sh.targets[which];
+    let tcp = TcpStream::connect(target)
         .await
-        .with_context(|| format!("connecting to {}", sh.target))?;
+        .with_context(|| format!("connecting to {target}"))?;
     tcp.set_nodelay(true).context("TCP_NODELAY")?;
     let mut tls = sh
         .connector
@@ -200,10 +202,16 @@ async fn one(sh: &Shared, which: usize) -> Result<(usize, Duration)> {
     Ok((got, handshake))
 }
 
-/// Runs the load against `target` (a VIP:port routing `backends[i].sni` to backend `i`).
-/// Must run on a thread in the client's network namespace: the runtime it builds creates
-/// its sockets there.
-pub fn run(target: SocketAddr, backends: &[Backend], spec: LoadSpec) -> Result<LoadResult> {
+/// Runs the load: connections with server name `backends[i].sni` go to `targets[i]` (a
+/// VIP:port routing that name to backend `i`, or the backend itself). Must run on a thread in
+/// the client's network namespace: the runtime it builds creates its sockets there.
+pub fn run(targets: &[SocketAddr], backends: &[Backend], spec: LoadSpec) -> Result<LoadResult> {
+    anyhow::ensure!(
+        targets.len() == backends.len(),
+        "{} targets for {} backends",
+        targets.len(),
+        backends.len()
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("tls-load")
@@ -216,7 +224,7 @@ pub fn run(target: SocketAddr, backends: &[Backend], spec: LoadSpec) -> Result<L
         .collect::<Result<Vec<_>>>()?;
     let start = Instant::now();
     let sh = Arc::new(Shared {
-        target,
+        targets: targets.to_vec(),
         connector: TlsConnector::from(client_config(backends)?),
         backends: backends.to_vec(),
         names,

@@ -39,16 +39,20 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum System {
     Blixt,
     Haproxy,
+    /// No proxy: each client connects straight to the backend its server name belongs to,
+    /// through the lb node's kernel forwarding. The ceiling of any proxy in this lab.
+    Direct,
 }
 
 impl System {
-    pub const ALL: [System; 2] = [System::Blixt, System::Haproxy];
+    pub const ALL: [System; 3] = [System::Blixt, System::Haproxy, System::Direct];
 
     /// Its key in results.json.
     pub fn key(self) -> &'static str {
         match self {
             System::Blixt => crate::results::BLIXT,
             System::Haproxy => "haproxy",
+            System::Direct => "direct",
         }
     }
 
@@ -56,16 +60,22 @@ impl System {
         match self {
             System::Blixt => "Blixt",
             System::Haproxy => "HAProxy",
+            System::Direct => "direct (no proxy)",
         }
     }
 
-    /// The VIP:port clients connect to.
-    pub fn target(self, lab: &Lab) -> SocketAddr {
-        let n = match self {
-            System::Blixt => BLIXT_VIP_N,
-            System::Haproxy => HAPROXY_VIP_N,
-        };
-        SocketAddr::new(lab.vip4(n).into(), TLS_PORT)
+    /// Where clients connect for the server name of each of `backends`: the system's
+    /// VIP:port, or (direct) the backend itself.
+    pub fn targets(self, lab: &Lab, backends: &[Backend]) -> Vec<SocketAddr> {
+        let vip = |n: u8| SocketAddr::new(lab.vip4(n).into(), TLS_PORT);
+        backends
+            .iter()
+            .map(|b| match self {
+                System::Blixt => vip(BLIXT_VIP_N),
+                System::Haproxy => vip(HAPROXY_VIP_N),
+                System::Direct => b.addr,
+            })
+            .collect()
     }
 }
 
@@ -175,11 +185,19 @@ pub struct BlixtCounters {
     pub backends: Vec<(SocketAddr, u64)>,
 }
 
-/// Starts `system` on the lb node and waits until it serves. `work` is a directory for
-/// HAProxy's configuration.
-pub fn start(system: System, lab: &Lab, backends: &[Backend], work: &Path) -> Result<Running> {
-    let vip = system.target(lab);
+/// Starts `system` on the lb node and waits until it serves (`None` for [`System::Direct`],
+/// which has no process). `work` is a directory for HAProxy's configuration.
+pub fn start(
+    system: System,
+    lab: &Lab,
+    backends: &[Backend],
+    work: &Path,
+) -> Result<Option<Running>> {
+    let Some(&vip) = system.targets(lab, backends).first() else {
+        bail!("no backend to route to");
+    };
     let mut process = match system {
+        System::Direct => return Ok(None),
         System::Blixt => {
             let json = serde_json::to_string(&frontends(vip, backends))?;
             let mut cmd = Command::new(proxy_binary()?);
@@ -201,9 +219,9 @@ pub fn start(system: System, lab: &Lab, backends: &[Backend], work: &Path) -> Re
                 .wait_for_line(START_TIMEOUT, |l| l == "ready")
                 .context("waiting for Blixt's proxy to report ready")?;
         }
-        System::Haproxy => wait_listening(lab, vip, &mut process)?,
+        System::Haproxy | System::Direct => wait_listening(lab, vip, &mut process)?,
     }
-    Ok(Running { system, process })
+    Ok(Some(Running { system, process }))
 }
 
 /// Polls until `vip` is listening in the lb namespace (`ss`), so no probe connection reaches
