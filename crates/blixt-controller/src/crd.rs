@@ -37,6 +37,15 @@ pub struct AddressPoolStatus {
     pub conditions: Option<Vec<Condition>>,
 }
 
+/// Names of the pools with `delegateToLoadBalancer: true`.
+pub fn delegating(pools: &[AddressPool]) -> std::collections::BTreeSet<String> {
+    pools
+        .iter()
+        .filter(|p| p.spec.delegate_to_load_balancer == Some(true))
+        .filter_map(|p| p.metadata.name.clone())
+        .collect()
+}
+
 /// Expands every pool's entries; entries that do not parse or are too large are reported.
 pub fn expand(pools: &[AddressPool]) -> (BTreeMap<String, Vec<IpAddr>>, Vec<String>) {
     let mut out = BTreeMap::new();

@@ -5,10 +5,13 @@
 
 pub mod agents;
 pub mod crd;
+pub mod delegation;
 pub mod index;
 pub mod leader;
 pub mod status;
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,7 @@ use kube::{Api, Client};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
+use crate::delegation::ServiceWriter;
 use crate::index::KubeIndex;
 use crate::leader::{Leadership, LeaseConfig};
 use crate::status::StatusWriter;
@@ -62,6 +66,8 @@ pub async fn check_crds(client: &Client) -> Result<()> {
 pub struct Published {
     pub snapshot: Snapshot,
     pub tls: Vec<TlsFrontend>,
+    /// VIPs agents must not announce: a load balancer announces them (delegated Gateways).
+    pub not_announced: BTreeSet<IpAddr>,
 }
 
 /// Controller settings.
@@ -150,6 +156,7 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
     };
     tokio::spawn(async move {
         let mut writer = StatusWriter::default();
+        let mut services = ServiceWriter::default();
         // generations keep increasing across restarts and leader changes: seeded from the clock
         let mut generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -161,22 +168,32 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
         loop {
             let objects = index.objects();
             let now = Time(k8s_openapi::jiff::Timestamp::now());
-            let (pools, problems) = crd::expand(&index.address_pools());
+            let pool_objects = index.address_pools();
+            let (pools, problems) = crd::expand(&pool_objects);
             for p in &problems {
                 warn!("{p}");
             }
             let mut config = opts.translator.clone();
             config.address_pools.extend(pools);
+            config.delegated_pools = crd::delegating(&pool_objects);
+            config.delegated_addresses = delegation::addresses_from_services(&objects.services);
             let t = translate(&objects, &config, &now);
+            let not_announced: BTreeSet<IpAddr> = t
+                .delegations
+                .iter()
+                .flat_map(|d| d.addresses.iter().copied())
+                .collect();
             let published = Published {
                 snapshot: Snapshot {
                     generation,
                     ..t.snapshot.clone()
                 },
                 tls: t.tls.clone(),
+                not_announced: not_announced.clone(),
             };
             if published.snapshot.frontends != snap_tx.borrow().snapshot.frontends
                 || published.tls != snap_tx.borrow().tls
+                || published.not_announced != snap_tx.borrow().not_announced
                 || first
             {
                 first = false;
@@ -187,12 +204,14 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
                         ..t.snapshot
                     },
                     tls: t.tls,
+                    not_announced,
                 });
                 info!(generation, "new snapshot");
             }
             let leader = leadership.is_leader();
             if leader && (!was_leader || last_resync.elapsed() > opts.resync) {
                 writer.reset();
+                services.reset();
                 last_resync = Instant::now();
             }
             was_leader = leader;
@@ -212,6 +231,7 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
                         &opts.translator.controller_name,
                     )
                     .await;
+                failed += services.write(&client, &objects, &t.delegations).await;
             }
             status_tx.send_replace(statuses);
             // wait for a change (or retry soon after failed writes / to notice leadership)

@@ -30,7 +30,8 @@ struct Published {
     /// Converted once per generation, not once per subscriber (without `announce`, which
     /// each subscriber sets for its node).
     wire: pb::SnapshotUpdate,
-    /// Every VIP of the snapshot and the TLS frontends: what the agents announce.
+    /// Every VIP of the snapshot and the TLS frontends but the excluded ones: what the agents
+    /// announce.
     vips: BTreeSet<IpAddr>,
 }
 
@@ -196,6 +197,17 @@ impl SnapshotServer {
     /// increase; across controller restarts and leader changes too if acks are to compare
     /// (seed the counter from the clock, for instance).
     pub fn publish(&self, snapshot: Snapshot, tls: Vec<TlsFrontend>) -> Result<(), PublishError> {
+        self.publish_excluding(snapshot, tls, &BTreeSet::new())
+    }
+
+    /// [`publish`](Self::publish), with VIPs no agent announces (ARP/NDP) because something
+    /// else does: the addresses a LoadBalancer Service got for a delegating Gateway.
+    pub fn publish_excluding(
+        &self,
+        snapshot: Snapshot,
+        tls: Vec<TlsFrontend>,
+        not_announced: &BTreeSet<IpAddr>,
+    ) -> Result<(), PublishError> {
         snapshot.validate().map_err(PublishError::Invalid)?;
         let generation = snapshot.generation;
         let vips = snapshot
@@ -203,6 +215,7 @@ impl SnapshotServer {
             .iter()
             .map(|f| f.key.vip)
             .chain(tls.iter().map(|t| t.vip))
+            .filter(|vip| !not_announced.contains(vip))
             .collect();
         let published = Arc::new(Published {
             generation,

@@ -961,3 +961,23 @@ async fn every_vip_has_one_announcer_and_moves_when_its_agent_leaves() {
     a.stop().await;
     running.stop().await;
 }
+
+/// VIPs published as announced by someone else (a load balancer) are in nobody's share.
+#[tokio::test]
+async fn excluded_vips_are_announced_by_no_agent() {
+    let server = token_server();
+    let excluded: BTreeSet<IpAddr> =
+        ["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()].into();
+    server
+        .publish_excluding(snapshot(1, 3), tls_frontends(1), &excluded)
+        .unwrap();
+    let running = Running::start(&server, None).await;
+    let a = Agent::start(token_config(running.http(), "node-a", "agent-token"), &[]);
+    a.wait_applied(1).await;
+    let expected: BTreeSet<IpAddr> =
+        ["192.0.2.2".parse().unwrap(), "192.0.2.3".parse().unwrap()].into();
+    assert_eq!(announced(&a), Some(expected));
+    assert!(server.vip_owners().keys().all(|v| !excluded.contains(v)));
+    a.stop().await;
+    running.stop().await;
+}

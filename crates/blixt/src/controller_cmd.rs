@@ -147,8 +147,8 @@ fn agent_auth(
                  agents' certificates): otherwise no certificate would be allowed"
             );
         }
-        let policy = AccessPolicy::users(args.agent_users.clone())
-            .or_groups(args.agent_groups.clone());
+        let policy =
+            AccessPolicy::users(args.agent_users.clone()).or_groups(args.agent_groups.clone());
         // A presented certificate decides; a token is looked at only without one.
         let either = FirstPresented(vec![certificates, tokens()]);
         return Ok((Arc::new(either), policy));
@@ -248,7 +248,9 @@ pub fn run(args: ControllerArgs) -> Result<()> {
         }
         let publish = |p: &blixt_controller::Published| {
             if let Some(s) = &server {
-                if let Err(e) = s.publish(p.snapshot.clone(), p.tls.clone()) {
+                if let Err(e) =
+                    s.publish_excluding(p.snapshot.clone(), p.tls.clone(), &p.not_announced)
+                {
                     tracing::warn!("publishing generation {}: {e}", p.snapshot.generation);
                 }
             }

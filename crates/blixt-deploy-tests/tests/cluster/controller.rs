@@ -7,9 +7,6 @@
 use std::time::Duration;
 
 use blixt_controller::agents::TokenReviewVerifier;
-use blixt_controller::leader::LeaseConfig;
-use blixt_controller::{start, ControllerOptions};
-use blixt_core::translator::TranslatorConfig;
 use blixt_deploy_tests::{
     apply_all, delete_cluster_scoped, dynamic_api, eventually, parse, unique_fullname, HelmRender,
     Mode,
@@ -46,34 +43,13 @@ async fn the_controller_runs_under_the_charts_service_account() {
         .await
         .unwrap_or_else(|e| panic!("installing the chart: {e:#}"));
 
-    let controller_account = format!("{fullname}-controller");
-    let as_controller = cluster.client_as_service_account(ns.name(), &controller_account);
-    let opts = ControllerOptions {
-        translator: TranslatorConfig {
-            controller_name: controller_name.clone(),
-            ..TranslatorConfig::default()
-        },
-        lease: LeaseConfig {
-            namespace: ns.name().to_owned(),
-            name: "blixt-controller".into(),
-            identity: format!("{fullname}-controller-0"),
-            lease_duration: Duration::from_secs(6),
-            renew_every: Duration::from_secs(1),
-        },
-        debounce: Duration::from_millis(50),
-        resync: Duration::from_secs(300),
-        programmed_gate: None,
-    };
-    // RBAC caches may take a moment after the bindings were created; the CRD check and the
-    // initial lists are the first calls the controller makes.
-    let running = eventually(
-        "the controller starts under its ServiceAccount",
-        Duration::from_secs(20),
-        || {
-            let client = as_controller.clone();
-            let opts = opts.clone();
-            async move { start(client, opts).await.map_err(|e| format!("{e:#}")) }
-        },
+    let as_controller =
+        cluster.client_as_service_account(ns.name(), &format!("{fullname}-controller"));
+    let running = crate::common::controller_as_service_account(
+        cluster,
+        ns.name(),
+        &fullname,
+        &controller_name,
     )
     .await;
 

@@ -4,6 +4,8 @@
 //! impersonation. Needs tests/k8s/build.sh and deploy/tools.sh (make test runs both).
 
 mod apply;
+mod common;
 mod controller;
 mod crd;
+mod delegation;
 mod rbac;

@@ -1,0 +1,49 @@
+//! What several cluster tests share: the real controller started under the chart's
+//! ServiceAccount.
+
+use std::time::Duration;
+
+use blixt_controller::leader::LeaseConfig;
+use blixt_controller::{start, ControllerOptions, Running};
+use blixt_core::translator::TranslatorConfig;
+use blixt_deploy_tests::eventually;
+use blixt_k8s_harness::Cluster;
+
+/// Starts `blixt_controller::start` (what `blixt controller` runs) with a client that
+/// impersonates `<fullname>-controller` of namespace `ns`, for `controller_name`'s classes.
+/// Retries while the RBAC bindings just created are not yet in force.
+pub async fn controller_as_service_account(
+    cluster: &Cluster,
+    ns: &str,
+    fullname: &str,
+    controller_name: &str,
+) -> Running {
+    let as_controller = cluster.client_as_service_account(ns, &format!("{fullname}-controller"));
+    let opts = ControllerOptions {
+        translator: TranslatorConfig {
+            controller_name: controller_name.to_owned(),
+            ..TranslatorConfig::default()
+        },
+        lease: LeaseConfig {
+            namespace: ns.to_owned(),
+            name: "blixt-controller".into(),
+            identity: format!("{fullname}-controller-0"),
+            lease_duration: Duration::from_secs(6),
+            renew_every: Duration::from_secs(1),
+        },
+        debounce: Duration::from_millis(50),
+        resync: Duration::from_secs(300),
+        programmed_gate: None,
+    };
+    // The CRD check and the initial lists are the first calls the controller makes.
+    eventually(
+        "the controller starts under its ServiceAccount",
+        Duration::from_secs(20),
+        || {
+            let client = as_controller.clone();
+            let opts = opts.clone();
+            async move { start(client, opts).await.map_err(|e| format!("{e:#}")) }
+        },
+    )
+    .await
+}
