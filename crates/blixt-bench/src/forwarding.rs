@@ -228,9 +228,12 @@ pub fn run(mode: Mode, machine: &Machine) -> Result<SuiteOutput> {
     for ((id, sys), s) in &samples {
         if sys.forwards() {
             findings.push(format!(
-                "{FINDING}{}: {id}: packets per backend over all rounds {:?}",
+                "{FINDING}{}: {id}: packets per backend over all rounds {:?}; the generator \
+                 offered {:.3} Mpps (median), {:.3} Mpps forwarded",
                 sys.name(),
-                s.per_backend
+                s.per_backend,
+                Summary::of(&s.offered_pps).median / 1e6,
+                Summary::of(&s.forwarded_pps).median / 1e6,
             ));
         }
     }
@@ -357,6 +360,25 @@ fn metrics(
     }
     out
 }
+
+/// Why Blixt's new-flow rate falls short, as profiled (printed when the goal is not met).
+const NEW_FLOWS_SHORTFALL: &str = "**Why new flows/s falls short of 2x nftables.** With every \
+    packet a new flow, Blixt's full NAT runs out of source ports: the agent's default range \
+    (1024–32767) gives 31,744 ports per backend on the node address, and a UDP flow holds its \
+    port for the 30 s UDP timeout, so past about 95k live flows (3 backends) every probed port \
+    is taken (`ct_insert_failed` above counts the flows that found none and were forwarded \
+    statelessly). A `perf record -a -g` of the LB's NAPI thread during this scenario puts \
+    `htab_lru_map_update_elem` (called from `blixt_lb`) at the top: each of the up to \
+    `snat_tries` = 16 probes is a `BPF_NOEXIST` update of the LRU conntrack map, and an LRU \
+    update pops a free node *before* it checks for the key — on a full map that evicts a live \
+    entry (`bpf_lru_pop_free`) even when the update then fails with -EEXIST. So a full port \
+    space costs 16 evicting updates plus 16 lookups per packet and destroys other flows' state \
+    while doing it. The fix belongs in `lb_xdp.bpf.c` (not changed by this suite): probe with \
+    `bpf_map_lookup_elem` (no eviction) and update only a port whose lookup missed; give the \
+    SNAT more room (several node addresses, or the port range up to 65535 when the node's own \
+    ephemeral range allows); and let a UDP flow with no reply yet expire sooner than an \
+    answered one (conntrack does: 30 s unreplied, 120 s once a reply was seen), so a flood of \
+    one-packet flows does not hold ports for 30 s.\n\n";
 
 fn mpps(v: f64) -> String {
     format!("{:.2}", v / 1e6)
@@ -536,6 +558,13 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
             w += &format!("- {}\n", f.trim_start_matches(FINDING));
         }
         w += "\n";
+    }
+
+    let new_ratio = r
+        .metric("forwarding.new_flows.pps")
+        .and_then(|m| m.ratios.get("blixt/nftables").copied());
+    if new_ratio.is_some_and(|x| x < 2.0) {
+        w += NEW_FLOWS_SHORTFALL;
     }
 
     let mut goals = Vec::new();
