@@ -291,13 +291,14 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
     }
 
     // Dataplane.
+    let by_listener = routes_by_listener(&routes);
     let mut frontends = Vec::new();
     let mut tls = Vec::new();
     for (gi, g) in gateways.iter().enumerate() {
         if !g.programmed.is_true() {
             continue;
         }
-        let on_listener = |li: usize| routes_on(&routes, gi, li);
+        let on_listener = |li: usize| routes_on(&by_listener, gi, li);
         for &vip in &g.addresses.assigned {
             let mut tls_ports: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
             for (li, l) in g.listeners.iter().enumerate() {
@@ -331,7 +332,7 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
                 });
             }
             for (port, lis) in tls_ports {
-                tls.push(tls_frontend(g, gi, vip, port, &lis, &routes));
+                tls.push(tls_frontend(g, gi, vip, port, &lis, &by_listener));
             }
         }
     }
@@ -664,7 +665,7 @@ fn tls_frontend(
     vip: IpAddr,
     port: u16,
     lis: &[usize],
-    routes: &[RouteEval<'_>],
+    routes: &ByListener<'_, '_>,
 ) -> TlsFrontend {
     let more_specific = |a: Option<&str>, b: Option<&str>| match (a, b) {
         (Some(a), Some(b)) => precedence(a, b).is_lt(),
@@ -674,7 +675,7 @@ fn tls_frontend(
     let mut entries: Vec<SniRoute> = Vec::new();
     for &li in lis {
         let l = &g.listeners[li];
-        for (r, hostnames) in routes_on(routes, gi, li) {
+        for &(r, hostnames) in routes_on(routes, gi, li) {
             let Some(refs) = r.rules.first() else {
                 continue;
             };
@@ -729,25 +730,37 @@ fn tls_frontend(
     }
 }
 
+/// The routes attached to each listener, keyed by (Gateway index, listener index), oldest
+/// first, with their hostnames there.
+type ByListener<'r, 'a> = BTreeMap<(usize, usize), Vec<(&'r RouteEval<'a>, &'r [String])>>;
+
+/// Indexes the routes by listener once. (Scanning every route for each listener made the
+/// translation quadratic: 10,000 single-route listeners took 1.5 s.)
+fn routes_by_listener<'r, 'a>(routes: &'r [RouteEval<'a>]) -> ByListener<'r, 'a> {
+    let mut by: ByListener<'r, 'a> = BTreeMap::new();
+    for r in routes {
+        for p in &r.parents {
+            for a in &p.attachments {
+                by.entry((p.gateway, a.listener))
+                    .or_default()
+                    .push((r, a.hostnames.as_slice()));
+            }
+        }
+    }
+    // stable: routes of the same age keep their order
+    for v in by.values_mut() {
+        v.sort_by_key(|(r, _)| age_key(r.view.meta));
+    }
+    by
+}
+
 /// Routes attached to listener `li` of Gateway `gi`, oldest first, with their hostnames there.
-fn routes_on<'r, 'a>(
-    routes: &'r [RouteEval<'a>],
+fn routes_on<'m, 'r, 'a>(
+    by: &'m ByListener<'r, 'a>,
     gi: usize,
     li: usize,
-) -> Vec<(&'r RouteEval<'a>, &'r [String])> {
-    let mut v: Vec<_> = routes
-        .iter()
-        .flat_map(|r| {
-            r.parents
-                .iter()
-                .filter(move |p| p.gateway == gi)
-                .flat_map(|p| p.attachments.iter())
-                .filter(move |a| a.listener == li)
-                .map(move |a| (r, a.hostnames.as_slice()))
-        })
-        .collect();
-    v.sort_by_key(|(r, _)| age_key(r.view.meta));
-    v
+) -> &'m [(&'r RouteEval<'a>, &'r [String])] {
+    by.get(&(gi, li)).map_or(&[], Vec::as_slice)
 }
 
 fn gateway_status(g: &GatewayEval<'_>, now: &Time) -> GatewayStatus {
