@@ -7,4 +7,4 @@
 pub mod config;
 pub mod status;
 
-pub use config::{load, ConfigError, LoadedConfig, NodeConfigSpec};
+pub use config::{load, ConfigError, LoadCache, LoadedConfig, NodeConfigSpec};

@@ -23,7 +23,7 @@ use blixt_bpf::DataplaneOptions;
 use blixt_core::snapshot::Snapshot;
 use blixt_core::tls::TlsFrontend;
 use blixt_core::translator::Statuses;
-use blixt_standalone::config::{config_files, LoadedConfig, NodeConfigSpec};
+use blixt_standalone::config::{config_files, LoadCache, LoadedConfig, NodeConfigSpec};
 use blixt_standalone::status::{report, StatusReport};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
@@ -110,6 +110,8 @@ struct StandaloneSource {
     node: NodeConfigSpec,
     shared: Arc<Mutex<Shared>>,
     first: Option<LoadedConfig>,
+    /// Keeps every file's objects: a reload parses only the files that changed.
+    cache: LoadCache,
     /// Wakes [`SnapshotSource::wait`] on a change; `None` where inotify is unavailable (the
     /// poll interval alone then paces reloads).
     watcher: Option<watch::Watcher>,
@@ -180,7 +182,7 @@ impl SnapshotSource for StandaloneSource {
         let detected = unix_us();
         let started = Instant::now();
         self.fingerprint = fp;
-        match blixt_standalone::load(&self.path) {
+        match self.cache.load(&self.path) {
             Ok(loaded) => Some(Ok(self.translate(loaded, detected, started.elapsed()))),
             Err(e) => {
                 let msg = e.to_string();
@@ -364,7 +366,9 @@ pub fn agent_options(spec: &NodeConfigSpec) -> AgentOptions {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let loaded = blixt_standalone::load(&args.config)
+    let mut cache = LoadCache::default();
+    let loaded = cache
+        .load(&args.config)
         .map_err(|e| anyhow!("{e}"))
         .with_context(|| format!("loading {}", args.config.display()))?;
     let spec = loaded.node.clone();
@@ -403,6 +407,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         node: spec.clone(),
         shared: shared.clone(),
         first: Some(loaded),
+        cache,
         watcher: match watch::Watcher::new(&args.config) {
             Ok(w) => Some(w),
             Err(e) => {

@@ -13,6 +13,7 @@
 //!   file is ignored;
 //! - a load is all-or-nothing and reports every problem it finds ([`ConfigError`]).
 
+mod cache;
 mod error;
 mod locate;
 mod node;
@@ -33,6 +34,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+pub use self::cache::LoadCache;
 pub use self::error::{ConfigError, Problem, ProblemKind};
 pub use self::node::{
     AddressBlock, MapSizes, NodeConfigSpec, PortRange, Seconds, Timeouts, DEFAULT_METRICS_ADDRESS,
