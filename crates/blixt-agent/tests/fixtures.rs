@@ -1191,3 +1191,81 @@ fn new_flows_take_the_backends_cached_next_hop() {
         assert_eq!(fx.ct(&key(51003)).unwrap().fib_dmac, moved);
     });
 }
+
+#[test]
+fn a_closed_or_expired_flows_source_port_is_taken_over_when_all_are_in_use() {
+    // four source ports: four flows take them all
+    with_fixture(&one_backend(), node(2000, 2003), |fx| {
+        let key = |sport| FlowKey::new(client4().into(), sport, vip4().into(), 80, 6);
+        let rkey = |port| FlowKey::new(be4(1).into(), 8080, snat4().into(), port, 6);
+        let mut ports = Vec::new();
+        for sport in 53000..53004 {
+            assert_eq!(fx.run(&syn_from(sport), fx.fx0).0, XDP_REDIRECT);
+            ports.push(u16::from_be(fx.ct(&key(sport)).unwrap().nsport));
+        }
+        let mut sorted = ports.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [2000, 2001, 2002, 2003], "each flow its own port");
+
+        // every port in use by a live flow: the fifth flow cannot be tracked
+        assert_eq!(fx.run(&syn_from(53010), fx.fx0).0, XDP_REDIRECT);
+        assert!(fx.ct(&key(53010)).is_none());
+        assert_eq!(fx.stat(shared::STAT_CT_INSERT_FAILED), 1);
+        assert_eq!(fx.stat(shared::STAT_SNAT_PORT_REUSED), 0);
+
+        // the first flow's backend closes (FIN): closing, but still within its last second
+        let fin = Packet::eth(backend_mac(1), FX1_MAC)
+            .ipv4(be4(1), snat4())
+            .tcp(8080, ports[0])
+            .flags(TcpFlags::ACK | TcpFlags::FIN)
+            .build();
+        assert_eq!(fx.run(&fin, fx.fx1).0, XDP_REDIRECT);
+        assert_eq!(fx.ct(&rkey(ports[0])).unwrap().state, CT_CLOSING);
+        assert_eq!(fx.run(&syn_from(53011), fx.fx0).0, XDP_REDIRECT);
+        assert!(
+            fx.ct(&key(53011)).is_none(),
+            "a just-closed port is not reused"
+        );
+        assert_eq!(fx.stat(shared::STAT_SNAT_PORT_REUSED), 0);
+
+        // three seconds later (written into the entry: last_seen is all the program reads)
+        let now = blixt_agent::reconciler::monotonic_ns();
+        let age = |fx: &mut Fx, k: &FlowKey, by: u64| {
+            let mut e = fx.ct(k).unwrap();
+            e.last_seen_ns = now - by;
+            fx.rec.dataplane().maps.conntrack.insert(k, e, 0).unwrap();
+        };
+        age(fx, &rkey(ports[0]), 3_000_000_000);
+        assert_eq!(fx.run(&syn_from(53012), fx.fx0).0, XDP_REDIRECT);
+        let e = fx.ct(&key(53012)).expect("the new flow is tracked");
+        assert_eq!(
+            u16::from_be(e.nsport),
+            ports[0],
+            "on the closed flow's port"
+        );
+        let r = fx.ct(&rkey(ports[0])).unwrap();
+        assert_eq!(
+            u16::from_be(r.ndport),
+            53012,
+            "replies on that port go to the new client"
+        );
+        assert!(
+            fx.ct(&key(53000)).is_none(),
+            "the old flow's client side is gone"
+        );
+        assert_eq!(fx.stat(shared::STAT_SNAT_PORT_REUSED), 1);
+
+        // a flow idle past its state's timeout (SYN seen only: 60 s) is over too
+        age(fx, &key(53001), 61_000_000_000);
+        age(fx, &rkey(ports[1]), 61_000_000_000);
+        assert_eq!(fx.run(&syn_from(53013), fx.fx0).0, XDP_REDIRECT);
+        let e = fx.ct(&key(53013)).expect("tracked");
+        assert_eq!(u16::from_be(e.nsport), ports[1]);
+        assert!(fx.ct(&key(53001)).is_none());
+        assert_eq!(fx.stat(shared::STAT_SNAT_PORT_REUSED), 2);
+        // live flows kept theirs
+        for (sport, port) in [(53002, ports[2]), (53003, ports[3])] {
+            assert_eq!(u16::from_be(fx.ct(&key(sport)).unwrap().nsport), port);
+        }
+    });
+}

@@ -32,6 +32,7 @@ struct new_flow_scratch {
 	struct blixt_ct_entry fwd;
 	struct blixt_ct_entry rev;
 	struct blixt_flow_key rkey;
+	struct blixt_flow_key okey; /* the client-side key of a flow whose port is taken over */
 };
 
 struct {
@@ -389,6 +390,60 @@ static __always_inline int same_addr(const __u8 *a, const __u8 *b)
 	return !((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]));
 }
 
+static __always_inline __u64 state_timeout_ns(const struct blixt_config *cfg, __u8 proto,
+						 __u8 state)
+{
+	__u32 s;
+	if (proto != IPPROTO_TCP)
+		s = cfg->udp_timeout_s;
+	else if (state == BLIXT_CT_CLOSING)
+		s = cfg->tcp_closing_timeout_s;
+	else if (state == BLIXT_CT_ESTABLISHED)
+		s = cfg->tcp_established_timeout_s;
+	else
+		s = cfg->tcp_syn_timeout_s;
+	return (__u64)s * NSEC_PER_SEC;
+}
+
+/* Is the flow of this entry over: closing (FIN or RST seen) or idle past its state's timeout? */
+static __always_inline int entry_over(const struct blixt_config *cfg,
+				      const struct blixt_ct_entry *e, __u8 proto, __u64 now)
+{
+	if (e->last_seen_ns > now)
+		return 0; /* refreshed by another CPU since this packet read the clock */
+	__u64 idle = now - e->last_seen_ns;
+	/* last_seen has one-second resolution: more than 2 s is at least a second of quiet */
+	if (e->state == BLIXT_CT_CLOSING && idle > 2 * NSEC_PER_SEC)
+		return 1;
+	return idle > state_timeout_ns(cfg, proto, e->state);
+}
+
+/*
+ * May a new flow take over the source port of `old`, a reply-direction entry? Only when its
+ * flow is over, as either direction saw it (a client's RST marks only the client's side), or
+ * when the client's side is gone (evicted) and the port has been quiet for 2 s. Leaves the old
+ * flow's client-side key in `okey`. The backend may still hold the 4-tuple in TIME_WAIT; Linux
+ * accepts a new SYN there when its timestamp is newer, as it is for a client whose flows share
+ * a timestamp offset (one per address pair).
+ */
+static __always_inline int port_reusable(const struct blixt_config *cfg,
+					 const struct blixt_ct_entry *old, __u8 proto, __u8 family,
+					 __u64 now, struct blixt_flow_key *okey)
+{
+	__builtin_memcpy(okey->src, old->ndst, 16);
+	__builtin_memcpy(okey->dst, old->nsrc, 16);
+	okey->sport = old->ndport;
+	okey->dport = old->nsport;
+	okey->proto = proto;
+	okey->family = family;
+	if (entry_over(cfg, old, proto, now))
+		return 1;
+	struct blixt_ct_entry *fwd = bpf_map_lookup_elem(&blixt_conntrack, okey);
+	if (fwd)
+		return entry_over(cfg, fwd, proto, now);
+	return old->last_seen_ns <= now && now - old->last_seen_ns > 2 * NSEC_PER_SEC;
+}
+
 /* A new flow to frontend `fe`: pick, track, rewrite, forward. */
 static __always_inline int new_flow(struct xdp_md *ctx, struct pkt *p, struct blixt_frontend *fe,
 				    struct blixt_ct_entry **out)
@@ -460,23 +515,53 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct pkt *p, struct bl
 
 	int tracked = 0;
 	__u16 port = bpf_htons(pmin + start);
+	__u32 spare = 0; /* 1 + offset of the first port whose flow is over (port_reusable) */
 	for (__u32 i = 0; i < snat_tries && i < 64; i++) {
 		__u32 off = start + i;
 		if (off >= range)
 			off %= range;
 		port = bpf_htons(pmin + off);
 		rkey.dport = port;
-		if (bpf_map_update_elem(&blixt_conntrack, &rkey, &rev, BPF_NOEXIST) == 0) {
+		/*
+		 * The first port is tried by inserting at once (usually it is free: one map operation).
+		 * Later ones are looked up first: an LRU insert takes a free element before it checks
+		 * the key, so on a full table every failed insert would evict some other flow.
+		 */
+		struct blixt_ct_entry *old = 0;
+		if (i > 0)
+			old = bpf_map_lookup_elem(&blixt_conntrack, &rkey);
+		if (!old && bpf_map_update_elem(&blixt_conntrack, &rkey, &rev, BPF_NOEXIST) == 0) {
 			tracked = 1;
 			break;
 		}
 		/* taken; by this very flow (state lost on our side, e.g. LRU eviction)? reuse it */
-		struct blixt_ct_entry *old = bpf_map_lookup_elem(&blixt_conntrack, &rkey);
+		if (!old)
+			old = bpf_map_lookup_elem(&blixt_conntrack, &rkey);
 		if (old && old->nsport == rev.nsport && old->ndport == rev.ndport &&
 		    same_addr(old->ndst, rev.ndst) && same_addr(old->nsrc, rev.nsrc)) {
 			if (bpf_map_update_elem(&blixt_conntrack, &rkey, &rev, BPF_ANY) == 0)
 				tracked = 1;
 			break;
+		}
+		if (!spare && old && port_reusable(cfg, old, rkey.proto, rkey.family, now, &sc->okey))
+			spare = off + 1;
+	}
+	if (!tracked && spare) {
+		/*
+		 * Every probed port is in use, some by a flow that is over (closed flows keep their
+		 * entries until the sweeper or LRU eviction removes them, so a high rate of short
+		 * connections would otherwise run out of ports): take that one over, and drop the old
+		 * flow's client-side entry so that nothing of it is left pointing at this port.
+		 */
+		port = bpf_htons(pmin + spare - 1);
+		rkey.dport = port;
+		/* the old flow's client-side key: okey as port_reusable() left it for this port */
+		struct blixt_ct_entry *old = bpf_map_lookup_elem(&blixt_conntrack, &rkey);
+		if (old && port_reusable(cfg, old, rkey.proto, rkey.family, now, &sc->okey) &&
+		    bpf_map_update_elem(&blixt_conntrack, &rkey, &rev, BPF_ANY) == 0) {
+			bpf_map_delete_elem(&blixt_conntrack, &sc->okey);
+			stat_inc(BLIXT_STAT_SNAT_PORT_REUSED);
+			tracked = 1;
 		}
 	}
 	if (!tracked)
@@ -530,19 +615,6 @@ static __always_inline int lookup_frontend_and_start(struct xdp_md *ctx, struct 
 	return new_flow(ctx, p, fe, out);
 }
 
-static __always_inline __u64 state_timeout_ns(struct blixt_config *cfg, __u8 proto, __u8 state)
-{
-	__u32 s;
-	if (proto != IPPROTO_TCP)
-		s = cfg->udp_timeout_s;
-	else if (state == BLIXT_CT_CLOSING)
-		s = cfg->tcp_closing_timeout_s;
-	else if (state == BLIXT_CT_ESTABLISHED)
-		s = cfg->tcp_established_timeout_s;
-	else
-		s = cfg->tcp_syn_timeout_s;
-	return (__u64)s * NSEC_PER_SEC;
-}
 
 /* A packet of a tracked flow, either direction. */
 static __always_inline int tracked_flow(struct xdp_md *ctx, struct pkt *p, struct blixt_ct_entry *ct)

@@ -36,6 +36,7 @@ pub const STAT_NAMES: &[&str] = &[
     "tx_error",
     "arp_reply",
     "ndp_reply",
+    "snat_port_reused",
 ];
 
 pub const STAT_REJECT_NO_BACKEND: u32 = 0;
@@ -52,7 +53,8 @@ pub const STAT_NO_SNAT_ADDR: u32 = 10;
 pub const STAT_TX_ERROR: u32 = 11;
 pub const STAT_ARP_REPLY: u32 = 12;
 pub const STAT_NDP_REPLY: u32 = 13;
-pub const STAT_MAX: u32 = 14;
+pub const STAT_SNAT_PORT_REUSED: u32 = 14;
+pub const STAT_MAX: u32 = 15;
 
 /// A 16-byte address as the dataplane stores it (IPv4 in the first four bytes).
 pub fn addr_bytes(addr: IpAddr) -> [u8; 16] {

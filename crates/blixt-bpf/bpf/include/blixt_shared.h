@@ -53,6 +53,8 @@ enum blixt_stat {
 	BLIXT_STAT_TX_ERROR,              /* adjust_tail / redirect failures */
 	BLIXT_STAT_ARP_REPLY,             /* ARP requests for a VIP answered */
 	BLIXT_STAT_NDP_REPLY,             /* neighbour solicitations for a VIP answered */
+	BLIXT_STAT_SNAT_PORT_REUSED,      /* every probed source port taken: a closed or expired
+					     flow's port was taken over */
 	BLIXT_STAT_MAX,
 };
 
