@@ -10,6 +10,8 @@
 //!   [`NetNs::run_in`].
 //! - [`EchoServer`] (TCP and UDP, answers name the backend and the peer it saw) and the
 //!   traffic clients [`tcp_burst`], [`udp_flows`] and [`LongLived`].
+//! - With the feature `tls-testing`, [`tls`]: rustls backends with certificates of their own
+//!   and a client that tells them apart by the certificate that comes back.
 //! - The `blixt-lab` binary exposes the same as subcommands for scripts.
 //!
 //! ```no_run
@@ -32,6 +34,8 @@ pub mod echo;
 pub mod netns;
 pub mod process;
 mod sys;
+#[cfg(feature = "tls-testing")]
+pub mod tls;
 pub mod topology;
 pub mod traffic;
 pub mod veth;

@@ -5,224 +5,19 @@
 //!
 //! Needs root (namespaces, BPF).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::net::SocketAddr;
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use blixt_core::snapshot::{Backend, BackendAddr, BackendState};
 use blixt_core::tls::{SniRoute, TlsFrontend};
+use blixt_lab::tls::{connect, expect_reset, ping, CertificateDer, Tls, TlsBackend, BACKEND_PORT};
 use blixt_lab::{require_root, Lab, LabSpec};
 use blixt_tls::steer::SteerStats;
 use blixt_tls::{ProxyConfig, ProxyStats, RejectReason, Steering, TlsPassthrough};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 const TLS_PORT: u16 = 443;
-const BACKEND_PORT: u16 = 8443;
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A rustls server in a backend namespace: answers each line with `<name>: <line>`.
-struct TlsBackend {
-    cert: CertificateDer<'static>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for TlsBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn start_backend(lab: &Lab, i: usize) -> TlsBackend {
-    let name = format!("be{i}");
-    let ck =
-        rcgen::generate_simple_self_signed(vec![format!("{name}.backend.test")]).expect("rcgen");
-    let cert = ck.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.clone()], key)
-            .expect("server config"),
-    );
-    let listener = lab
-        .backend(i)
-        .ns
-        .run_in(|| TcpListener::bind(("0.0.0.0", BACKEND_PORT)))
-        .expect("backend bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let thread = std::thread::spawn(move || {
-        while !stop2.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((sock, _)) => {
-                    let config = config.clone();
-                    let name = name.clone();
-                    let stop3 = stop2.clone();
-                    std::thread::spawn(move || serve_one(sock, config, &name, &stop3));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => panic!("backend accept: {e}"),
-            }
-        }
-    });
-    TlsBackend {
-        cert,
-        stop,
-        thread: Some(thread),
-    }
-}
-
-fn serve_one(sock: TcpStream, config: Arc<rustls::ServerConfig>, name: &str, stop: &AtomicBool) {
-    sock.set_nonblocking(false).expect("blocking");
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let conn = rustls::ServerConnection::new(config).expect("server conn");
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    let mut line = String::new();
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut reader = BufReader::new(&mut tls);
-        match reader.read_line(&mut line) {
-            Ok(0) => return,
-            Ok(_) => {
-                let answer = format!("{name}: {line}");
-                line.clear();
-                drop(reader);
-                if tls.write_all(answer.as_bytes()).is_err() || tls.flush().is_err() {
-                    return;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-/// Accepts any server certificate: the test identifies the backend by which one it got.
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn client_config(sni: bool) -> Arc<rustls::ClientConfig> {
-    let p = provider();
-    let mut c = rustls::ClientConfig::builder_with_provider(p.clone())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(p)))
-        .with_no_client_auth();
-    c.enable_sni = sni;
-    Arc::new(c)
-}
-
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-/// A TLS connection to `vip` with server name `sni` (`None`: no SNI extension). Must run in
-/// the client namespace. Returns the index of the backend whose certificate came back.
-fn connect(
-    vip: SocketAddr,
-    sni: Option<&str>,
-    certs: &[CertificateDer<'static>],
-) -> std::io::Result<(usize, Tls)> {
-    let config = client_config(sni.is_some());
-    let name =
-        ServerName::try_from(sni.unwrap_or("no-sni.invalid").to_string()).expect("server name");
-    let sock = TcpStream::connect_timeout(&vip, Duration::from_secs(5))?;
-    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let conn = rustls::ClientConnection::new(config, name).expect("client conn");
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock)?;
-    }
-    let got = tls
-        .conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .expect("a server certificate");
-    let i = certs
-        .iter()
-        .position(|c| c == got)
-        .expect("a certificate of one of the backends");
-    Ok((i, tls))
-}
-
-/// Sends a line and returns the answer (`beN: line`).
-fn ping(tls: &mut Tls, line: &str) -> String {
-    tls.write_all(format!("{line}\n").as_bytes())
-        .expect("write");
-    tls.flush().expect("flush");
-    let mut answer = String::new();
-    BufReader::new(tls).read_line(&mut answer).expect("answer");
-    answer.trim_end().to_string()
-}
 
 fn be(lab: &Lab, i: usize, weight: u32) -> Backend {
     Backend {
@@ -341,19 +136,6 @@ impl Drop for LbProxy {
     }
 }
 
-fn expect_reset(r: std::io::Result<(usize, Tls)>, what: &str) {
-    match r {
-        Ok((i, _)) => panic!("{what}: expected a reset, landed on be{i}"),
-        Err(e) => assert!(
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
-            ),
-            "{what}: expected a reset, got {e}"
-        ),
-    }
-}
-
 /// The lab tests build namespaces with the same prefix: one at a time.
 static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -364,7 +146,9 @@ fn tls_passthrough_in_the_lab() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = Lab::build(LabSpec::with_backends(3)).expect("lab");
-    let backends: Vec<TlsBackend> = (0..3).map(|i| start_backend(&lab, i)).collect();
+    let backends: Vec<TlsBackend> = (0..3)
+        .map(|i| TlsBackend::start(&lab, i).expect("TLS backend"))
+        .collect();
     let certs: Vec<CertificateDer<'static>> = backends.iter().map(|b| b.cert.clone()).collect();
     let vip = SocketAddr::new(lab.vip4(1).into(), TLS_PORT);
 
@@ -415,11 +199,14 @@ fn tls_passthrough_in_the_lab() {
             let (got, mut tls) =
                 connect(vip, Some(sni), &certs).unwrap_or_else(|e| panic!("{sni}: {e}"));
             assert_eq!(got, want, "{sni} landed on be{got}");
-            assert_eq!(ping(&mut tls, "hello"), format!("be{want}: hello"));
+            assert_eq!(
+                ping(&mut tls, "hello").expect("answer"),
+                format!("be{want}: hello")
+            );
         }
         let (got, mut tls) = connect(vip6, Some("b.example.com"), &certs).expect("IPv6 VIP");
         assert_eq!(got, 1, "b.example.com over IPv6");
-        assert_eq!(ping(&mut tls, "v6"), "be1: v6");
+        assert_eq!(ping(&mut tls, "v6").expect("answer"), "be1: v6");
         expect_reset(connect(vip6, None, &certs), "no SNI over IPv6");
         expect_reset(connect(vip, Some("unknown.example.org"), &certs), "unknown");
         expect_reset(connect(vip, Some("wild.example.com"), &certs), "apex");
@@ -472,7 +259,10 @@ fn tls_passthrough_in_the_lab() {
             .collect()
     });
     for (i, tls) in &mut open {
-        assert_eq!(ping(tls, "before"), format!("be{i}: before"));
+        assert_eq!(
+            ping(tls, "before").expect("answer"),
+            format!("be{i}: before")
+        );
     }
     proxy.apply(table(vec![
         route("a.example.com", vec![be(&lab, 1, 1)]),
@@ -488,7 +278,7 @@ fn tls_passthrough_in_the_lab() {
     });
     for (k, (i, tls)) in open.iter_mut().enumerate() {
         assert_eq!(
-            ping(tls, "after"),
+            ping(tls, "after").expect("answer"),
             format!("be{i}: after"),
             "open connection {k} broken by the table change"
         );
@@ -512,7 +302,7 @@ fn tls_passthrough_in_the_lab() {
         .filter(|f| f.vip == vip.ip())
         .collect();
     proxy.apply(v4_only);
-    assert_eq!(ping(&mut on_v6, "removed"), "be1: removed");
+    assert_eq!(ping(&mut on_v6, "removed").expect("answer"), "be1: removed");
     let local6 = || {
         lab.lb
             .ip(&["-6", "route", "show", "table", "local"])
@@ -564,7 +354,7 @@ fn sk_lookup_needs_a_local_route_for_the_vip() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = Lab::build(LabSpec::with_backends(1)).expect("lab");
-    let backend = start_backend(&lab, 0);
+    let backend = TlsBackend::start(&lab, 0).expect("TLS backend");
     let certs = vec![backend.cert.clone()];
     let vip = SocketAddr::new(lab.vip4(2).into(), TLS_PORT);
     let proxy = LbProxy::start(&lab, false);
