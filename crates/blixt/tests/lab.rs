@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use blixt_bpf::shared::{self, Counters};
@@ -15,75 +14,45 @@ use blixt_core::snapshot::{
 };
 use blixt_lab::process::LabProcess;
 use blixt_lab::topology::{Lab, LabSpec};
-use blixt_lab::traffic::{self, LongLived, UdpOptions};
-use blixt_lab::{EchoConfig, EchoServer};
+use blixt_lab::traffic::{self, UdpOptions};
+use blixt_lab::EchoServer;
 
-const BACKEND_PORT: u16 = 8080;
+#[path = "common/lab.rs"]
+mod lab_support;
+use lab_support::{
+    assert_no_backend_change, assert_some_on, build_lab, echo_servers, start_long_lived,
+    stop_unbroken, tcp_burst, tcp_burst_ok, unique_id, wait_generation, wait_rounds, DirGuard,
+    ECHO_PORT as BACKEND_PORT,
+};
+
 const TCP_PORT: u16 = 80;
 const UDP_PORT: u16 = 53;
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!("needs root (BPF, network namespaces): run as root, as `make test` does");
-    }
-}
-
-/// Removes the pinned dataplane when dropped (after the agent is gone).
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = blixt_bpf::Dataplane::remove_pinned(&self.0);
-    }
-}
-
 /// A lab with echo servers on every backend and an agent on the lb node. Fields drop in
-/// order: agent, pins, servers, then the namespaces.
+/// order: agent, pins (after the agent is gone), servers, then the namespaces.
 struct Harness {
     agent: Option<LabProcess>,
-    pins: PinDir,
+    pins: DirGuard,
     _servers: Vec<EchoServer>,
     snapshot_path: PathBuf,
-    _tmp: TempDir,
+    _tmp: DirGuard,
     generation: u64,
     lab: Lab,
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-static N: AtomicU32 = AtomicU32::new(0);
-
 impl Harness {
     fn new(spec: LabSpec) -> Harness {
-        require_root();
-        let lab = Lab::build(spec).expect("building the lab");
-        lab.attach_peer_xdp(&blixt_bpf::loader::peer_pass_object().unwrap())
-            .expect("XDP on the peers");
-        let servers = lab
-            .backends
-            .iter()
-            .map(|b| {
-                EchoServer::start_in(&b.ns, EchoConfig::new(b.name.clone(), BACKEND_PORT))
-                    .expect("echo server")
-            })
-            .collect();
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}-{n}", std::process::id());
+        let lab = build_lab(spec);
+        let servers = echo_servers(&lab);
+        let id = unique_id();
         let tmp = std::env::temp_dir().join(format!("blixt-lab-{id}"));
         std::fs::create_dir_all(&tmp).unwrap();
         Harness {
             agent: None,
-            pins: PinDir(PathBuf::from(format!("/sys/fs/bpf/blixt-lab-{id}"))),
+            pins: DirGuard(PathBuf::from(format!("/sys/fs/bpf/blixt-lab-{id}"))),
             _servers: servers,
             snapshot_path: tmp.join("snapshot.json"),
-            _tmp: TempDir(tmp),
+            _tmp: DirGuard(tmp),
             generation: 0,
             lab,
         }
@@ -133,7 +102,7 @@ impl Harness {
         std::fs::write(&tmp, serde_json::to_vec_pretty(snap).unwrap()).unwrap();
         std::fs::rename(&tmp, &self.snapshot_path).unwrap();
         if let Some(agent) = self.agent.as_mut() {
-            wait_applied(agent, snap.generation);
+            wait_generation(agent, snap.generation);
         }
     }
 
@@ -166,7 +135,7 @@ impl Harness {
             .lb
             .spawn_netns_only("blixt agent", cmd)
             .expect("starting blixt agent");
-        wait_applied(&mut agent, self.generation);
+        wait_generation(&mut agent, self.generation);
         self.agent = Some(agent);
     }
 
@@ -184,11 +153,7 @@ impl Harness {
     }
 
     fn vip(&self, v6: bool) -> IpAddr {
-        if v6 {
-            self.lab.vip6(1).into()
-        } else {
-            self.lab.vip4(1).into()
-        }
+        lab_support::vip(&self.lab, v6)
     }
 
     fn pinned(&self) -> PinnedDataplane {
@@ -209,13 +174,6 @@ impl Harness {
         }
         total
     }
-}
-
-fn wait_applied(agent: &mut LabProcess, generation: u64) {
-    let want = format!("\"generation\":{generation}}}");
-    agent
-        .wait_for_line(Duration::from_secs(30), |l| l.contains(&want))
-        .unwrap_or_else(|e| panic!("agent did not apply generation {generation}: {e:#}"));
 }
 
 fn assert_shares(what: &str, counts: &BTreeMap<String, usize>, weights: &[(&str, u32)]) {
@@ -299,18 +257,7 @@ fn backend_added_and_terminating_break_no_connection() {
     h.apply(&snap);
     h.start_agent();
     let (t4, t6) = (h.tcp_target(false), h.tcp_target(true));
-    let long: Vec<LongLived> = h.lab.client.ns.run_in(|| {
-        [t4, t6]
-            .iter()
-            .map(|t| {
-                LongLived::start(*t, 100, Duration::from_millis(20), Duration::from_secs(3))
-                    .unwrap()
-            })
-            .collect()
-    });
-    for l in &long {
-        l.wait_rounds(3, Duration::from_secs(10)).unwrap();
-    }
+    let long = start_long_lived(&h.lab, &[t4, t6]);
 
     // a third backend joins while 200 connections are open
     let snap = h.snapshot(&[
@@ -319,15 +266,8 @@ fn backend_added_and_terminating_break_no_connection() {
         (2, 1, BackendState::Active),
     ]);
     h.apply(&snap);
-    for l in &long {
-        l.wait_rounds(5, Duration::from_secs(10)).unwrap();
-    }
-    let burst = h
-        .lab
-        .client
-        .ns
-        .run_in(|| traffic::tcp_burst(t4, 300, 16, Duration::from_secs(5)).unwrap());
-    assert_eq!(burst.ok, 300, "{}", burst.summary());
+    wait_rounds(&long, 5);
+    let burst = tcp_burst_ok(&h.lab, t4, 300);
     assert!(
         burst.backends.get("be2").copied().unwrap_or(0) > 50,
         "new backend gets new flows: {:?}",
@@ -341,34 +281,17 @@ fn backend_added_and_terminating_break_no_connection() {
         (2, 1, BackendState::Active),
     ]);
     h.apply(&snap);
-    for l in &long {
-        l.wait_rounds(5, Duration::from_secs(10)).unwrap();
-    }
-    let burst = h
-        .lab
-        .client
-        .ns
-        .run_in(|| traffic::tcp_burst(t6, 300, 16, Duration::from_secs(5)).unwrap());
-    assert_eq!(burst.ok, 300, "{}", burst.summary());
+    wait_rounds(&long, 5);
+    let burst = tcp_burst_ok(&h.lab, t6, 300);
     assert!(
         !burst.backends.contains_key("be0"),
         "terminating backend got new flows: {:?}",
         burst.backends
     );
 
-    for l in long {
-        let r = l.stop();
-        assert_eq!(r.broken, 0, "{}", r.summary());
-        assert!(
-            r.backends.get("be0").copied().unwrap_or(0) > 0,
-            "some connections were on be0: {}",
-            r.summary()
-        );
-        assert!(
-            r.results.iter().all(|c| !c.backend_changed),
-            "{}",
-            r.summary()
-        );
+    for r in stop_unbroken(long) {
+        assert_some_on(&r, "be0");
+        assert_no_backend_change(&r);
     }
 }
 
@@ -379,46 +302,16 @@ fn agent_killed_and_restarted_breaks_no_connection() {
     h.apply(&snap);
     h.start_agent();
     let (t4, t6) = (h.tcp_target(false), h.tcp_target(true));
-    let long: Vec<LongLived> = h.lab.client.ns.run_in(|| {
-        [t4, t6]
-            .iter()
-            .map(|t| {
-                LongLived::start(*t, 100, Duration::from_millis(20), Duration::from_secs(3))
-                    .unwrap()
-            })
-            .collect()
-    });
-    for l in &long {
-        l.wait_rounds(3, Duration::from_secs(10)).unwrap();
-    }
+    let long = start_long_lived(&h.lab, &[t4, t6]);
     h.kill_agent();
     // the pinned program keeps forwarding with no agent at all
-    for l in &long {
-        l.wait_rounds(5, Duration::from_secs(10)).unwrap();
-    }
+    wait_rounds(&long, 5);
     h.start_agent(); // re-adopts pinned maps, swaps the program through the pinned links
-    for l in &long {
-        l.wait_rounds(5, Duration::from_secs(10)).unwrap();
-    }
-    let burst = h
-        .lab
-        .client
-        .ns
-        .run_in(|| traffic::tcp_burst(t4, 200, 16, Duration::from_secs(5)).unwrap());
-    assert_eq!(
-        burst.ok,
-        200,
-        "new connections after the restart: {}",
-        burst.summary()
-    );
-    for l in long {
-        let r = l.stop();
-        assert_eq!(r.broken, 0, "{}", r.summary());
-        assert!(
-            r.results.iter().all(|c| !c.backend_changed),
-            "{}",
-            r.summary()
-        );
+    wait_rounds(&long, 5);
+    // new connections after the restart
+    tcp_burst_ok(&h.lab, t4, 200);
+    for r in stop_unbroken(long) {
+        assert_no_backend_change(&r);
     }
 }
 
@@ -433,11 +326,7 @@ fn unresolved_neighbours_go_through_the_tc_companion() {
     h.start_agent();
     for v6 in [false, true] {
         let t = h.tcp_target(v6);
-        let r = h
-            .lab
-            .client
-            .ns
-            .run_in(|| traffic::tcp_burst(t, 200, 8, Duration::from_secs(5)).unwrap());
+        let r = tcp_burst(&h.lab, t, 200, 8, Duration::from_secs(5));
         assert_eq!(r.ok, 200, "v6={v6}: {}", r.summary());
     }
     let g = h.pinned().global_counters().unwrap();
