@@ -3,158 +3,29 @@
 //! connections stay open, a broken file refused, and `blixt status` / `blixt inspect` checked
 //! against what was configured and sent.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use blixt_lab::process::LabProcess;
-use blixt_lab::topology::{Lab, LabSpec};
-use blixt_lab::traffic::{self, LongLived, UdpOptions};
-use blixt_lab::{EchoConfig, EchoServer};
+use blixt_lab::traffic::{self, UdpOptions};
+use blixt_lab::EchoServer;
 
-const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/standalone");
-const BLIXT: &str = env!("CARGO_BIN_EXE_blixt");
+#[path = "common/lab.rs"]
+mod lab_support;
+#[path = "common/standalone.rs"]
+mod standalone_support;
+use lab_support::{
+    assert_some_on, echo_servers, start_long_lived, stop_unbroken, tcp_burst, tcp_burst_ok,
+};
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!("needs root (BPF, network namespaces): run as root, as `make test` does");
-    }
-}
+/// `blixt run` with the TCP and UDP examples, echo servers on the backends.
+type Standalone = standalone_support::StandaloneRun<Vec<EchoServer>>;
 
-static N: AtomicU32 = AtomicU32::new(0);
-
-/// Fields drop in order: the running blixt, its pins and files, the servers, the lab.
-struct Standalone {
-    run: Option<LabProcess>,
-    pins: PathBuf,
-    dir: PathBuf,
-    _servers: Vec<EchoServer>,
-    generation: u64,
-    lab: Lab,
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        if let Some(mut r) = self.run.take() {
-            let _ = r.kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.pins);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Standalone {
-    fn start() -> Standalone {
-        require_root();
-        let lab = Lab::build(LabSpec::with_backends(3)).expect("lab");
-        lab.attach_peer_xdp(&blixt_bpf::loader::peer_pass_object().unwrap())
-            .expect("XDP on the peers");
-        assert_eq!(
-            lab.backends[0].v4().to_string(),
-            "10.99.10.2",
-            "examples/ assume the lab's addresses"
-        );
-        let servers = lab
-            .backends
-            .iter()
-            .map(|b| EchoServer::start_in(&b.ns, EchoConfig::new(b.name.clone(), 8080)).unwrap())
-            .collect();
-        let id = format!(
-            "{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = std::env::temp_dir().join(format!("blixt-standalone-{id}"));
-        let pins = PathBuf::from(format!("/sys/fs/bpf/blixt-standalone-{id}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in ["gateway.yaml", "routes.yaml", "backends.yaml", "node.yaml"] {
-            let text = std::fs::read_to_string(Path::new(EXAMPLES).join(f)).unwrap();
-            let text = text
-                .replace(
-                    "pinDir: /sys/fs/bpf/blixt",
-                    &format!("pinDir: {}", pins.display()),
-                )
-                .replace(
-                    "statusSocket: /run/blixt/status.sock",
-                    &format!("statusSocket: {}", dir.join("status.sock").display()),
-                );
-            std::fs::write(dir.join(f), text).unwrap();
-        }
-        let mut cmd = Command::new(BLIXT);
-        cmd.arg("run").arg("--config").arg(&dir);
-        let run = lab
-            .lb
-            .spawn_netns_only("blixt run", cmd)
-            .expect("blixt run");
-        let mut s = Standalone {
-            run: Some(run),
-            pins,
-            dir,
-            _servers: servers,
-            generation: 0,
-            lab,
-        };
-        s.wait_next_generation();
-        s
-    }
-
-    fn wait_next_generation(&mut self) {
-        self.generation += 1;
-        let want = format!("\"generation\":{}}}", self.generation);
-        self.run
-            .as_mut()
-            .unwrap()
-            .wait_for_line(Duration::from_secs(20), |l| l.contains(&want))
-            .unwrap_or_else(|e| panic!("generation {} not applied: {e:#}", self.generation));
-    }
-
-    /// Replaces `file` in the config directory atomically (as an editor's save does).
-    fn write(&self, file: &str, text: &str) {
-        let tmp = self.dir.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.dir.join(file)).unwrap();
-    }
-
-    fn read(&self, file: &str) -> String {
-        std::fs::read_to_string(self.dir.join(file)).unwrap()
-    }
-
-    fn blixt(&self, args: &[&str]) -> String {
-        let out = Command::new(BLIXT).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "blixt {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn status(&self, format: &str) -> String {
-        let sock = self.dir.join("status.sock");
-        self.blixt(&["status", "--socket", sock.to_str().unwrap(), "-o", format])
-    }
-
-    fn inspect(&self) -> serde_json::Value {
-        let out = self.blixt(&[
-            "inspect",
-            "-o",
-            "json",
-            "--pin-dir",
-            self.pins.to_str().unwrap(),
-        ]);
-        serde_json::from_str(&out).unwrap()
-    }
-
-    fn vip(&self, v6: bool) -> IpAddr {
-        if v6 {
-            self.lab.vip6(1).into()
-        } else {
-            self.lab.vip4(1).into()
-        }
-    }
+fn start() -> Standalone {
+    Standalone::start(
+        "blixt-standalone",
+        &["gateway.yaml", "routes.yaml", "backends.yaml", "node.yaml"],
+        echo_servers,
+    )
 }
 
 fn within(counts: &std::collections::BTreeMap<String, usize>, weights: &[(&str, f64)]) {
@@ -170,7 +41,7 @@ fn within(counts: &std::collections::BTreeMap<String, usize>, weights: &[(&str, 
 
 #[test]
 fn manifests_in_balanced_traffic_statuses_and_inspect_out() {
-    let s = Standalone::start();
+    let s = start();
     for v6 in [false, true] {
         let (tcp, udp) = (
             SocketAddr::new(s.vip(v6), 80),
@@ -222,7 +93,7 @@ fn manifests_in_balanced_traffic_statuses_and_inspect_out() {
         "{listeners:?}"
     );
 
-    let v = s.inspect();
+    let v = s.inspect_json(false);
     let fes = v["frontends"].as_array().unwrap();
     assert_eq!(fes.len(), 4, "TCP and UDP on both families: {v:#}");
     for fe in fes {
@@ -251,21 +122,10 @@ fn manifests_in_balanced_traffic_statuses_and_inspect_out() {
 
 #[test]
 fn edits_on_disk_apply_without_breaking_connections_and_bad_files_are_refused() {
-    let mut s = Standalone::start();
+    let mut s = start();
     let tcp4 = SocketAddr::new(s.vip(false), 80);
     let tcp6 = SocketAddr::new(s.vip(true), 80);
-    let long: Vec<LongLived> = s.lab.client.ns.run_in(|| {
-        [tcp4, tcp6]
-            .iter()
-            .map(|t| {
-                LongLived::start(*t, 100, Duration::from_millis(20), Duration::from_secs(3))
-                    .unwrap()
-            })
-            .collect()
-    });
-    for l in &long {
-        l.wait_rounds(3, Duration::from_secs(10)).unwrap();
-    }
+    let long = start_long_lived(&s.lab, &[tcp4, tcp6]);
 
     // 1. weights 2:1:1 -> 0:1:1 (be0 drained of new connections)
     let routes = s.read("routes.yaml");
@@ -277,12 +137,7 @@ fn edits_on_disk_apply_without_breaking_connections_and_bad_files_are_refused() 
     assert_ne!(drained, routes);
     s.write("routes.yaml", &drained);
     s.wait_next_generation();
-    let burst = s
-        .lab
-        .client
-        .ns
-        .run_in(|| traffic::tcp_burst(tcp4, 300, 16, Duration::from_secs(5)).unwrap());
-    assert_eq!(burst.ok, 300, "{}", burst.summary());
+    let burst = tcp_burst_ok(&s.lab, tcp4, 300);
     assert!(
         !burst.backends.contains_key("be0"),
         "weight 0 gets no new connection: {:?}",
@@ -302,18 +157,10 @@ fn edits_on_disk_apply_without_breaking_connections_and_bad_files_are_refused() 
     s.wait_next_generation();
     // the two files may land in one generation or two
     let extra = SocketAddr::new(s.vip(false), 8081);
-    let mut r = s
-        .lab
-        .client
-        .ns
-        .run_in(|| traffic::tcp_burst(extra, 50, 8, Duration::from_secs(2)).unwrap());
+    let mut r = tcp_burst(&s.lab, extra, 50, 8, Duration::from_secs(2));
     if r.ok != 50 {
         s.wait_next_generation();
-        r = s
-            .lab
-            .client
-            .ns
-            .run_in(|| traffic::tcp_burst(extra, 50, 8, Duration::from_secs(2)).unwrap());
+        r = tcp_burst(&s.lab, extra, 50, 8, Duration::from_secs(2));
     }
     assert_eq!(r.ok, 50, "{}", r.summary());
     assert_eq!(
@@ -324,13 +171,9 @@ fn edits_on_disk_apply_without_breaking_connections_and_bad_files_are_refused() 
     );
 
     // 3. the route deleted: its listener has nothing to serve
-    std::fs::remove_file(s.dir.join("extra.yaml")).unwrap();
+    s.remove("extra.yaml");
     s.wait_next_generation();
-    let r = s
-        .lab
-        .client
-        .ns
-        .run_in(|| traffic::tcp_burst(extra, 5, 5, Duration::from_millis(500)).unwrap());
+    let r = tcp_burst(&s.lab, extra, 5, 5, Duration::from_millis(500));
     assert_eq!(r.ok, 0, "no route, no service: {}", r.summary());
     let table = s.status("table");
     let extra_line = table
@@ -361,32 +204,21 @@ fn edits_on_disk_apply_without_breaking_connections_and_bad_files_are_refused() 
             && table.contains("eighty"),
         "the refusal names file, field and value:\n{table}"
     );
-    let burst = s
-        .lab
-        .client
-        .ns
-        .run_in(|| traffic::tcp_burst(tcp6, 200, 16, Duration::from_secs(5)).unwrap());
-    assert_eq!(burst.ok, 200, "{}", burst.summary());
+    let burst = tcp_burst_ok(&s.lab, tcp6, 200);
     assert!(
         !burst.backends.contains_key("be0"),
         "still the drained config: {:?}",
         burst.backends
     );
 
-    for l in long {
-        let r = l.stop();
-        assert_eq!(r.broken, 0, "{}", r.summary());
-        assert!(
-            r.backends.get("be0").copied().unwrap_or(0) > 0,
-            "some were on the drained be0: {}",
-            r.summary()
-        );
+    for r in stop_unbroken(long) {
+        assert_some_on(&r, "be0");
     }
 }
 
 #[test]
 fn vips_on_the_clients_link_are_answered_by_arp_and_ndp() {
-    let s = Standalone::start();
+    let s = start();
     // the client now treats the VIP block as on-link: it must resolve each VIP itself
     let (v4, v6) = (s.lab.vip_v4.to_string(), s.lab.vip_v6.to_string());
     s.lab
@@ -399,12 +231,7 @@ fn vips_on_the_clients_link_are_answered_by_arp_and_ndp() {
         .unwrap();
     for v6 in [false, true] {
         let t = SocketAddr::new(s.vip(v6), 80);
-        let r = s
-            .lab
-            .client
-            .ns
-            .run_in(|| traffic::tcp_burst(t, 100, 8, Duration::from_secs(5)).unwrap());
-
+        let r = tcp_burst(&s.lab, t, 100, 8, Duration::from_secs(5));
         assert_eq!(r.ok, 100, "v6={v6}: {}", r.summary());
     }
     let neigh = s
@@ -424,7 +251,7 @@ fn vips_on_the_clients_link_are_answered_by_arp_and_ndp() {
             "{vip} resolves to the node's MAC {lb_mac}: {line}"
         );
     }
-    let v = s.inspect();
+    let v = s.inspect_json(false);
     assert!(
         v["events"]["arp_reply"].as_u64().unwrap() >= 1,
         "{}",

@@ -11,143 +11,37 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use blixt_lab::process::LabProcess;
-use blixt_lab::topology::{Lab, LabSpec};
-use rustls::pki_types::CertificateDer;
-
+#[path = "common/lab.rs"]
+mod lab_support;
+#[path = "common/standalone.rs"]
+mod standalone_support;
 #[path = "common/tls.rs"]
 mod tls_support;
-use tls_support::{connect, ping, Tls, TlsBackend};
+use tls_support::{connect, expect_reset, ping, CertificateDer, Tls, TlsBackend};
 
-const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/standalone");
-const BLIXT: &str = env!("CARGO_BIN_EXE_blixt");
-const FILES: [&str; 5] = [
-    "gateway.yaml",
-    "routes.yaml",
-    "backends.yaml",
-    "node.yaml",
-    "tls.yaml",
-];
+/// `blixt run` with the examples and tls.yaml, TLS servers on the backends.
+type Standalone = standalone_support::StandaloneRun<Vec<TlsBackend>>;
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!("needs root (BPF, network namespaces): run as root, as `make test` does");
-    }
+fn start() -> Standalone {
+    Standalone::start(
+        "blixt-tls-standalone",
+        &[
+            "gateway.yaml",
+            "routes.yaml",
+            "backends.yaml",
+            "node.yaml",
+            "tls.yaml",
+        ],
+        |lab| (0..3).map(|i| TlsBackend::start(lab, i)).collect(),
+    )
 }
 
-fn expect_reset(r: std::io::Result<(usize, Tls)>, what: &str) {
-    match r {
-        Ok((i, _)) => panic!("{what}: expected a reset, landed on be{i}"),
-        Err(e) => assert!(
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
-            ),
-            "{what}: expected a reset, got {e}"
-        ),
-    }
-}
-
-static N: AtomicU32 = AtomicU32::new(0);
-
-/// `blixt run` with the examples on the lab's lb node. Fields drop in order: the running
-/// blixt, its pins and files, the servers, the lab.
-struct Standalone {
-    run: Option<LabProcess>,
-    pins: PathBuf,
-    dir: PathBuf,
-    backends: Vec<TlsBackend>,
-    generation: u64,
-    lab: Lab,
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        if let Some(mut r) = self.run.take() {
-            let _ = r.kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.pins);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
+/// What only the TLS tests ask of the run.
 impl Standalone {
-    fn start() -> Standalone {
-        require_root();
-        let lab = Lab::build(LabSpec::with_backends(3)).expect("lab");
-        lab.attach_peer_xdp(&blixt_bpf::loader::peer_pass_object().unwrap())
-            .expect("XDP on the peers");
-        assert_eq!(
-            lab.backends[0].v4().to_string(),
-            "10.99.10.2",
-            "examples/ assume the lab's addresses"
-        );
-        let backends = (0..3).map(|i| TlsBackend::start(&lab, i)).collect();
-        let id = format!(
-            "{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = std::env::temp_dir().join(format!("blixt-tls-standalone-{id}"));
-        let pins = PathBuf::from(format!("/sys/fs/bpf/blixt-tls-standalone-{id}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in FILES {
-            let text = std::fs::read_to_string(Path::new(EXAMPLES).join(f)).unwrap();
-            let text = text
-                .replace(
-                    "pinDir: /sys/fs/bpf/blixt",
-                    &format!("pinDir: {}", pins.display()),
-                )
-                .replace(
-                    "statusSocket: /run/blixt/status.sock",
-                    &format!("statusSocket: {}", dir.join("status.sock").display()),
-                );
-            std::fs::write(dir.join(f), text).unwrap();
-        }
-        let mut s = Standalone {
-            run: None,
-            pins,
-            dir,
-            backends,
-            generation: 0,
-            lab,
-        };
-        s.spawn();
-        s
-    }
-
-    /// Starts `blixt run` on the config directory and waits for its first generation.
-    fn spawn(&mut self) {
-        let mut cmd = Command::new(BLIXT);
-        cmd.arg("run").arg("--config").arg(&self.dir);
-        let run = self
-            .lab
-            .lb
-            .spawn_netns_only("blixt run", cmd)
-            .expect("blixt run");
-        self.run = Some(run);
-        self.generation = 0;
-        self.wait_next_generation();
-    }
-
-    fn wait_next_generation(&mut self) {
-        self.generation += 1;
-        let want = format!("\"generation\":{}}}", self.generation);
-        self.run
-            .as_mut()
-            .unwrap()
-            .wait_for_line(Duration::from_secs(30), |l| l.contains(&want))
-            .unwrap_or_else(|e| panic!("generation {} not applied: {e:#}", self.generation));
-    }
-
     fn certs(&self) -> Vec<CertificateDer<'static>> {
-        self.backends.iter().map(|b| b.cert.clone()).collect()
+        self.servers.iter().map(|b| b.cert.clone()).collect()
     }
 
     fn vips(&self) -> [SocketAddr; 2] {
@@ -157,51 +51,8 @@ impl Standalone {
         ]
     }
 
-    /// Replaces `file` in the config directory atomically (as an editor's save does).
-    fn write(&self, file: &str, text: &str) {
-        let tmp = self.dir.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.dir.join(file)).unwrap();
-    }
-
-    fn read(&self, file: &str) -> String {
-        std::fs::read_to_string(self.dir.join(file)).unwrap()
-    }
-
-    fn blixt(&self, args: &[&str]) -> String {
-        let out = Command::new(BLIXT).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "blixt {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn socket(&self) -> String {
-        self.dir.join("status.sock").display().to_string()
-    }
-
-    fn status(&self) -> String {
-        self.blixt(&["status", "--socket", &self.socket()])
-    }
-
-    fn inspect(&self, format: &str) -> String {
-        let pins = self.pins.display().to_string();
-        self.blixt(&[
-            "inspect",
-            "-o",
-            format,
-            "--pin-dir",
-            &pins,
-            "--socket",
-            &self.socket(),
-        ])
-    }
-
     fn inspect_tls(&self) -> serde_json::Value {
-        let v: serde_json::Value = serde_json::from_str(&self.inspect("json")).unwrap();
-        v["tls"].clone()
+        self.inspect_json(true)["tls"].clone()
     }
 
     /// `ip [-6] route show table local` on the lb.
@@ -241,7 +92,7 @@ fn listener(tls: &serde_json::Value, vip: SocketAddr) -> &serde_json::Value {
 
 #[test]
 fn tls_listener_from_manifests_routes_by_sni_on_both_families() {
-    let mut s = Standalone::start();
+    let mut s = start();
     let certs = s.certs();
     let vips = s.vips();
 
@@ -277,7 +128,7 @@ fn tls_listener_from_manifests_routes_by_sni_on_both_families() {
     });
 
     // blixt status: the TLS Gateway programmed on its static addresses, every route Accepted.
-    let table = s.status();
+    let table = s.status("table");
     let words = |prefix: &str| {
         table
             .lines()
@@ -363,7 +214,7 @@ fn tls_listener_from_manifests_routes_by_sni_on_both_families() {
         tls["steering"]["steered"].as_u64().unwrap() >= 10,
         "{tls:#}"
     );
-    let table = s.inspect("table");
+    let table = s.inspect("table", true);
     for want in [
         "10.99.100.2:443",
         "[fd99:100::2]:443",
@@ -415,7 +266,7 @@ fn tls_listener_from_manifests_routes_by_sni_on_both_families() {
 
 #[test]
 fn route_edit_on_disk_breaks_none_of_100_open_tls_connections() {
-    let mut s = Standalone::start();
+    let mut s = start();
     let certs = s.certs();
     let vips = s.vips();
 
@@ -475,7 +326,7 @@ fn route_edit_on_disk_breaks_none_of_100_open_tls_connections() {
         active, 100,
         "the open connections are still forwarded: {tls:#}"
     );
-    let table = s.status();
+    let table = s.status("table");
     assert!(!table.contains("tls-wild"), "{table}");
     assert!(
         table
@@ -494,7 +345,7 @@ fn route_edit_on_disk_breaks_none_of_100_open_tls_connections() {
     // tls.yaml deleted: the TLS listener is gone, nothing new gets in (the stack resets SYNs
     // to the VIPs), the open connections carry on. Their packets arrive through the VIPs'
     // local routes, which stay until the last of them has closed.
-    std::fs::remove_file(s.dir.join("tls.yaml")).unwrap();
+    s.remove("tls.yaml");
     s.wait_next_generation();
     for vip in vips {
         s.lab.client.ns.run_in(|| {
@@ -553,7 +404,7 @@ fn route_edit_on_disk_breaks_none_of_100_open_tls_connections() {
             .all(|v| routes.contains(&format!("local {} dev lo proto 177", v.ip()))),
         "{routes}"
     );
-    std::fs::remove_file(s.dir.join("tls.yaml")).unwrap();
+    s.remove("tls.yaml");
     s.spawn();
     let routes = s.local_routes();
     for vip in vips {
@@ -566,7 +417,7 @@ fn route_edit_on_disk_breaks_none_of_100_open_tls_connections() {
 
 #[test]
 fn tls_only_vips_on_the_clients_link_are_answered_by_arp_and_ndp() {
-    let s = Standalone::start();
+    let s = start();
     let certs = s.certs();
     let vips = s.vips();
     // The client treats the TLS-only VIPs as on-link: it must resolve them itself. IPv6 needs
@@ -599,7 +450,7 @@ fn tls_only_vips_on_the_clients_link_are_answered_by_arp_and_ndp() {
             .unwrap_or_else(|| panic!("{ip} not resolved:\n{neigh}"));
         assert!(line.contains(&lb_mac), "{ip} resolves to {lb_mac}: {line}");
     }
-    let v: serde_json::Value = serde_json::from_str(&s.inspect("json")).unwrap();
+    let v = s.inspect_json(true);
     assert!(
         v["events"]["ndp_reply"].as_u64().unwrap_or(0) >= 1,
         "the agent answered the IPv6 VIP's solicitation: {}",
