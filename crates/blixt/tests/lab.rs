@@ -20,9 +20,9 @@ use blixt_lab::EchoServer;
 #[path = "common/lab.rs"]
 mod lab_support;
 use lab_support::{
-    assert_no_backend_change, assert_some_on, build_lab, echo_servers, start_long_lived,
-    stop_unbroken, tcp_burst, tcp_burst_ok, unique_id, wait_generation, wait_rounds, DirGuard,
-    ECHO_PORT as BACKEND_PORT,
+    assert_no_backend_change, assert_none_on, assert_some_on, build_lab, echo_servers,
+    start_long_lived, stop_unbroken, tcp_burst, tcp_burst_ok, unique_id, wait_generation,
+    wait_rounds, DirGuard, ECHO_PORT as BACKEND_PORT,
 };
 
 const TCP_PORT: u16 = 80;
@@ -283,11 +283,7 @@ fn backend_added_and_terminating_break_no_connection() {
     h.apply(&snap);
     wait_rounds(&long, 5);
     let burst = tcp_burst_ok(&h.lab, t6, 300);
-    assert!(
-        !burst.backends.contains_key("be0"),
-        "terminating backend got new flows: {:?}",
-        burst.backends
-    );
+    assert_none_on(&burst, "be0", "terminating backend got new flows");
 
     for r in stop_unbroken(long) {
         assert_some_on(&r, "be0");

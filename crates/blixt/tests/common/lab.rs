@@ -95,6 +95,11 @@ pub fn tcp_burst_ok(lab: &Lab, target: SocketAddr, conns: usize) -> Report {
     r
 }
 
+/// No connection of the burst `r` reached backend `name`; `why` says what keeps it out.
+pub fn assert_none_on(r: &Report, name: &str, why: &str) {
+    assert!(!r.backends.contains_key(name), "{why}: {:?}", r.backends);
+}
+
 /// 100 long-lived connections from the client to each target, each sending every 20 ms,
 /// once each has made 3 rounds.
 pub fn start_long_lived(lab: &Lab, targets: &[SocketAddr]) -> Vec<LongLived> {
