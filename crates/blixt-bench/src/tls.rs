@@ -31,6 +31,7 @@ use crate::suite::{GoalRow, PlotDir, Section, SuiteOutput};
 use crate::Mode;
 
 pub mod load;
+pub mod profile;
 pub mod servers;
 pub mod systems;
 
@@ -91,6 +92,9 @@ pub struct Round {
     pub cpu_per_10k: f64,
     /// Blixt's own counters at the end of the round.
     pub counters: Option<systems::BlixtCounters>,
+    /// Where the lb process's CPU went: (samples, share per [`profile`] category), for the
+    /// profiled rounds (the last round at the highest concurrency, when perf is installed).
+    pub profile: Option<(u64, Vec<(&'static str, f64)>)>,
 }
 
 /// Removes the suite's scratch directory on drop.
@@ -146,6 +150,8 @@ pub fn measure(mode: Mode, sizes: &Sizes) -> Result<(Vec<Round>, Vec<String>)> {
     let backends = servers.backends.clone();
 
     let mut rounds = Vec::new();
+    let top = sizes.concurrency.iter().copied().max().unwrap_or(0);
+    let perf = mode != Mode::Tiny && crate::profile::available();
     for r in 0..sizes.rounds {
         for &concurrency in &sizes.concurrency {
             let mut order: Vec<System> = System::ALL
@@ -162,7 +168,16 @@ pub fn measure(mode: Mode, sizes: &Sizes) -> Result<(Vec<Round>, Vec<String>)> {
                     concurrency,
                     system.label()
                 );
-                let round = one_round(&lab, system, &backends, &work.0, concurrency, sizes)?;
+                let profiled = perf && r + 1 == sizes.rounds && concurrency == top;
+                let round = one_round(
+                    &lab,
+                    system,
+                    &backends,
+                    &work.0,
+                    concurrency,
+                    sizes,
+                    profiled,
+                )?;
                 check_round(mode, &round, &backends, &mut findings)?;
                 rounds.push(round);
             }
@@ -179,8 +194,13 @@ fn one_round(
     work: &std::path::Path,
     concurrency: usize,
     sizes: &Sizes,
+    profiled: bool,
 ) -> Result<Round> {
     let running = systems::start(system, lab, backends, work)?;
+    let recorder = match &running {
+        Some(r) if profiled => Some(profile::Recorder::start(r.pid())?),
+        _ => None,
+    };
     let targets = system.targets(lab, backends);
     let spec = load::LoadSpec {
         concurrency,
@@ -198,6 +218,7 @@ fn one_round(
         _ => f64::NAN,
     };
     let counters = running.map(systems::Running::stop).transpose()?.flatten();
+    let profile = recorder.map(profile::Recorder::finish).transpose()?;
     let verified: u64 = result.per_backend.iter().sum();
     Ok(Round {
         system,
@@ -209,6 +230,7 @@ fn one_round(
         },
         load: result,
         counters,
+        profile,
     })
 }
 
@@ -391,6 +413,36 @@ pub fn metrics(rounds: &[Round], sizes: &Sizes, machine: &Machine) -> Vec<Metric
                 machine,
             ));
         }
+        let profiled = |s: System| {
+            rounds
+                .iter()
+                .filter(|r| r.system == s && r.concurrency == c)
+                .find_map(|r| r.profile.as_ref())
+        };
+        if let Some((n, shares)) = profiled(System::Blixt) {
+            let peer = profiled(System::Haproxy);
+            for (id, share) in shares {
+                let peers: Vec<(&str, Summary)> = peer
+                    .and_then(|(_, p)| p.iter().find(|(i, _)| i == id))
+                    .map(|(_, v)| (System::Haproxy.key(), Summary::exact(*v)))
+                    .into_iter()
+                    .collect();
+                out.push(Metric::new(
+                    SUITE,
+                    &format!("tls.lb_cpu_share.{id}.c{c}"),
+                    "share of CPU samples",
+                    Summary::exact(*share),
+                    &peers,
+                    &format!(
+                        "share of the lb process's perf samples (Blixt: {n}{}) in: {}; last \
+                         round at {c} concurrent",
+                        peer.map_or(String::new(), |(m, _)| format!(", HAProxy: {m}")),
+                        profile::describe(id)
+                    ),
+                    machine,
+                ));
+            }
+        }
         // the goal sits on the conn/s metric of this concurrency
         if let (Some(bc), Some(hc), Some(bp), Some(hp)) = (
             blixt_vals.get("conn_per_s"),
@@ -548,7 +600,29 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
         };
         let _ = writeln!(w, "- {}: {verdict}.", g.measured);
     }
+    for &c in &levels {
+        let Some(m) = r.metric(&format!("tls.conn_per_s.c{c}")) else {
+            continue;
+        };
+        let (Some(d), Some(h), Some(b)) = (m.system(direct), m.system(hp), m.system(BLIXT)) else {
+            continue;
+        };
+        if d.median < GOAL_RATIO * h.median {
+            let _ = writeln!(
+                w,
+                "- {c} concurrent: with **no proxy at all** the lab reaches only {:.2}x \
+                 HAProxy's rate (Blixt: {:.2}x of that ceiling). The client's and backends' TLS \
+                 handshakes and TCP stacks take the CPU that bounds the rate, so in this lab no \
+                 proxy can show {GOAL_RATIO}x HAProxy; the lb process's CPU per 10k connections \
+                 is the proxy's own cost.",
+                d.median / h.median,
+                b.median / d.median
+            );
+        }
+    }
     let _ = writeln!(w);
+
+    profile_table(&mut w, r, &levels);
 
     let categories: Vec<String> = levels.iter().map(|c| format!("{c} concurrent")).collect();
     let series = |vals: (Vec<_>, Vec<_>, Vec<_>)| {
@@ -604,4 +678,44 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
         let _ = writeln!(w, "![TLS passthrough {what}]({})\n", plots.link(file));
     }
     Ok(Some(Section { markdown: w, goals }))
+}
+
+/// The table of where the lb process's CPU went, when the run profiled it.
+fn profile_table(w: &mut String, r: &Results, levels: &[usize]) {
+    for &c in levels {
+        let rows: Vec<&Metric> = r
+            .metrics
+            .iter()
+            .filter(|m| {
+                m.name.starts_with("tls.lb_cpu_share.") && m.name.ends_with(&format!(".c{c}"))
+            })
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            w,
+            "Where the lb process's CPU goes ({c} concurrent, last round; `perf record -g` of \
+             the proxy process, each sample charged to the system call on its stack):\n"
+        );
+        let _ = writeln!(w, "| | Blixt | HAProxy |\n|---|---|---|");
+        for m in rows {
+            let id = m
+                .name
+                .trim_start_matches("tls.lb_cpu_share.")
+                .trim_end_matches(&format!(".c{c}"));
+            let pct = |k: &str| {
+                m.system(k)
+                    .map_or("—".to_string(), |s| format!("{:.1}%", s.median * 100.0))
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} |",
+                profile::describe(id),
+                pct(BLIXT),
+                pct(System::Haproxy.key())
+            );
+        }
+        let _ = writeln!(w);
+    }
 }
