@@ -246,16 +246,40 @@ pub fn run(args: ControllerArgs) -> Result<()> {
         if args.metrics_address != "none" {
             serve_metrics(&args.metrics_address, running.clone(), server.clone())?;
         }
-        let publish = |p: &blixt_controller::Published| {
-            if let Some(s) = &server {
-                if let Err(e) =
-                    s.publish_excluding(p.snapshot.clone(), p.tls.clone(), &p.not_announced)
-                {
-                    tracing::warn!("publishing generation {}: {e}", p.snapshot.generation);
+        // Only the leader serves snapshots: VIP owners are computed from the agents subscribed
+        // to one server, so agents split between replicas would each pick owners of their own.
+        // A standby answers UNAVAILABLE and agents retry until the Service sends them to the
+        // leader.
+        let leadership = running.leadership.clone();
+        let mut serving = false;
+        let sync = |p: &blixt_controller::Published, serving: &mut bool| {
+            let Some(s) = &server else { return };
+            if !leadership.is_leader() {
+                if *serving {
+                    s.withdraw();
+                    *serving = false;
+                    info!("not the leader: snapshot stream withdrawn");
                 }
+                return;
+            }
+            if *serving && s.current_generation() == Some(p.snapshot.generation) {
+                return;
+            }
+            match s.publish_excluding(p.snapshot.clone(), p.tls.clone(), &p.not_announced) {
+                Ok(()) => {
+                    if !*serving {
+                        info!(
+                            generation = p.snapshot.generation,
+                            "leading: serving snapshots"
+                        );
+                    }
+                    *serving = true;
+                }
+                Err(e) => tracing::warn!("publishing generation {}: {e}", p.snapshot.generation),
             }
         };
-        publish(&running.snapshots.borrow_and_update().clone());
+        sync(&running.snapshots.borrow_and_update().clone(), &mut serving);
+        let mut leadership_check = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 changed = running.snapshots.changed() => {
@@ -263,8 +287,12 @@ pub fn run(args: ControllerArgs) -> Result<()> {
                         break;
                     }
                     let p = running.snapshots.borrow_and_update().clone();
-                    publish(&p);
+                    sync(&p, &mut serving);
                     println!("{{\"event\":\"snapshot\",\"generation\":{}}}", p.snapshot.generation);
+                }
+                _ = leadership_check.tick() => {
+                    let p = running.snapshots.borrow().clone();
+                    sync(&p, &mut serving);
                 }
                 _ = tokio::signal::ctrl_c() => break,
             }

@@ -7,12 +7,12 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use blixt_k8s_harness::shared;
 use blixt_lab::NetNs;
-use blixt_stream::{ClientConfig, ClientStatus, ClientTls, Pem, SnapshotClient, Token, Update};
+use blixt_stream::{ClientConfig, ClientTls, Pem, Token};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
@@ -20,7 +20,9 @@ use rcgen::{
 
 #[path = "common/k8s.rs"]
 mod k8s_support;
-use k8s_support::{free_port, require_root, Cleanup, Controller, HostLink, BLIXT};
+use k8s_support::{
+    client_until, free_port, refused_with, require_root, Cleanup, Controller, HostLink, BLIXT,
+};
 
 /// A CA writing certificates and keys as PEM files into a directory.
 struct Pki {
@@ -75,51 +77,6 @@ impl Pki {
     }
 }
 
-/// Runs a stream client until its status satisfies `done` (10 s at most, else the status is
-/// shown); returns that status and whether any snapshot reached the callback.
-async fn client_until(
-    config: ClientConfig,
-    what: &str,
-    done: impl Fn(&ClientStatus) -> bool,
-) -> (ClientStatus, bool) {
-    let client = std::sync::Arc::new(SnapshotClient::new(config).expect("client config"));
-    let got = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = {
-        let (client, got) = (client.clone(), got.clone());
-        tokio::spawn(async move {
-            client
-                .run(
-                    move |_: Update| {
-                        got.store(true, std::sync::atomic::Ordering::SeqCst);
-                        Ok(())
-                    },
-                    async {
-                        let _ = stopped.await;
-                    },
-                )
-                .await
-        })
-    };
-    let mut status = client.status();
-    let reached = tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| done(s)))
-        .await
-        .is_ok();
-    let last = client.status().borrow().clone();
-    let _ = stop.send(());
-    let _ = task.await;
-    assert!(reached, "{what}: not within 30 s; status {last:?}");
-    (last, got.load(std::sync::atomic::Ordering::SeqCst))
-}
-
-fn refused_with(code: &'static str) -> impl Fn(&ClientStatus) -> bool {
-    move |s| {
-        s.last_error
-            .as_deref()
-            .is_some_and(|e| e.contains(&format!("subscribe: {code}")))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_need_a_certificate_of_the_client_ca() {
     require_root();
@@ -157,18 +114,13 @@ async fn agents_need_a_certificate_of_the_client_ca() {
 
     let grpc = format!("{host_ip}:{}", free_port());
     let _controller = Controller(
-        Command::new(BLIXT)
-            .args(["controller", "--kubeconfig"])
-            .arg(cluster.kubeconfig_path())
-            .args(["--namespace", &n, "--identity", "c1"])
-            .args(["--controller-name", &format!("blixt.dev/test-{n}")])
+        k8s_support::controller_command(cluster, &n, "c1", &format!("blixt.dev/test-{n}"))
             .args(["--grpc-address", &grpc, "--tls-cert"])
             .arg(path(&server_cert))
             .arg("--tls-key")
             .arg(path(&server_key))
             .arg("--client-ca")
             .arg(path(&ca))
-            .stdout(Stdio::null())
             .spawn()
             .expect("blixt controller"),
     );

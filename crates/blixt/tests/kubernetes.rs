@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use blixt_gateway_api::{Gateway, TcpRoute};
@@ -18,7 +18,6 @@ use blixt_lab::process::LabProcess;
 use blixt_lab::topology::{Lab, LabSpec};
 use blixt_lab::traffic::{self, LongLived, UdpOptions};
 use blixt_lab::{EchoConfig, EchoServer};
-use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 
 #[path = "common/tls.rs"]
@@ -139,16 +138,7 @@ async fn gateway_api_objects_to_balanced_traffic_through_controller_and_agent() 
     lab.lb.ip(&["link", "set", &lb_if, "up"]).unwrap();
 
     // the agent's identity: a service-account token for the audience blixt-controller
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &n);
-    sas.create(
-        &PostParams::default(),
-        &serde_json::from_value(serde_json::json!({"metadata": {"name": "blixt-agent"}})).unwrap(),
-    )
-    .await
-    .unwrap();
-    let token = cluster
-        .service_account_token(&n, "blixt-agent", &["blixt-controller"])
-        .await;
+    let token = k8s_support::agent_token(cluster, &n).await;
     let tmp = std::env::temp_dir().join(format!("blixt-k8s-e2e-{id}"));
     std::fs::create_dir_all(&tmp).unwrap();
     let _tmp = Cleanup(tmp.clone());
@@ -161,23 +151,8 @@ async fn gateway_api_objects_to_balanced_traffic_through_controller_and_agent() 
     let grpc = format!("{host_ip}:{port}");
     let start_controller = |identity: &str| {
         Controller(
-            Command::new(BLIXT)
-                .args(["controller", "--kubeconfig"])
-                .arg(cluster.kubeconfig_path())
-                .args([
-                    "--namespace",
-                    &n,
-                    "--identity",
-                    identity,
-                    "--controller-name",
-                    &controller_name,
-                ])
+            k8s_support::controller_command(cluster, &n, identity, &controller_name)
                 .args(["--address-pool", "10.99.100.1", "--grpc-address", &grpc])
-                .args([
-                    "--agent-user",
-                    &format!("system:serviceaccount:{n}:blixt-agent"),
-                ])
-                .stdout(Stdio::null())
                 .spawn()
                 .expect("blixt controller"),
         )

@@ -16,13 +16,11 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use blixt_k8s_harness::{apply, parse_documents, shared};
 use blixt_lab::{LabProcess, NetNs, Veth};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, PostParams};
 
 #[path = "common/k8s.rs"]
 mod k8s_support;
@@ -255,16 +253,7 @@ async fn one_node_answers_for_each_vip_and_the_other_takes_over_when_it_goes() {
     let vip_b = *candidates.iter().find(|v| owner(**v) == "node-b").unwrap();
 
     // the agents' identity
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &n);
-    sas.create(
-        &PostParams::default(),
-        &serde_json::from_value(serde_json::json!({"metadata": {"name": "blixt-agent"}})).unwrap(),
-    )
-    .await
-    .unwrap();
-    let token = cluster
-        .service_account_token(&n, "blixt-agent", &["blixt-controller"])
-        .await;
+    let token = k8s_support::agent_token(cluster, &n).await;
     let tmp = std::env::temp_dir().join(format!("blixt-vip-owner-{id}"));
     std::fs::create_dir_all(&tmp).unwrap();
     let _tmp = Cleanup(tmp.clone());
@@ -274,24 +263,9 @@ async fn one_node_answers_for_each_vip_and_the_other_takes_over_when_it_goes() {
     let grpc = format!("{host_ip}:{}", free_port());
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let _controller = Controller(
-        Command::new(BLIXT)
-            .args(["controller", "--kubeconfig"])
-            .arg(cluster.kubeconfig_path())
-            .args([
-                "--namespace",
-                &n,
-                "--identity",
-                "c1",
-                "--controller-name",
-                &controller_name,
-            ])
+        k8s_support::controller_command(cluster, &n, "c1", &controller_name)
             .args(["--grpc-address", &grpc, "--metrics-address", &metrics_addr])
             .args(["--agent-timeout", "4"])
-            .args([
-                "--agent-user",
-                &format!("system:serviceaccount:{n}:blixt-agent"),
-            ])
-            .stdout(Stdio::null())
             .spawn()
             .expect("blixt controller"),
     );
