@@ -41,6 +41,13 @@ fn tiny_run_checks_every_path_and_writes_the_report() {
         .metric("tls.conn_per_s.c4")
         .expect("TLS passthrough metric");
     assert!(tls.systems.contains_key("haproxy"), "{tls:?}");
+    // suite 4: every change was seen in the pinned maps (the harness checks the new ring
+    // serves the new Service) and `blixt run` reported each change's stages
+    let cp = r
+        .metric("control_plane.standalone.r10.change_ms")
+        .expect("control-plane metric");
+    assert_eq!(cp.runs, 3, "{}: one sample per change", cp.name);
+    assert!(r.metric("control_plane.standalone.r10.stage.load_ms").is_some());
     let lb = r
         .programs
         .iter()
