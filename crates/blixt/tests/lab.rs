@@ -107,7 +107,14 @@ impl Harness {
     }
 
     fn start_agent(&mut self) {
-        let mut args: Vec<String> = vec![
+        self.start_agent_under(&[]);
+    }
+
+    /// Starts the agent through `wrapper` (a command and its arguments that end by running the
+    /// rest, e.g. `setpriv ... --`); none: directly.
+    fn start_agent_under(&mut self, wrapper: &[String]) {
+        let mut args: Vec<String> = wrapper.to_vec();
+        args.extend([
             env!("CARGO_BIN_EXE_blixt").into(),
             "agent".into(),
             "--snapshot".into(),
@@ -122,7 +129,7 @@ impl Harness {
             "16".into(),
             "--max-backends".into(),
             "256".into(),
-        ];
+        ]);
         for (name, _) in self.lab.lb_interfaces() {
             args.push("-i".into());
             args.push(name);
@@ -367,4 +374,103 @@ fn invalid_backends_are_rejected_live_tcp_reset_udp_drop() {
     }
     let g = h.pinned().global_counters().unwrap();
     assert!(g[shared::STAT_REJECT_NO_BACKEND as usize] >= 80, "{g:?}");
+}
+
+/// The agent's capabilities in the Helm chart (`agent.capabilities` in values.yaml, which the
+/// render test checks the DaemonSet adds after dropping ALL).
+fn chart_agent_capabilities() -> Vec<String> {
+    let values = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/helm/blixt/values.yaml"
+    );
+    let text = std::fs::read_to_string(values).expect("reading the chart's values.yaml");
+    let mut in_agent = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') && !line.starts_with('#') && !line.is_empty() {
+            in_agent = line.trim_end() == "agent:";
+        }
+        if let Some(list) = in_agent
+            .then(|| line.trim().strip_prefix("capabilities: ["))
+            .flatten()
+        {
+            return list
+                .trim_end_matches(']')
+                .split(',')
+                .map(|c| c.trim().to_string())
+                .collect();
+        }
+    }
+    panic!("no agent.capabilities list in {values}");
+}
+
+/// Capability numbers (linux/capability.h) of the names the chart uses.
+fn cap_bit(name: &str) -> u32 {
+    match name {
+        "NET_ADMIN" => 12,
+        "NET_RAW" => 13,
+        "SYS_ADMIN" => 21,
+        "PERFMON" => 38,
+        "BPF" => 39,
+        other => panic!("capability {other} is not known to this test"),
+    }
+}
+
+#[test]
+fn agent_forwards_with_only_the_charts_capabilities() {
+    // uid 0 whose bounding set holds only the chart's capabilities, with no_new_privs: what a
+    // container with `drop: [ALL]`, `add: [...]`, runAsUser 0 and allowPrivilegeEscalation
+    // false gets
+    let caps = chart_agent_capabilities();
+    assert!(!caps.is_empty());
+    let list: Vec<String> = caps
+        .iter()
+        .map(|c| format!("+{}", c.to_lowercase()))
+        .collect();
+    let wrapper: Vec<String> = [
+        "setpriv".to_string(),
+        format!("--bounding-set=-all,{}", list.join(",")),
+        "--inh-caps=-all".into(),
+        "--no-new-privs".into(),
+        "--".into(),
+    ]
+    .into();
+    let mut h = Harness::new(LabSpec::with_backends(3));
+    let snap = weighted(&mut h);
+    h.apply(&snap);
+    h.start_agent_under(&wrapper);
+
+    // the kernel's view of the running agent: exactly those capabilities
+    let pid = h.agent.as_ref().expect("agent running").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    let want = caps.iter().fold(0u64, |m, c| m | 1 << cap_bit(c));
+    assert_eq!(
+        field("CapEff:"),
+        want,
+        "effective capabilities of the agent"
+    );
+    assert_eq!(field("CapBnd:"), want, "bounding set of the agent");
+    assert_eq!(field("NoNewPrivs:"), 1);
+
+    // and with them it programs the dataplane and forwards over both families
+    for v6 in [false, true] {
+        let (tcp, udp) = (h.tcp_target(v6), h.udp_target(v6));
+        let (t, u) = h.lab.client.ns.run_in(|| {
+            let t = traffic::tcp_burst(tcp, 200, 16, Duration::from_secs(5)).unwrap();
+            let u = traffic::udp_flows(udp, 200, &UdpOptions::default()).unwrap();
+            (t, u)
+        });
+        assert_eq!(t.ok, 200, "TCP v6={v6}: {}", t.summary());
+        assert_eq!(u.ok, 200, "UDP v6={v6}: {}", u.summary());
+    }
+    assert!(
+        h.backend_totals().new_flows >= 800,
+        "the XDP path carried them"
+    );
 }
