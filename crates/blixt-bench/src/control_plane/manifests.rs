@@ -95,7 +95,8 @@ impl Layout {
         )
     }
 
-    fn gateways_yaml(&self) -> String {
+    /// The GatewayClass and Gateways.
+    pub fn gateways_yaml(&self) -> String {
         let mut s = String::from(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata:\n  name: blixt\n\
              spec:\n  controllerName: blixt.dev/gateway-controller\n",
@@ -117,7 +118,8 @@ impl Layout {
         s
     }
 
-    fn services_yaml(&self, chunk: usize) -> String {
+    /// Services `chunk * PER_FILE ..` with their EndpointSlices.
+    pub fn services_yaml(&self, chunk: usize) -> String {
         let mut s = String::new();
         for svc in chunk * PER_FILE..((chunk + 1) * PER_FILE).min(self.routes) {
             let _ = write!(
