@@ -14,5 +14,6 @@ args=()
 if [ -n "${QUICK:-}" ] && [ "${QUICK}" != 0 ]; then
   args+=(--quick)
 fi
-cargo build --release -p blixt-bench
+# blixt too: suite 4 runs the real `blixt run` (it would otherwise build it itself, mid-run)
+cargo build --release -p blixt-bench -p blixt
 exec "${CARGO_TARGET_DIR:-target}/release/blixt-bench" "${args[@]}" "$@"
