@@ -47,7 +47,9 @@ fn tiny_run_checks_every_path_and_writes_the_report() {
         .metric("control_plane.standalone.r10.change_ms")
         .expect("control-plane metric");
     assert_eq!(cp.runs, 3, "{}: one sample per change", cp.name);
-    assert!(r.metric("control_plane.standalone.r10.stage.load_ms").is_some());
+    assert!(r
+        .metric("control_plane.standalone.r10.stage.load_ms")
+        .is_some());
     let lb = r
         .programs
         .iter()
