@@ -26,9 +26,21 @@ pub static PEER_PASS_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/peer_pass.o"));
 
 /// Writes [`PEER_PASS_OBJ`] to a file (for `ip link set ... xdp obj`) and returns its path.
+/// The file is named by a hash of its bytes, so every process (test binaries included) shares
+/// one file per build of the object instead of leaving one behind each.
 pub fn peer_pass_object() -> io::Result<PathBuf> {
-    let path = std::env::temp_dir().join(format!("blixt-peer-pass-{}.o", std::process::id()));
-    fs::write(&path, PEER_PASS_OBJ)?;
+    // FNV-1a: a name, not a security boundary
+    let hash = PEER_PASS_OBJ.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let path = std::env::temp_dir().join(format!("blixt-peer-pass-{hash:016x}.o"));
+    if fs::read(&path).is_ok_and(|b| b == PEER_PASS_OBJ) {
+        return Ok(path);
+    }
+    // written beside it and renamed, so a concurrent reader never sees half a file
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    fs::write(&tmp, PEER_PASS_OBJ)?;
+    fs::rename(&tmp, &path)?;
     Ok(path)
 }
 
