@@ -21,11 +21,12 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{MapData, MapError, PerCpuArray};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use blixt_agent::{NodeConfig, Reconciler};
 use blixt_bpf::live::BENCH_SINK_OBJ;
+use blixt_bpf::shared::{FlowKey, STAT_CT_INSERT_FAILED};
 use blixt_bpf::{Dataplane, DataplaneOptions};
 use blixt_core::snapshot::{
     Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot,
@@ -247,69 +248,76 @@ impl Bed {
         }
     }
 
-    /// What the system's own counters say: Blixt's per-backend and global counters, the
-    /// nftables/iptables rule counters. One line for the report.
-    pub fn own_counters(&mut self) -> Result<String> {
-        match (&mut self.installed, self.system) {
-            (Installed::Blixt(rec), _) => {
-                let mut packets = 0;
-                let mut new_flows = 0;
-                for f in rec.view() {
-                    for (_, id, _, _) in f.backends {
-                        let c = rec.backend_counters(id)?;
-                        packets += c.packets;
-                        new_flows += c.new_flows;
+    /// Empties the system's connection table: Blixt's conntrack map (every key deleted), the
+    /// kernel's conntrack of the lb namespace (`conntrack -F`) for nftables/iptables. Run
+    /// between rounds, never inside a timed window.
+    pub fn clear_flows(&mut self) -> Result<()> {
+        match &mut self.installed {
+            Installed::Blixt(rec) => {
+                let ct = &mut rec.dataplane().maps.conntrack;
+                // deleting while iterating would restart the walk: collect, delete, check
+                for _ in 0..4 {
+                    let keys: Vec<FlowKey> = ct.keys().filter_map(Result::ok).collect();
+                    if keys.is_empty() {
+                        return Ok(());
+                    }
+                    for k in &keys {
+                        match ct.remove(k) {
+                            Ok(()) | Err(MapError::KeyNotFound) => {}
+                            Err(e) => return Err(e).context("deleting a blixt_conntrack entry"),
+                        }
                     }
                 }
-                let stats = rec.global_counters()?;
-                let nonzero: Vec<String> = blixt_bpf::shared::STAT_NAMES
-                    .iter()
-                    .zip(&stats)
-                    .filter(|(_, v)| **v > 0)
-                    .map(|(n, v)| format!("{n} {v}"))
-                    .collect();
-                Ok(format!(
-                    "Blixt's backend counters: {packets} packets forwarded, {new_flows} new \
-                     flows; global counters: {}",
-                    if nonzero.is_empty() {
-                        "all zero".to_string()
-                    } else {
-                        nonzero.join(", ")
+                bail!("blixt_conntrack still has entries after 4 passes of deleting every key")
+            }
+            Installed::Rules => {
+                self.lab.lb.exec(&["conntrack", "-F"]).context(
+                    "conntrack -F in the lb namespace (is conntrack installed? `make deps`)",
+                )?;
+                Ok(())
+            }
+            Installed::RxDrop(_) => Ok(()),
+        }
+    }
+
+    /// The system's own count of the flows it created: Blixt's per-backend `new_flows` and its
+    /// global counters, the DNAT rule hits of nftables/iptables (conntrack sends only the first
+    /// packet of a connection through the nat chains: one hit per new conntrack entry).
+    pub fn flow_counters(&mut self) -> Result<FlowCounters> {
+        match (&mut self.installed, self.system) {
+            (Installed::Blixt(rec), _) => {
+                let mut c = FlowCounters::default();
+                for f in rec.view() {
+                    for (_, id, _, _) in f.backends {
+                        let b = rec.backend_counters(id)?;
+                        c.packets += b.packets;
+                        c.created += b.new_flows;
                     }
-                ))
+                }
+                c.stats = rec.global_counters()?;
+                Ok(c)
             }
             (Installed::Rules, System::Nftables) => {
                 let out = self
                     .lab
                     .lb
                     .exec(&["nft", "list", "table", "ip", "blixt_bench"])?;
-                let mut dnat = 0;
-                let mut fwd = 0;
-                let mut invalid = 0;
+                let mut c = FlowCounters::default();
                 for l in out.lines() {
                     let n = counter_packets(l);
                     if l.contains("dnat to") {
-                        dnat += n;
+                        c.created += n;
                     } else if l.contains("ct status dnat") {
-                        fwd += n;
+                        c.packets += n;
                     } else if l.contains("invalid") {
-                        invalid += n;
+                        c.invalid += n;
                     }
                 }
-                Ok(format!(
-                    "nftables counters: {dnat} DNAT rule hits (one per new conntrack entry), \
-                     {fwd} DNATed packets forwarded, {invalid} dropped as conntrack-invalid"
-                ))
+                Ok(c)
             }
             (Installed::Rules, s) => {
-                let cmd = if s == System::Iptables {
-                    "iptables-save"
-                } else {
-                    "iptables-legacy-save"
-                };
-                let out = self.lab.lb.exec(&[cmd, "-c"])?;
-                let mut dnat = 0;
-                let mut invalid = 0;
+                let out = self.lab.lb.exec(&[iptables_save(s), "-c"])?;
+                let mut c = FlowCounters::default();
                 for l in out.lines() {
                     let n = l
                         .strip_prefix('[')
@@ -317,17 +325,102 @@ impl Bed {
                         .and_then(|p| p.parse::<u64>().ok())
                         .unwrap_or(0);
                     if l.contains("-j DNAT") {
-                        dnat += n;
+                        c.created += n;
                     } else if l.contains("INVALID") {
-                        invalid += n;
+                        c.invalid += n;
                     }
                 }
-                Ok(format!(
-                    "{cmd} counters: {dnat} DNAT rule hits (one per new conntrack entry), \
-                     {invalid} dropped as conntrack-invalid"
-                ))
+                Ok(c)
             }
-            (Installed::RxDrop(_), _) => Ok("XDP_DROP on the lb's receiving veth end".into()),
+            (Installed::RxDrop(_), _) => Ok(FlowCounters::default()),
+        }
+    }
+
+    /// What the system's own counters say: Blixt's per-backend and global counters, the
+    /// nftables/iptables rule counters. One line for the report.
+    pub fn own_counters(&mut self) -> Result<String> {
+        let c = self.flow_counters()?;
+        Ok(match self.system {
+            System::Blixt => {
+                let nonzero: Vec<String> = blixt_bpf::shared::STAT_NAMES
+                    .iter()
+                    .zip(&c.stats)
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(n, v)| format!("{n} {v}"))
+                    .collect();
+                format!(
+                    "Blixt's backend counters: {} packets forwarded, {} new flows; global \
+                     counters: {}",
+                    c.packets,
+                    c.created,
+                    if nonzero.is_empty() {
+                        "all zero".to_string()
+                    } else {
+                        nonzero.join(", ")
+                    }
+                )
+            }
+            System::Nftables => format!(
+                "nftables counters: {} DNAT rule hits (one per new conntrack entry), {} DNATed \
+                 packets forwarded, {} dropped as conntrack-invalid",
+                c.created, c.packets, c.invalid
+            ),
+            s @ (System::Iptables | System::IptablesLegacy) => format!(
+                "{} counters: {} DNAT rule hits (one per new conntrack entry), {} dropped as \
+                 conntrack-invalid",
+                iptables_save(s),
+                c.created,
+                c.invalid
+            ),
+            System::RxDrop => "XDP_DROP on the lb's receiving veth end".into(),
+        })
+    }
+}
+
+/// `iptables-save` of an iptables system.
+fn iptables_save(s: System) -> &'static str {
+    if s == System::IptablesLegacy {
+        "iptables-legacy-save"
+    } else {
+        "iptables-save"
+    }
+}
+
+/// A system's own flow counters at one moment (see [`Bed::flow_counters`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    /// Flows created: Blixt's backend `new_flows`, the DNAT rule hits of the others.
+    pub created: u64,
+    /// Packets forwarded as the system counts them (Blixt, nftables; 0 for iptables).
+    pub packets: u64,
+    /// Packets dropped as conntrack-invalid (nftables/iptables).
+    pub invalid: u64,
+    /// Blixt's global counters, in `STAT_NAMES` order (empty for the others).
+    pub stats: Vec<u64>,
+}
+
+impl FlowCounters {
+    /// Blixt's `ct_insert_failed`: new flows that found no free conntrack entry or SNAT port
+    /// and were forwarded statelessly (0 for the others).
+    pub fn ct_insert_failed(&self) -> u64 {
+        self.stats
+            .get(STAT_CT_INSERT_FAILED as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Counter differences `self - earlier`.
+    pub fn since(&self, earlier: &FlowCounters) -> FlowCounters {
+        FlowCounters {
+            created: self.created - earlier.created,
+            packets: self.packets - earlier.packets,
+            invalid: self.invalid - earlier.invalid,
+            stats: self
+                .stats
+                .iter()
+                .zip(&earlier.stats)
+                .map(|(a, b)| a - b)
+                .collect(),
         }
     }
 }
