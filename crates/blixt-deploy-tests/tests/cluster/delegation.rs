@@ -82,13 +82,24 @@ spec:
     // The Service, as the controller applied it, and the Gateway waiting for its address.
     let svc = eventually(
         "the controller created the Gateway's LoadBalancer Service",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async {
-            services
+            match services
                 .get_opt("blixt-gw")
                 .await
                 .map_err(|e| e.to_string())?
-                .ok_or_else(|| "no Service blixt-gw".to_string())
+            {
+                Some(svc) => Ok(svc),
+                // say what the controller thinks of the Gateway, for a failure's message
+                None => Err(format!(
+                    "no Service blixt-gw; Gateway status: {}",
+                    gateways
+                        .get("gw")
+                        .await
+                        .map(|g| g.data["status"].to_string())
+                        .unwrap_or_else(|e| e.to_string())
+                )),
+            }
         },
     )
     .await;
