@@ -14,6 +14,8 @@ args=()
 if [ -n "${QUICK:-}" ] && [ "${QUICK}" != 0 ]; then
   args+=(--quick)
 fi
-# blixt too: suite 4 runs the real `blixt run` (it would otherwise build it itself, mid-run)
+# blixt too: suite 4 runs the real `blixt run`; BLIXT_BIN points it at this build (on its own
+# it would build blixt again mid-run, with other features unified than here)
 cargo build --release -p blixt-bench -p blixt
+export BLIXT_BIN="${CARGO_TARGET_DIR:-target}/release/blixt"
 exec "${CARGO_TARGET_DIR:-target}/release/blixt-bench" "${args[@]}" "$@"
