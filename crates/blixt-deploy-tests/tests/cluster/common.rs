@@ -18,6 +18,11 @@ pub async fn controller_as_service_account(
     fullname: &str,
     controller_name: &str,
 ) -> Running {
+    // the controller logs why a write failed; the test harness shows it with a failure
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info")
+        .try_init();
     let as_controller = cluster.client_as_service_account(ns, &format!("{fullname}-controller"));
     let opts = ControllerOptions {
         translator: TranslatorConfig {
