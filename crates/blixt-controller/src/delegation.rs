@@ -152,7 +152,15 @@ impl ServiceWriter {
             let Some(uid) = uid else { continue };
             let body = desired_service(d, &uid);
             wanted.insert(key.clone(), ());
-            if self.written.get(&key) == Some(&body) {
+            // Skip only what was written and is still there: a Service deleted behind our back
+            // (by hand, or by the garbage collector while its view of the owner lags) is
+            // applied again. Right after a write the watch may not show it yet; one more
+            // server-side apply of the same body is harmless.
+            let present = objects.services.iter().any(|s| {
+                s.metadata.namespace.as_deref() == Some(key.namespace.as_str())
+                    && s.metadata.name.as_deref() == Some(key.name.as_str())
+            });
+            if present && self.written.get(&key) == Some(&body) {
                 continue;
             }
             let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);
