@@ -75,6 +75,27 @@ pub struct Cluster {
     crds: Vec<String>,
 }
 
+/// Polls `check` every 200 ms until it returns `Some`, and returns that value; panics with
+/// `what` after `timeout`. For tests that wait on the API server (statuses, objects a
+/// controller creates).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not true after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The process-wide cluster: started by the first caller in a test binary, shared by every test
 /// of that binary, stopped when the binary exits. Tests sharing it must isolate themselves,
 /// for example with [`Cluster::temp_namespace`], and must not rely on cluster-scoped objects

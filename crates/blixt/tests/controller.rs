@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blixt_gateway_api::Gateway;
-use blixt_k8s_harness::{apply, parse_documents, shared};
+use blixt_k8s_harness::{apply, eventually, parse_documents, shared};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 
@@ -49,24 +49,6 @@ fn replica(
         .spawn()
         .expect("starting blixt controller");
     Replica(child)
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not true after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 async fn programmed(gws: &Api<Gateway>, name: &str) -> Option<()> {

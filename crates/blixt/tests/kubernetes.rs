@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use blixt_gateway_api::{Gateway, TcpRoute};
-use blixt_k8s_harness::{apply, parse_documents, shared};
+use blixt_k8s_harness::{apply, eventually, parse_documents, shared};
 use blixt_lab::process::LabProcess;
 use blixt_lab::topology::{Lab, LabSpec};
 use blixt_lab::traffic::{self, LongLived, UdpOptions};
@@ -27,24 +27,6 @@ use tls_support::{connect, ping, TlsBackend};
 #[path = "common/k8s.rs"]
 mod k8s_support;
 use k8s_support::{free_port, require_root, Cleanup, Controller, HostLink, BLIXT};
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not true after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 fn within(counts: &std::collections::BTreeMap<String, usize>, weights: &[(&str, f64)], tol: f64) {
     let total: usize = counts.values().sum();
