@@ -48,10 +48,13 @@ fn owning_gateway(svc: &Service) -> Option<ObjectKey> {
 
 /// What the load balancer assigned to each delegating Gateway (`"namespace/name"` →
 /// `status.loadBalancer.ingress[].ip`, in order; hostnames are not addresses and are skipped).
-pub fn addresses_from_services(services: &[Service]) -> BTreeMap<String, Vec<IpAddr>> {
+pub fn addresses_from_services(
+    services: &[impl std::borrow::Borrow<Service>],
+) -> BTreeMap<String, Vec<IpAddr>> {
     services
         .iter()
-        .filter_map(|svc| {
+        .map(std::borrow::Borrow::borrow)
+        .filter_map(|svc: &Service| {
             let gw = owning_gateway(svc)?;
             let ips: Vec<IpAddr> = svc
                 .status

@@ -1,7 +1,7 @@
 //! The kube provider: one reflector per kind the translator reads, filling stores (without the
 //! bookkeeping fields the translator never reads, see [`strip_bookkeeping`]); every event
-//! (including deletions) wakes the translator loop. `KubeIndex::objects()` copies the stores
-//! into the translator's plain `ObjectIndex`.
+//! (including deletions) wakes the translator loop. `KubeIndex::objects()` hands the stores'
+//! objects to the translator's `ObjectIndex` by pointer: the stores hold the only copy.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -126,13 +126,14 @@ impl KubeIndex {
             .unwrap_or_default()
     }
 
-    /// The current objects, as the translator takes them.
+    /// The current objects, as the translator takes them: pointers into the stores, no copies
+    /// (a store replaces an object on update, so these stay as they were for this pass).
     pub fn objects(&self) -> ObjectIndex {
-        fn all<K: Resource + Clone>(s: &Store<K>) -> Vec<K>
+        fn all<K: Resource + Clone>(s: &Store<K>) -> Vec<Arc<K>>
         where
             K::DynamicType: Eq + std::hash::Hash + Clone,
         {
-            s.state().iter().map(|o| (**o).clone()).collect()
+            s.state()
         }
         ObjectIndex {
             gateway_classes: all(&self.gateway_classes),

@@ -49,7 +49,7 @@ use self::addresses::{AddressOutcome, AddressRequest, Claimant, IP_ADDRESS_TYPE}
 use self::backends::ResolvedRef;
 use self::conditions::{condition_type as ct, reason, stamp, Cond};
 use self::listeners::{ListenerEval, ListenerProtocol};
-use self::objects::{age_key, Lookup, RouteKind, RouteView};
+use self::objects::{age_key, refs, Lookup, RouteKind, RouteView};
 use self::routes::{FullParentRef, ParentOutcome};
 
 pub use self::config::{
@@ -148,7 +148,7 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
 
     // GatewayClasses.
     let mut classes: BTreeMap<&str, (&GatewayClass, Cond)> = BTreeMap::new();
-    for gc in &objects.gateway_classes {
+    for gc in refs(&objects.gateway_classes) {
         let name = gc.metadata.name.as_deref().unwrap_or("");
         if gc.spec.controller_name != config.controller_name || classes.contains_key(name) {
             continue;
@@ -158,9 +158,7 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
 
     // Gateways of those classes, oldest first.
     let mut seen = BTreeSet::new();
-    let mut gws: Vec<&Gateway> = objects
-        .gateways
-        .iter()
+    let mut gws: Vec<&Gateway> = refs(&objects.gateways)
         .filter(|g| classes.contains_key(g.spec.gateway_class_name.as_str()))
         .filter(|g| seen.insert(ObjectKey::of(&g.metadata)))
         .collect();
@@ -228,12 +226,10 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
     // Routes.
     let mut routes: Vec<RouteEval<'_>> = Vec::new();
     let mut route_keys = BTreeSet::new();
-    let views = objects
-        .tcp_routes
-        .iter()
+    let views = refs(&objects.tcp_routes)
         .map(RouteView::tcp)
-        .chain(objects.udp_routes.iter().map(RouteView::udp))
-        .chain(objects.tls_routes.iter().map(RouteView::tls));
+        .chain(refs(&objects.udp_routes).map(RouteView::udp))
+        .chain(refs(&objects.tls_routes).map(RouteView::tls));
     for view in views {
         if !route_keys.insert((view.kind, view.key.clone())) {
             continue;

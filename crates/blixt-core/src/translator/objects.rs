@@ -1,6 +1,7 @@
 //! The translator's input, and the read-only views the rules work on.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use blixt_gateway_api::{Gateway, GatewayClass, ReferenceGrant, TcpRoute, TlsRoute, UdpRoute};
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -14,17 +15,27 @@ use crate::snapshot::Protocol;
 /// Everything the translator reads. Filled by a provider (manifest files in standalone mode,
 /// watches in Kubernetes); the translator never fetches anything itself. Order does not
 /// matter; when two objects share a namespace and name, the first one counts.
+///
+/// Objects are shared (`Arc`), not owned: a provider that keeps its own copy (kube-rs
+/// reflector stores hand out `Arc<K>`, the standalone file cache keeps each file's objects)
+/// fills an index by copying pointers. At 100,000 endpoints a deep copy per translation pass
+/// was a second copy of every object in the controller's memory.
 #[derive(Debug, Clone, Default)]
 pub struct ObjectIndex {
-    pub gateway_classes: Vec<GatewayClass>,
-    pub gateways: Vec<Gateway>,
-    pub tcp_routes: Vec<TcpRoute>,
-    pub udp_routes: Vec<UdpRoute>,
-    pub tls_routes: Vec<TlsRoute>,
-    pub reference_grants: Vec<ReferenceGrant>,
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
-    pub namespaces: Vec<Namespace>,
+    pub gateway_classes: Vec<Arc<GatewayClass>>,
+    pub gateways: Vec<Arc<Gateway>>,
+    pub tcp_routes: Vec<Arc<TcpRoute>>,
+    pub udp_routes: Vec<Arc<UdpRoute>>,
+    pub tls_routes: Vec<Arc<TlsRoute>>,
+    pub reference_grants: Vec<Arc<ReferenceGrant>>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub namespaces: Vec<Arc<Namespace>>,
+}
+
+/// The objects of one kind of an [`ObjectIndex`], borrowed.
+pub(crate) fn refs<K>(objects: &[Arc<K>]) -> impl Iterator<Item = &K> {
+    objects.iter().map(|o| &**o)
 }
 
 /// Namespace and name of a namespaced object.
@@ -240,7 +251,7 @@ pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 impl<'a> Lookup<'a> {
     pub fn new(objects: &'a ObjectIndex) -> Self {
         let mut services: HashMap<_, HashMap<_, _>> = HashMap::new();
-        for s in &objects.services {
+        for s in refs(&objects.services) {
             services
                 .entry(namespace_of(&s.metadata))
                 .or_default()
@@ -248,7 +259,7 @@ impl<'a> Lookup<'a> {
                 .or_insert(s);
         }
         let mut slices: HashMap<_, HashMap<_, Vec<_>>> = HashMap::new();
-        for s in &objects.endpoint_slices {
+        for s in refs(&objects.endpoint_slices) {
             if let Some(svc) = s
                 .metadata
                 .labels
@@ -268,13 +279,13 @@ impl<'a> Lookup<'a> {
             v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         }
         let mut namespaces = HashMap::new();
-        for n in &objects.namespaces {
+        for n in refs(&objects.namespaces) {
             namespaces
                 .entry(n.metadata.name.as_deref().unwrap_or(""))
                 .or_insert(n);
         }
         let mut grants: HashMap<_, Vec<_>> = HashMap::new();
-        for g in &objects.reference_grants {
+        for g in refs(&objects.reference_grants) {
             grants.entry(namespace_of(&g.metadata)).or_default().push(g);
         }
         Lookup {

@@ -23,6 +23,7 @@ mod split;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use blixt_core::translator::{ObjectIndex, Statuses, Translation, TranslatorConfig};
 use blixt_gateway_api::{Gateway, GatewayClass, ReferenceGrant, TcpRoute, TlsRoute, UdpRoute};
@@ -78,7 +79,8 @@ impl LoadedConfig {
     /// Copies the statuses of a previous translation into the objects, as the API server
     /// would hold them, so that what depends on the previous state stays put across reloads:
     /// pool addresses are sticky (a new Gateway never takes another's VIP) and conditions
-    /// keep their `lastTransitionTime` while unchanged.
+    /// keep their `lastTransitionTime` while unchanged. Only the objects that get a status
+    /// are copied out of the (shared) load cache.
     pub fn carry_over(&mut self, previous: &Statuses) {
         let key = |m: &ObjectMeta| {
             blixt_core::translator::ObjectKey::new(
@@ -91,27 +93,27 @@ impl LoadedConfig {
                 .gateway_classes
                 .get(gc.metadata.name.as_deref().unwrap_or_default())
             {
-                gc.status = Some(o.status.clone());
+                Arc::make_mut(gc).status = Some(o.status.clone());
             }
         }
         for g in &mut self.objects.gateways {
             if let Some(s) = previous.gateways.get(&key(&g.metadata)) {
-                g.status = Some(s.clone());
+                Arc::make_mut(g).status = Some(s.clone());
             }
         }
         for r in &mut self.objects.tcp_routes {
             if let Some(s) = previous.tcp_routes.get(&key(&r.metadata)) {
-                r.status = Some(s.clone());
+                Arc::make_mut(r).status = Some(s.clone());
             }
         }
         for r in &mut self.objects.udp_routes {
             if let Some(s) = previous.udp_routes.get(&key(&r.metadata)) {
-                r.status = Some(s.clone());
+                Arc::make_mut(r).status = Some(s.clone());
             }
         }
         for r in &mut self.objects.tls_routes {
             if let Some(s) = previous.tls_routes.get(&key(&r.metadata)) {
-                r.status = Some(s.clone());
+                Arc::make_mut(r).status = Some(s.clone());
             }
         }
     }
@@ -528,32 +530,32 @@ impl Loader {
 
         match kind_id {
             Kind::GatewayClass => self.object(doc, value, kind_id, namespaced, |o, g| {
-                o.gateway_classes.push(g)
+                o.gateway_classes.push(Arc::new(g))
             }),
-            Kind::Gateway => {
-                self.object(doc, value, kind_id, namespaced, |o, g| o.gateways.push(g))
-            }
-            Kind::TcpRoute => {
-                self.object(doc, value, kind_id, namespaced, |o, r| o.tcp_routes.push(r))
-            }
-            Kind::UdpRoute => {
-                self.object(doc, value, kind_id, namespaced, |o, r| o.udp_routes.push(r))
-            }
-            Kind::TlsRoute => {
-                self.object(doc, value, kind_id, namespaced, |o, r| o.tls_routes.push(r))
-            }
+            Kind::Gateway => self.object(doc, value, kind_id, namespaced, |o, g| {
+                o.gateways.push(Arc::new(g))
+            }),
+            Kind::TcpRoute => self.object(doc, value, kind_id, namespaced, |o, r| {
+                o.tcp_routes.push(Arc::new(r))
+            }),
+            Kind::UdpRoute => self.object(doc, value, kind_id, namespaced, |o, r| {
+                o.udp_routes.push(Arc::new(r))
+            }),
+            Kind::TlsRoute => self.object(doc, value, kind_id, namespaced, |o, r| {
+                o.tls_routes.push(Arc::new(r))
+            }),
             Kind::ReferenceGrant => self.object(doc, value, kind_id, namespaced, |o, g| {
-                o.reference_grants.push(g)
+                o.reference_grants.push(Arc::new(g))
             }),
-            Kind::Service => {
-                self.object(doc, value, kind_id, namespaced, |o, s| o.services.push(s))
-            }
+            Kind::Service => self.object(doc, value, kind_id, namespaced, |o, s| {
+                o.services.push(Arc::new(s))
+            }),
             Kind::EndpointSlice => self.object(doc, value, kind_id, namespaced, |o, s| {
-                o.endpoint_slices.push(s)
+                o.endpoint_slices.push(Arc::new(s))
             }),
-            Kind::Namespace => {
-                self.object(doc, value, kind_id, namespaced, |o, n| o.namespaces.push(n))
-            }
+            Kind::Namespace => self.object(doc, value, kind_id, namespaced, |o, n| {
+                o.namespaces.push(Arc::new(n))
+            }),
             Kind::NodeConfig => {
                 let mut node = None;
                 self.object(doc, value, kind_id, namespaced, |_, n: NodeConfigObject| {

@@ -13,6 +13,7 @@ mod table;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use blixt_core::translator::{ObjectIndex, ObjectKey, Statuses};
 use blixt_gateway_api::{Gateway, GatewayClass, TcpRoute, TlsRoute, UdpRoute};
@@ -149,10 +150,11 @@ fn key(meta: &ObjectMeta) -> ObjectKey {
 }
 
 /// The first object per namespace/name (the translator's rule for duplicates), sorted.
-fn unique<T>(objects: &[T], meta: impl Fn(&T) -> &ObjectMeta) -> Vec<&T> {
+fn unique<T>(objects: &[Arc<T>], meta: impl Fn(&T) -> &ObjectMeta) -> Vec<&T> {
     let mut seen = BTreeSet::new();
     let mut out: Vec<&T> = objects
         .iter()
+        .map(|o| &**o)
         .filter(|o| seen.insert(key(meta(o))))
         .collect();
     out.sort_by_key(|o| key(meta(o)));

@@ -56,9 +56,11 @@ pub(super) fn objects(yaml: &str) -> ObjectIndex {
 
 use serde::Deserialize as _;
 
-fn parse<T: serde::de::DeserializeOwned>(v: &serde_yaml::Value) -> T {
-    serde_yaml::from_value(v.clone())
-        .unwrap_or_else(|e| panic!("{e}\n{}", serde_yaml::to_string(v).unwrap()))
+fn parse<T: serde::de::DeserializeOwned>(v: &serde_yaml::Value) -> std::sync::Arc<T> {
+    std::sync::Arc::new(
+        serde_yaml::from_value(v.clone())
+            .unwrap_or_else(|e| panic!("{e}\n{}", serde_yaml::to_string(v).unwrap())),
+    )
 }
 
 /// The time every fixture translates at.
