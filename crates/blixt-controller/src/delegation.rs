@@ -6,7 +6,7 @@
 //! kube-proxy; the addresses are only a claim on the network (MetalLB or a cloud announces
 //! them), and Blixt's agents load-balance the traffic that reaches the nodes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use blixt_core::snapshot::Protocol;
@@ -128,12 +128,15 @@ impl ServiceWriter {
         self.written.clear();
     }
 
-    /// Returns how many writes failed (logged; retried at the next call).
+    /// Returns how many writes failed (logged; retried at the next call). `ours` are the
+    /// Gateways of this controller's classes: a Service of another Gateway is never touched,
+    /// even with our labels (another Blixt controller, for another class, manages it).
     pub async fn write(
         &mut self,
         client: &Client,
         objects: &ObjectIndex,
         delegations: &[Delegation],
+        ours: &BTreeSet<&ObjectKey>,
     ) -> usize {
         let mut failed = 0;
         let apply = PatchParams::apply(FIELD_MANAGER).force();
@@ -179,8 +182,8 @@ impl ServiceWriter {
                 }
             }
         }
-        // Ours, for a Gateway that still exists but no longer delegates (a deleted Gateway's
-        // Service goes with it: garbage collection).
+        // Ours, for a Gateway of our classes that no longer delegates (a deleted Gateway's
+        // Service goes with it: garbage collection; another class's is not ours to delete).
         for svc in &objects.services {
             let Some(gw) = owning_gateway(svc) else {
                 continue;
@@ -189,11 +192,7 @@ impl ServiceWriter {
                 gw.namespace.clone(),
                 svc.metadata.name.clone().unwrap_or_default(),
             );
-            let gateway_exists = objects.gateways.iter().any(|g| {
-                g.metadata.namespace.as_deref() == Some(&gw.namespace)
-                    && g.metadata.name.as_deref() == Some(&gw.name)
-            });
-            if wanted.contains_key(&key) || !gateway_exists {
+            if wanted.contains_key(&key) || !ours.contains(&gw) {
                 continue;
             }
             let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);

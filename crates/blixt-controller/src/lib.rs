@@ -231,7 +231,10 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
                         &opts.translator.controller_name,
                     )
                     .await;
-                failed += services.write(&client, &objects, &t.delegations).await;
+                let ours = statuses.gateways.keys().collect();
+                failed += services
+                    .write(&client, &objects, &t.delegations, &ours)
+                    .await;
             }
             status_tx.send_replace(statuses);
             // wait for a change (or retry soon after failed writes / to notice leadership)

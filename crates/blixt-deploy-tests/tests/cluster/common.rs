@@ -24,22 +24,9 @@ pub async fn controller_as_service_account(
         .with_env_filter("info")
         .try_init();
     let as_controller = cluster.client_as_service_account(ns, &format!("{fullname}-controller"));
-    let opts = ControllerOptions {
-        translator: TranslatorConfig {
-            controller_name: controller_name.to_owned(),
-            ..TranslatorConfig::default()
-        },
-        lease: LeaseConfig {
-            namespace: ns.to_owned(),
-            name: "blixt-controller".into(),
-            identity: format!("{fullname}-controller-0"),
-            lease_duration: Duration::from_secs(6),
-            renew_every: Duration::from_secs(1),
-        },
-        debounce: Duration::from_millis(50),
-        resync: Duration::from_secs(300),
-        programmed_gate: None,
-    };
+    // the chart's Role allows one Lease, by name
+    let identity = format!("{fullname}-controller-0");
+    let opts = options(ns, "blixt-controller", &identity, controller_name);
     // The CRD check and the initial lists are the first calls the controller makes.
     eventually(
         "the controller starts under its ServiceAccount",
@@ -51,4 +38,42 @@ pub async fn controller_as_service_account(
         },
     )
     .await
+}
+
+/// A controller for `controller_name`'s classes with the admin's rights (every one), its
+/// Lease `lease` in namespace `ns`.
+pub async fn controller_as_admin(
+    cluster: &Cluster,
+    ns: &str,
+    lease: &str,
+    controller_name: &str,
+) -> Running {
+    let identity = format!("{lease}-0");
+    start(
+        cluster.client(),
+        options(ns, lease, &identity, controller_name),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("starting controller {identity}: {e:#}"))
+}
+
+/// The options of the tests' controllers: Lease `lease` in `ns` held as `identity`, short
+/// timings.
+fn options(ns: &str, lease: &str, identity: &str, controller_name: &str) -> ControllerOptions {
+    ControllerOptions {
+        translator: TranslatorConfig {
+            controller_name: controller_name.to_owned(),
+            ..TranslatorConfig::default()
+        },
+        lease: LeaseConfig {
+            namespace: ns.to_owned(),
+            name: lease.to_owned(),
+            identity: identity.to_owned(),
+            lease_duration: Duration::from_secs(6),
+            renew_every: Duration::from_secs(1),
+        },
+        debounce: Duration::from_millis(50),
+        resync: Duration::from_secs(300),
+        programmed_gate: None,
+    }
 }

@@ -4,8 +4,9 @@
 //! selector, the listeners' ports) and stays `Programmed=False/AddressNotAssigned` until the
 //! Service has an address; the test then sets `status.loadBalancer.ingress` as MetalLB or a
 //! cloud would, and the address becomes the Gateway's (status and snapshot, not announced by
-//! agents). When the pool stops delegating, the controller deletes the Service; when the
-//! Gateway goes, the garbage collector takes it.
+//! agents). Another Blixt controller, for another class, leaves the Service alone. When the
+//! pool stops delegating, the controller deletes the Service; when the Gateway goes, the
+//! garbage collector takes it.
 
 use std::time::Duration;
 
@@ -121,6 +122,46 @@ spec:
         ("Gateway", uid.as_str())
     );
     assert_eq!(owner.controller, Some(true));
+
+    // Another Blixt controller, for another class, with every right (the admin's): the Service
+    // is not its to delete, nor to change. Two passes of its loop as the leader of its Lease
+    // (its ServiceWriter runs before it publishes statuses), then the Service is unchanged.
+    let other = crate::common::controller_as_admin(
+        cluster,
+        &n,
+        "blixt-other-class",
+        &format!("{controller_name}-other"),
+    )
+    .await;
+    eventually(
+        "the other controller leads its Lease",
+        Duration::from_secs(30),
+        || async {
+            other
+                .leadership
+                .is_leader()
+                .then_some(())
+                .ok_or_else(|| "not the leader yet".to_string())
+        },
+    )
+    .await;
+    let mut passes = other.statuses.clone();
+    for _ in 0..2 {
+        passes.mark_unchanged();
+        tokio::time::timeout(Duration::from_secs(30), passes.changed())
+            .await
+            .expect("the other controller's loop runs")
+            .expect("the other controller is running");
+    }
+    let after = services
+        .get("blixt-gw")
+        .await
+        .expect("the Service is still there");
+    assert_eq!(
+        (&after.metadata.uid, &after.spec, &after.metadata.labels),
+        (&svc.metadata.uid, &svc.spec, &svc.metadata.labels),
+        "another class's controller deleted or changed the Service"
+    );
     eventually(
         "Programmed=False/AddressNotAssigned while the Service has no address",
         Duration::from_secs(30),
@@ -146,6 +187,7 @@ spec:
         )
         .await
         .expect("setting the Service's load balancer status");
+
     eventually(
         "the Gateway is programmed on the load balancer's address",
         Duration::from_secs(30),
@@ -154,9 +196,18 @@ spec:
             let status = &gw.data["status"];
             let programmed = condition(&status["conditions"], "Programmed")
                 .is_some_and(|c| c["status"] == "True");
+            let svc = services
+                .get("blixt-gw")
+                .await
+                .map_err(|e| e.to_string())?;
             (programmed && status["addresses"][0]["value"] == "198.51.100.9")
                 .then_some(())
-                .ok_or_else(|| format!("{status}"))
+                .ok_or_else(|| {
+                    format!(
+                        "Gateway status {status}; Service status {:?} resourceVersion {:?} uid {:?}",
+                        svc.status, svc.metadata.resource_version, svc.metadata.uid
+                    )
+                })
         },
     )
     .await;
