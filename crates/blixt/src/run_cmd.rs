@@ -105,7 +105,7 @@ struct Shared {
 /// Watches the config path and turns each new version of the files into a snapshot.
 struct StandaloneSource {
     path: PathBuf,
-    fingerprint: Vec<(PathBuf, Option<SystemTime>, u64)>,
+    fingerprint: Vec<FileVersion>,
     generation: u64,
     node: NodeConfigSpec,
     shared: Arc<Mutex<Shared>>,
@@ -117,18 +117,35 @@ struct StandaloneSource {
     watcher: Option<watch::Watcher>,
 }
 
-fn fingerprint(path: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
-    let mut files = config_files(path).unwrap_or_default();
-    files.push(path.to_path_buf());
-    files
+/// Each config file's path, mtime and length: a change of any, or a file added or removed,
+/// is a new version. The directory's own mtime is left out on purpose: an editor's temporary
+/// file (`.routes.yaml.tmp`, created, then renamed over `routes.yaml`) changes it twice, and
+/// would otherwise start a reload of the unchanged files before the new one is in place.
+/// The inode is part of it because file timestamps are coarse (a clock tick): a file renamed
+/// over another of the same length within one tick still has a new inode.
+fn fingerprint(path: &Path) -> Vec<FileVersion> {
+    config_files(path)
+        .unwrap_or_default()
         .into_iter()
         .map(|f| {
             let m = std::fs::metadata(&f).ok();
-            let mtime = m.as_ref().and_then(|m| m.modified().ok());
-            let len = m.map_or(0, |m| m.len());
-            (f, mtime, len)
+            FileVersion {
+                mtime: m.as_ref().and_then(|m| m.modified().ok()),
+                len: m.as_ref().map_or(0, |m| m.len()),
+                inode: m.map_or(0, |m| std::os::unix::fs::MetadataExt::ino(&m)),
+                path: f,
+            }
         })
         .collect()
+}
+
+/// One config file as [`fingerprint`] sees it.
+#[derive(Debug, PartialEq, Eq)]
+struct FileVersion {
+    path: PathBuf,
+    mtime: Option<SystemTime>,
+    len: u64,
+    inode: u64,
 }
 
 impl StandaloneSource {
@@ -454,4 +471,28 @@ pub fn run(args: RunArgs) -> Result<()> {
         let _ = std::fs::remove_file(sock);
     }
     result
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    #[test]
+    fn an_editors_temporary_file_is_no_new_version_and_its_rename_is_one() {
+        let dir = std::env::temp_dir().join(format!("blixt-fp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("routes.yaml"), "weight: 2\n").unwrap();
+        let before = fingerprint(&dir);
+        std::fs::write(dir.join(".routes.yaml.tmp"), "weight: 0\n").unwrap();
+        let with_tmp = fingerprint(&dir);
+        // same length, likely within one timestamp tick: only the inode tells them apart
+        std::fs::rename(dir.join(".routes.yaml.tmp"), dir.join("routes.yaml")).unwrap();
+        let after = fingerprint(&dir);
+        std::fs::write(dir.join("notes.txt"), "not a manifest").unwrap();
+        let with_other = fingerprint(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(before, with_tmp, "the temporary file is not a config file");
+        assert_ne!(with_tmp, after, "the rename installed a new version");
+        assert_eq!(after, with_other, "only *.yaml and *.yml count");
+    }
 }

@@ -189,17 +189,24 @@ fn edits_on_disk_apply_without_breaking_connections_and_bad_files_are_refused() 
         "routes.yaml",
         &drained.replacen("port: 8080", "port: eighty", 1),
     );
-    std::thread::sleep(Duration::from_secs(1));
-    let table = s.status("table");
+    let refused = |table: &str| {
+        table.contains("routes.yaml:")
+            && table.contains("spec.rules[0].backendRefs[0].port")
+            && table.contains("eighty")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut table = s.status("table");
+    while !refused(&table) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        table = s.status("table");
+    }
+    assert!(
+        refused(&table),
+        "the refusal names file, field and value:\n{table}"
+    );
     assert!(
         table.contains(&format!("at generation {generation}")),
         "{table}"
-    );
-    assert!(
-        table.contains("routes.yaml:")
-            && table.contains("spec.rules[0].backendRefs[0].port")
-            && table.contains("eighty"),
-        "the refusal names file, field and value:\n{table}"
     );
     let burst = tcp_burst_ok(&s.lab, tcp6, 200);
     assert_none_on(&burst, "be0", "still the drained config");
