@@ -29,10 +29,17 @@ pub enum Op {
     LruInsert,
     LruNewFlow,
     HashInsert,
+    LruCpuNewFlow,
 }
 
 impl Op {
-    pub const ALL: [Op; 4] = [Op::LruMiss, Op::LruInsert, Op::LruNewFlow, Op::HashInsert];
+    pub const ALL: [Op; 5] = [
+        Op::LruMiss,
+        Op::LruInsert,
+        Op::LruNewFlow,
+        Op::HashInsert,
+        Op::LruCpuNewFlow,
+    ];
 
     fn program(self) -> &'static str {
         match self {
@@ -40,6 +47,7 @@ impl Op {
             Op::LruInsert => "bench_maps_lru_insert",
             Op::LruNewFlow => "bench_maps_lru_new_flow",
             Op::HashInsert => "bench_maps_hash_insert",
+            Op::LruCpuNewFlow => "bench_maps_lru_cpu_new_flow",
         }
     }
 
@@ -50,6 +58,7 @@ impl Op {
             Op::LruInsert => "lru_insert",
             Op::LruNewFlow => "lru_new_flow_maps",
             Op::HashInsert => "hash_insert",
+            Op::LruCpuNewFlow => "lru_cpu_new_flow_maps",
         }
     }
 
@@ -59,6 +68,9 @@ impl Op {
             Op::LruInsert => "insert of a new key, LRU hash",
             Op::LruNewFlow => "a new flow's map work: one miss + two inserts, LRU hash",
             Op::HashInsert => "insert of a new key, preallocated plain hash (no eviction)",
+            Op::LruCpuNewFlow => {
+                "a new flow's map work on an LRU hash with per-CPU LRU lists (BPF_F_NO_COMMON_LRU)"
+            }
         }
     }
 
@@ -69,6 +81,7 @@ impl Op {
             Op::LruInsert => ("bench_lru", 1),
             Op::LruNewFlow => ("bench_lru", 2),
             Op::HashInsert => ("bench_hash", 1),
+            Op::LruCpuNewFlow => ("bench_lru_cpu", 2),
         }
     }
 }
@@ -82,6 +95,7 @@ fn run_once(entries: u32, program: &str, repeat: u32) -> Result<(f64, u32, Ebpf)
     let mut bpf = EbpfLoader::new()
         .map_max_entries("bench_lru", entries)
         .map_max_entries("bench_hash", entries)
+        .map_max_entries("bench_lru_cpu", entries)
         .load(MAPS_OBJ)
         .context("loading bench_maps.o")?;
     let prog: &mut Xdp = bpf

@@ -13,6 +13,8 @@
  *   bench_maps_lru_new_flow   what a new flow does: a miss, then two inserts (both directions)
  *   bench_maps_hash_insert    one insert into a preallocated plain hash of the same size, for
  *                             comparison (a design without LRU eviction)
+ *   bench_maps_lru_cpu_new_flow  a new flow's map work on an LRU hash with per-CPU LRU lists
+ *                             (BPF_F_NO_COMMON_LRU), for comparison
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -32,6 +34,14 @@ struct {
 	__type(value, struct blixt_ct_entry);
 	__uint(max_entries, 262144);
 } bench_hash SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct blixt_flow_key);
+	__type(value, struct blixt_ct_entry);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+} bench_lru_cpu SEC(".maps");
 
 /* The value inserted: a conntrack entry's worth of bytes, from per-CPU scratch like new_flow(). */
 struct {
@@ -115,6 +125,12 @@ SEC("xdp")
 int bench_maps_hash_insert(struct xdp_md *ctx)
 {
 	return insert(&bench_hash, 0);
+}
+
+SEC("xdp")
+int bench_maps_lru_cpu_new_flow(struct xdp_md *ctx)
+{
+	return insert(&bench_lru_cpu, 1);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
