@@ -9,12 +9,14 @@
 //! - [`steer`]: the BPF sk_lookup program that hands connections for TLS VIPs to the proxy
 //!   without the VIP being bound; [`service`] ties proxy, sockets and steering together
 //!   for the agent.
-#![forbid(unsafe_code)]
+// `unsafe` only in `sockopt` (setsockopt for options std and tokio do not offer).
+#![deny(unsafe_code)]
 
 pub mod client_hello;
 pub mod proxy;
 pub mod routing;
 pub mod service;
+mod sockopt;
 pub mod stats;
 pub mod steer;
 

@@ -11,7 +11,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -363,12 +363,13 @@ impl Inner {
             let (cr, cw) = client.split();
             let (ur, uw) = upstream.split();
             let note = || activity.store(self.now_ms(), Relaxed);
-            let up = pump(cr, uw, &mut up_buf, |n| {
+            let one_done = AtomicBool::new(false);
+            let up = pump(cr, uw, &mut up_buf, &one_done, |n| {
                 lc.bytes_from_clients.fetch_add(n, Relaxed);
                 bc.bytes_sent.fetch_add(n, Relaxed);
                 note();
             });
-            let down = pump(ur, cw, &mut down_buf, |n| {
+            let down = pump(ur, cw, &mut down_buf, &one_done, |n| {
                 lc.bytes_to_clients.fetch_add(n, Relaxed);
                 bc.bytes_received.fetch_add(n, Relaxed);
                 note();
@@ -415,15 +416,23 @@ impl Inner {
 
 /// Copies one direction until EOF, then half-closes the other side (FIN), so that protocols
 /// that close one way first keep working. `count` sees the size of every read.
+///
+/// `one_done` is shared by both directions: the first to see EOF sets it and shuts down; the
+/// second leaves its FIN to the close that follows at once (both sockets are dropped when both
+/// directions are done), which saves a system call per connection.
 async fn pump(
     mut from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     buf: &mut [u8],
+    one_done: &AtomicBool,
     count: impl Fn(u64),
 ) -> io::Result<()> {
     loop {
         let n = from.read(buf).await?;
         if n == 0 {
+            if one_done.swap(true, Relaxed) {
+                return Ok(());
+            }
             return to.shutdown().await;
         }
         count(n as u64);

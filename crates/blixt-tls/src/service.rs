@@ -32,6 +32,11 @@ use crate::steer::{SkLookupSteering, SteerError, SteerStats};
 /// Listen backlog of each frontend socket.
 const BACKLOG: u32 = 4096;
 
+/// `TCP_DEFER_ACCEPT` of each frontend socket: a connection that has sent nothing is accepted
+/// anyway after this (the kernel rounds it to its SYN-ACK retransmissions: the first one, 1 s
+/// after the SYN), and the proxy's handshake timeout runs from there.
+const DEFER_ACCEPT: Duration = Duration::from_secs(1);
+
 /// How often a removed frontend's open connections are counted, until none is left and the
 /// VIP's local route can go.
 const DRAIN_POLL: Duration = Duration::from_secs(1);
@@ -210,6 +215,10 @@ impl TlsPassthrough {
         }
         .map_err(err)?;
         socket.set_reuseaddr(true).map_err(err)?;
+        // Accept a connection only once its first bytes are there: one wake-up per
+        // connection fewer, and silent connections wait in the kernel's SYN queue (a request
+        // sock) instead of holding a pending-handshake slot.
+        crate::sockopt::set_defer_accept(&socket, DEFER_ACCEPT).map_err(err)?;
         socket.bind(bind_to).map_err(err)?;
         let listener: TcpListener = socket.listen(BACKLOG).map_err(err)?;
         let bound = listener.local_addr().map_err(err)?;
@@ -285,5 +294,30 @@ mod tests {
         }
         assert!(refused, "listener of a removed frontend still accepts");
         assert!(svc.stats().listener(a1).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_accepted_once_its_first_bytes_arrive() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = free_port();
+        let mut svc = TlsPassthrough::new(ProxyConfig::default(), Steering::BindVip).unwrap();
+        svc.apply(&[fe(port)]).unwrap();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let accepted = |svc: &TlsPassthrough| svc.stats().listener(addr).unwrap().accepted;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // TCP_DEFER_ACCEPT (1 s): a silent connection stays in the kernel's queue
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(accepted(&svc), 0, "a connection without data was accepted");
+        // not TLS: accepted as soon as the bytes are there, then reset
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("no reset within 5 s");
+        assert!(r.is_err(), "expected a reset, got {r:?}");
+        assert_eq!(accepted(&svc), 1);
+        let l = svc.stats();
+        let l = l.listener(addr).unwrap();
+        assert_eq!(l.rejects[&crate::RejectReason::NotTls], 1);
     }
 }
