@@ -30,6 +30,7 @@ use crate::stats::Summary;
 use crate::suite::{GoalRow, PlotDir, Section, SuiteOutput};
 use crate::Mode;
 
+pub mod cpu;
 pub mod load;
 pub mod profile;
 pub mod servers;
@@ -90,6 +91,9 @@ pub struct Round {
     pub load: load::LoadResult,
     /// CPU seconds of the lb process per 10,000 verified connections (warm-up included).
     pub cpu_per_10k: f64,
+    /// The whole machine's CPU over the round (warm-up included), split between the lab's
+    /// parts, per verified connection, in microseconds (busy share: of all cores).
+    pub cpu_us: cpu::Split,
     /// Blixt's own counters at the end of the round.
     pub counters: Option<systems::BlixtCounters>,
     /// Where the lb process's CPU went: (samples, share per [`profile`] category), for the
@@ -207,12 +211,17 @@ fn one_round(
         warmup: sizes.warmup,
         duration: sizes.duration,
     };
+    let lb_pid = running.as_ref().map(systems::Running::pid);
     let cpu0 = running.as_ref().map(|r| r.cpu_seconds()).transpose()?;
+    let machine0 = cpu::Snapshot::take(lb_pid)?;
+    let t0 = std::time::Instant::now();
     let result = lab
         .client
         .ns
         .run_in(|| load::run(&targets, backends, spec))
         .with_context(|| format!("load against {} on {targets:?}", system.label()))?;
+    let wall = t0.elapsed().as_secs_f64();
+    let machine1 = cpu::Snapshot::take(lb_pid)?;
     let cpu = match (&running, cpu0) {
         (Some(r), Some(c0)) => r.cpu_seconds()? - c0,
         _ => f64::NAN,
@@ -220,9 +229,27 @@ fn one_round(
     let counters = running.map(systems::Running::stop).transpose()?.flatten();
     let profile = recorder.map(profile::Recorder::finish).transpose()?;
     let verified: u64 = result.per_backend.iter().sum();
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let split = machine0.until(&machine1, wall, cpus);
+    let per_conn = |s: f64| {
+        if verified > 0 {
+            s / verified as f64 * 1e6
+        } else {
+            f64::NAN
+        }
+    };
     Ok(Round {
         system,
         concurrency,
+        cpu_us: cpu::Split {
+            client: per_conn(split.client),
+            servers: per_conn(split.servers),
+            lb: per_conn(split.lb),
+            ksoftirqd: per_conn(split.ksoftirqd),
+            other: per_conn(split.other),
+            total: per_conn(split.total),
+            busy_share: split.busy_share,
+        },
         cpu_per_10k: if verified > 0 {
             cpu / verified as f64 * 10_000.0
         } else {
@@ -351,6 +378,17 @@ pub fn metrics(rounds: &[Round], sizes: &Sizes, machine: &Machine) -> Vec<Metric
                 .collect()
         };
         let b = of(System::Blixt);
+        let metric = |name: &str, unit: &str, bs, peers: &[(&str, Summary)], note: &str| {
+            Metric::new(
+                SUITE,
+                &format!("tls.{name}.c{c}"),
+                unit,
+                bs,
+                peers,
+                note,
+                machine,
+            )
+        };
         let peer_rounds = [System::Haproxy, System::Direct].map(|s| (s, of(s)));
         type Getter = fn(&Round) -> f64;
         let kinds: [(&str, &str, Getter, String); 4] = [
@@ -403,15 +441,39 @@ pub fn metrics(rounds: &[Round], sizes: &Sizes, machine: &Machine) -> Vec<Metric
                     peers.push((sys.key(), ps));
                 }
             }
-            out.push(Metric::new(
-                SUITE,
-                &format!("tls.{name}.c{c}"),
-                unit,
-                bs,
-                &peers,
-                &note,
-                machine,
-            ));
+            out.push(metric(name, unit, bs, &peers, &note));
+        }
+        // the machine's CPU per connection, split between the lab's parts
+        let parts = cpu::PARTS
+            .iter()
+            .map(|(id, label)| {
+                (
+                    format!("cpu_us_per_conn.{id}"),
+                    "µs CPU / conn",
+                    format!(
+                        "CPU microseconds per verified connection used by: {label}, {c} \
+                         concurrent (see the suite's CPU table)"
+                    ),
+                )
+            })
+            .chain(std::iter::once((
+                "machine_busy_share".to_string(),
+                "share of all cores",
+                format!("busy share of all cores during the load, {c} concurrent"),
+            )));
+        for (i, (name, unit, note)) in parts.enumerate() {
+            let get = |r: &Round| match cpu::PARTS.get(i) {
+                Some((id, _)) => r.cpu_us.part(id),
+                None => r.cpu_us.busy_share,
+            };
+            let Some(bs) = summary_of(&b, get) else {
+                continue;
+            };
+            let peers: Vec<(&str, Summary)> = peer_rounds
+                .iter()
+                .filter_map(|(sys, rs)| Some((sys.key(), summary_of(rs, get)?)))
+                .collect();
+            out.push(metric(&name, unit, bs, &peers, &note));
         }
         let profiled = |s: System| {
             rounds
@@ -622,6 +684,7 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
     }
     let _ = writeln!(w);
 
+    cpu_table(&mut w, r, &levels);
     profile_table(&mut w, r, &levels);
 
     let categories: Vec<String> = levels.iter().map(|c| format!("{c} concurrent")).collect();
@@ -678,6 +741,54 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
         let _ = writeln!(w, "![TLS passthrough {what}]({})\n", plots.link(file));
     }
     Ok(Some(Section { markdown: w, goals }))
+}
+
+/// The table of where the whole machine's CPU went per connection.
+fn cpu_table(w: &mut String, r: &Results, levels: &[usize]) {
+    let systems = [
+        ("Blixt", BLIXT),
+        ("HAProxy", System::Haproxy.key()),
+        ("direct", System::Direct.key()),
+    ];
+    for &c in levels {
+        let total = r.metric(&format!("tls.cpu_us_per_conn.total.c{c}"));
+        if total.is_none() {
+            continue;
+        }
+        let _ = writeln!(
+            w,
+            "CPU per connection, whole machine ({c} concurrent; µs per verified connection, \
+             medians over rounds; the load generator and the servers run in the bench process, \
+             softirq work is charged to the task it ran in, which on veth is mostly the \
+             sender):\n"
+        );
+        let mut head = String::from("| system |");
+        let mut rule = String::from("|---|");
+        for (_, label) in cpu::PARTS {
+            let _ = write!(head, " {label} |");
+            rule.push_str("---|");
+        }
+        let _ = writeln!(w, "{head} cores busy |\n{rule}---|");
+        for (name, key) in systems {
+            let mut row = format!("| {name} |");
+            for (id, _) in cpu::PARTS {
+                let v = r
+                    .metric(&format!("tls.cpu_us_per_conn.{id}.c{c}"))
+                    .and_then(|m| m.system(key));
+                let _ = write!(
+                    row,
+                    " {} |",
+                    v.map_or("—".to_string(), |s| format!("{:.0}", s.median))
+                );
+            }
+            let busy = r
+                .metric(&format!("tls.machine_busy_share.c{c}"))
+                .and_then(|m| m.system(key))
+                .map_or("—".to_string(), |s| format!("{:.0}%", s.median * 100.0));
+            let _ = writeln!(w, "{row} {busy} |");
+        }
+        let _ = writeln!(w);
+    }
 }
 
 /// The table of where the lb process's CPU went, when the run profiled it.

@@ -309,8 +309,15 @@ const USER_HZ: f64 = 100.0;
 
 /// CPU seconds (utime + stime, every thread, dead threads included) of process `pid`.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let path = PathBuf::from(format!("/proc/{pid}/stat"));
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    stat_seconds(&text, &path)
+}
+
+/// utime + stime of `text`, the contents of a process's or thread's `stat` file at `path`.
+pub fn stat_seconds(text: &str, path: &Path) -> Result<f64> {
+    let path = path.display();
     // fields after the command name, which is in parentheses and may hold spaces
     let rest = text
         .rsplit_once(')')
