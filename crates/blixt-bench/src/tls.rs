@@ -97,8 +97,11 @@ pub struct Round {
     /// Blixt's own counters at the end of the round.
     pub counters: Option<systems::BlixtCounters>,
     /// Where the lb process's CPU went: (samples, share per [`profile`] category), for the
-    /// profiled rounds (the last round at the highest concurrency, when perf is installed).
+    /// profiled round (an extra round per system at the highest concurrency, when perf is
+    /// installed).
     pub profile: Option<(u64, Vec<(&'static str, f64)>)>,
+    /// The profiling round: only its profile is reported.
+    pub profile_only: bool,
 }
 
 /// Removes the suite's scratch directory on drop.
@@ -172,19 +175,27 @@ pub fn measure(mode: Mode, sizes: &Sizes) -> Result<(Vec<Round>, Vec<String>)> {
                     concurrency,
                     system.label()
                 );
-                let profiled = perf && r + 1 == sizes.rounds && concurrency == top;
-                let round = one_round(
-                    &lab,
-                    system,
-                    &backends,
-                    &work.0,
-                    concurrency,
-                    sizes,
-                    profiled,
-                )?;
+                let round = one_round(&lab, system, &backends, &work.0, concurrency, sizes, false)?;
                 check_round(mode, &round, &backends, &mut findings)?;
                 rounds.push(round);
             }
+        }
+    }
+    // Profiling costs the profiled process CPU (sampling, unwinding) and perf's own CPU
+    // competes for the cores, so the profile comes from an extra round per system whose
+    // figures are kept out of every median.
+    if perf {
+        for system in [System::Blixt, System::Haproxy] {
+            if system == System::Haproxy && !haproxy {
+                continue;
+            }
+            eprintln!(
+                "blixt-bench: tls: profiling round, {top} concurrent, {} ...",
+                system.label()
+            );
+            let round = one_round(&lab, system, &backends, &work.0, top, sizes, true)?;
+            check_round(mode, &round, &backends, &mut findings)?;
+            rounds.push(round);
         }
     }
     drop(servers);
@@ -257,6 +268,7 @@ fn one_round(
         },
         load: result,
         counters,
+        profile_only: profiled,
         profile,
     })
 }
@@ -374,7 +386,7 @@ pub fn metrics(rounds: &[Round], sizes: &Sizes, machine: &Machine) -> Vec<Metric
         let of = |s: System| -> Vec<&Round> {
             rounds
                 .iter()
-                .filter(|r| r.system == s && r.concurrency == c)
+                .filter(|r| r.system == s && r.concurrency == c && !r.profile_only)
                 .collect()
         };
         let b = of(System::Blixt);
@@ -496,8 +508,8 @@ pub fn metrics(rounds: &[Round], sizes: &Sizes, machine: &Machine) -> Vec<Metric
                     Summary::exact(*share),
                     &peers,
                     &format!(
-                        "share of the lb process's perf samples (Blixt: {n}{}) in: {}; last \
-                         round at {c} concurrent",
+                        "share of the lb process's perf samples (Blixt: {n}{}) in: {}; an extra \
+                         round at {c} concurrent, kept out of the medians",
                         peer.map_or(String::new(), |(m, _)| format!(", HAProxy: {m}")),
                         profile::describe(id)
                     ),
@@ -806,8 +818,9 @@ fn profile_table(w: &mut String, r: &Results, levels: &[usize]) {
         }
         let _ = writeln!(
             w,
-            "Where the lb process's CPU goes ({c} concurrent, last round; `perf record -g` of \
-             the proxy process, each sample charged to the system call on its stack):\n"
+            "Where the lb process's CPU goes ({c} concurrent; `perf record -g` of the proxy \
+             process in an extra round per system whose figures are in no median, each sample \
+             charged to the system call on its stack):\n"
         );
         let _ = writeln!(w, "| | Blixt | HAProxy |\n|---|---|---|");
         for m in rows {
