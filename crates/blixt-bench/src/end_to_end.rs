@@ -19,6 +19,7 @@ pub mod lab;
 pub mod measure;
 pub mod peers;
 pub mod profile;
+pub mod tcp_counters;
 pub mod wrk;
 
 use std::collections::BTreeMap;
@@ -49,22 +50,31 @@ pub fn run(mode: Mode, machine: &Machine) -> Result<SuiteOutput> {
     crate::require_root();
     let sizes = Sizes::for_mode(mode);
     let wrk = wrk::Wrk::new()?;
-    let lab = lab::E2eLab::build(sizes.backends)?;
-    let services = lab.services();
+    let mut lab = Some(lab::E2eLab::build(sizes.backends)?);
     let mut rounds = Vec::new();
     for r in 0..sizes.rounds {
         for k in 0..System::ALL.len() {
             let system = System::ALL[(k + r) % System::ALL.len()];
+            // Every system's round on a lab built afresh: the backends' TIME_WAIT sockets of
+            // the previous system's connections (another source-port choice, another timestamp
+            // clock) would refuse its SYNs by PAWS, and the refused clients wait a second to
+            // retry — measured, that cut a netfilter round to a tenth of its neighbours.
+            let lab = if rounds.is_empty() {
+                lab.as_ref().expect("built above")
+            } else {
+                fresh_lab(&mut lab, sizes.backends)?
+            };
+            let services = lab.services();
             let mut installed = peers::install(system, &lab.lab, &services)
                 .with_context(|| format!("setting up {} on the lb node", system.id()))?;
-            let round = measure::round(&lab, &mut installed, &wrk, &sizes)
+            let round = measure::round(lab, &mut installed, &wrk, &sizes)
                 .with_context(|| format!("round {} of {}", r + 1, system.id()))?;
             installed
                 .remove(&lab.lab)
                 .with_context(|| format!("removing {}", system.id()))?;
             eprintln!(
                 "blixt-bench: e2e round {} {:>8}: {:>7.0} conn/s (p99 {:.2} ms), {:>7.0} req/s \
-                 keep-alive, {:.2} Gbit/s, UDP {:>6.0}/s, {:.2} CPU s/10k conn",
+                 keep-alive, {:.2} Gbit/s, UDP {:>6.0}/s, {:.2} CPU s/10k conn; short run: {}",
                 r + 1,
                 system.id(),
                 round.conn_rate(),
@@ -73,6 +83,7 @@ pub fn run(mode: Mode, machine: &Machine) -> Result<SuiteOutput> {
                 round.bulk_gbit,
                 round.udp_rate.unwrap_or(0.0),
                 round.cpu_per_10k(|c| c.busy_s()),
+                round.short_tcp_summary(),
             );
             rounds.push(round);
         }
@@ -80,7 +91,9 @@ pub fn run(mode: Mode, machine: &Machine) -> Result<SuiteOutput> {
     let mut profiles = BTreeMap::new();
     if mode != Mode::Tiny && profile::available() {
         for system in System::ALL {
-            match profile_short(&lab, &services, &wrk, &sizes, system) {
+            // a fresh lab each, as for the rounds
+            let lab = fresh_lab(&mut lab, sizes.backends)?;
+            match profile_short(lab, &lab.services(), &wrk, &sizes, system) {
                 Ok(p) => {
                     profiles.insert(system, p);
                 }
@@ -89,7 +102,7 @@ pub fn run(mode: Mode, machine: &Machine) -> Result<SuiteOutput> {
         }
     }
     let mut out = SuiteOutput {
-        metrics: metrics(&rounds, &lab, machine)
+        metrics: metrics(&rounds, lab.as_ref().expect("a lab"), machine)
             .into_iter()
             .chain(profile_metrics(&profiles, machine))
             .collect(),
@@ -101,6 +114,12 @@ pub fn run(mode: Mode, machine: &Machine) -> Result<SuiteOutput> {
         out.sizes.insert(k.clone(), v.as_u64().unwrap_or(0));
     }
     Ok(out)
+}
+
+/// Drops the lab in `slot` (its namespaces and servers go with it) and builds it again.
+fn fresh_lab(slot: &mut Option<lab::E2eLab>, backends: usize) -> Result<&lab::E2eLab> {
+    drop(slot.take());
+    Ok(slot.insert(lab::E2eLab::build(backends)?))
 }
 
 /// A short-connection run of `system` under `perf record -a`: samples per bucket
@@ -321,6 +340,23 @@ fn findings(rounds: &[Round]) -> Vec<String> {
         if e > 0 {
             out.push(format!(
                 "e2e: wrk counted {e} errors over {n} requests through {}",
+                s.id()
+            ));
+        }
+    }
+    let mut tcp: BTreeMap<System, (u64, u64)> = BTreeMap::new();
+    for r in rounds {
+        let t = tcp.entry(r.system).or_default();
+        let get = |node: &str, key: &str| r.short_tcp.get(node).map_or(0, |c| c.get(key));
+        t.0 += get("client", "TcpExt:TCPSynRetrans");
+        t.1 += get("backends", "TcpExt:PAWSTimewait") + get("backends", "TcpExt:PAWSEstab");
+    }
+    for (s, (retrans, paws)) in tcp {
+        if retrans + paws > 0 {
+            out.push(format!(
+                "e2e: short connections through {}: the client sent {retrans} SYNs again \
+                 (each a second's wait), the backends refused {paws} SYNs by PAWS (a TIME_WAIT \
+                 of the same four-tuple, from this system's own earlier connection)",
                 s.id()
             ));
         }
@@ -620,7 +656,10 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
     );
     let _ = writeln!(
         w,
-        "Each round measures every system once, in a rotating order; {} rounds, medians with \
+        "Each round measures every system once, in a rotating order, each on a lab built \
+         afresh (the backends' TIME_WAIT sockets from another system's connections refused the \
+         next system's SYNs by PAWS, and every refused client waited a second to retry: that \
+         alone had cut netfilter rounds to a tenth of their neighbours); {} rounds, medians with \
          min–max. Per system and round: wrk `-t{} -c{}` with `Connection: close` for {} s \
          (short connections: connect, one request, close), the same with keep-alive for {} s, \
          one TCP stream into a backend's sink for {} ms (bulk), {} UDP flows of {} ping-pong \

@@ -12,6 +12,7 @@ use blixt_lab::{udp_flows, UdpOptions};
 use super::cpu::{CpuDelta, CpuTimes};
 use super::lab::E2eLab;
 use super::peers::{Evidence, Installed, System};
+use super::tcp_counters::TcpCounters;
 use super::wrk::{Wrk, WrkOptions, WrkResult};
 
 /// Sizes of one round.
@@ -77,6 +78,9 @@ pub struct Round {
     pub short: WrkResult,
     /// CPU of the whole machine during the short-connection run.
     pub short_cpu: CpuDelta,
+    /// What the TCP counters of the client, the lb and the backends (summed) did during the
+    /// short-connection run.
+    pub short_tcp: BTreeMap<String, TcpCounters>,
     pub keepalive: WrkResult,
     /// Connections the keep-alive run opened.
     pub keepalive_conns: u32,
@@ -98,6 +102,23 @@ impl Round {
     /// Short connections per second.
     pub fn conn_rate(&self) -> f64 {
         self.short.rate()
+    }
+
+    /// The short run's telling TCP counters, one line: SYNs the client sent again, connection
+    /// attempts that failed, SYNs refused by PAWS (a TIME_WAIT of the same four-tuple with a
+    /// newer timestamp) and TIME_WAIT sockets dropped for lack of room, where they happened.
+    pub fn short_tcp_summary(&self) -> String {
+        let get = |node: &str, key: &str| self.short_tcp.get(node).map_or(0, |c| c.get(key));
+        format!(
+            "client SYN retransmits {}, failed attempts {}; PAWS-refused SYNs: backends {}, lb {}; \
+             TIME_WAIT overflow: backends {}, lb {}",
+            get("client", "TcpExt:TCPSynRetrans"),
+            get("client", "Tcp:AttemptFails"),
+            get("backends", "TcpExt:PAWSTimewait") + get("backends", "TcpExt:PAWSEstab"),
+            get("lb", "TcpExt:PAWSTimewait") + get("lb", "TcpExt:PAWSEstab"),
+            get("backends", "TcpExt:TCPTimeWaitOverflow"),
+            get("lb", "TcpExt:TCPTimeWaitOverflow"),
+        )
     }
 
     /// CPU seconds per 10k short connections.
@@ -137,9 +158,15 @@ pub fn round(lab: &E2eLab, sys: &mut Installed, wrk: &Wrk, s: &Sizes) -> Result<
     let mut o = WrkOptions::new(Duration::from_secs(s.short_s)).closing();
     o.connections = s.connections;
     o.threads = s.threads;
+    let tcp0 = lab_tcp_counters(lab)?;
     let c0 = CpuTimes::now()?;
     let short = wrk.run(client, lab.http_target(), &o)?;
     let short_cpu = CpuTimes::now()?.since(&c0);
+    let short_tcp = lab_tcp_counters(lab)?
+        .into_iter()
+        .zip(tcp0)
+        .map(|((node, after), (_, before))| (node, after.since(&before)))
+        .collect();
     let short_kernel_forwarded = sys.evidence(&lab.lab)?.since(&ev0).kernel_forwarded;
 
     let mut o = WrkOptions::new(Duration::from_secs(s.keepalive_s));
@@ -164,6 +191,7 @@ pub fn round(lab: &E2eLab, sys: &mut Installed, wrk: &Wrk, s: &Sizes) -> Result<
         system,
         short,
         short_cpu,
+        short_tcp,
         keepalive,
         keepalive_conns: s.connections,
         short_kernel_forwarded,
@@ -176,6 +204,19 @@ pub fn round(lab: &E2eLab, sys: &mut Installed, wrk: &Wrk, s: &Sizes) -> Result<
     check(lab, &r, &deltas)
         .with_context(|| format!("checking that {} carried the traffic", system.id()))?;
     Ok(r)
+}
+
+/// TCP counters of the client, the lb and the backends (summed, as `backends`), in that order.
+fn lab_tcp_counters(lab: &E2eLab) -> Result<Vec<(String, TcpCounters)>> {
+    let mut backends = TcpCounters::default();
+    for b in &lab.lab.backends {
+        backends.add(&TcpCounters::read(&b.ns)?);
+    }
+    Ok(vec![
+        ("client".into(), TcpCounters::read(&lab.lab.client.ns)?),
+        ("lb".into(), TcpCounters::read(&lab.lab.lb)?),
+        ("backends".into(), backends),
+    ])
 }
 
 /// The checks: every backend served, nobody saw the client's own address (the lb NATed),
