@@ -30,13 +30,15 @@ pub enum Op {
     LruNewFlow,
     HashInsert,
     LruCpuNewFlow,
+    LruNewFlowUsed,
 }
 
 impl Op {
-    pub const ALL: [Op; 5] = [
+    pub const ALL: [Op; 6] = [
         Op::LruMiss,
         Op::LruInsert,
         Op::LruNewFlow,
+        Op::LruNewFlowUsed,
         Op::HashInsert,
         Op::LruCpuNewFlow,
     ];
@@ -45,7 +47,7 @@ impl Op {
         match self {
             Op::LruMiss => "bench_maps_lru_miss",
             Op::LruInsert => "bench_maps_lru_insert",
-            Op::LruNewFlow => "bench_maps_lru_new_flow",
+            Op::LruNewFlow | Op::LruNewFlowUsed => "bench_maps_lru_new_flow",
             Op::HashInsert => "bench_maps_hash_insert",
             Op::LruCpuNewFlow => "bench_maps_lru_cpu_new_flow",
         }
@@ -59,6 +61,7 @@ impl Op {
             Op::LruNewFlow => "lru_new_flow_maps",
             Op::HashInsert => "hash_insert",
             Op::LruCpuNewFlow => "lru_cpu_new_flow_maps",
+            Op::LruNewFlowUsed => "lru_new_flow_maps_used",
         }
     }
 
@@ -68,6 +71,10 @@ impl Op {
             Op::LruInsert => "insert of a new key, LRU hash",
             Op::LruNewFlow => "a new flow's map work: one miss + two inserts, LRU hash",
             Op::HashInsert => "insert of a new key, preallocated plain hash (no eviction)",
+            Op::LruNewFlowUsed => {
+                "the same on an LRU hash emptied after use (filled to capacity, then every \
+                 entry deleted: its free nodes in the order use left them, as after a sweep)"
+            }
             Op::LruCpuNewFlow => {
                 "a new flow's map work on an LRU hash with per-CPU LRU lists (BPF_F_NO_COMMON_LRU)"
             }
@@ -82,6 +89,7 @@ impl Op {
             Op::LruNewFlow => ("bench_lru", 2),
             Op::HashInsert => ("bench_hash", 1),
             Op::LruCpuNewFlow => ("bench_lru_cpu", 2),
+            Op::LruNewFlowUsed => ("bench_lru", 2),
         }
     }
 }
@@ -91,19 +99,41 @@ pub fn metric_name(op: Op) -> String {
     format!("map_cost.{}", op.id())
 }
 
-fn run_once(entries: u32, program: &str, repeat: u32) -> Result<(f64, u32, Ebpf)> {
+/// Loads a fresh bench_maps.o (empty maps) and runs `program` as a hot loop of `repeat`
+/// iterations; with `used`, bench_lru is first filled to capacity and emptied again.
+fn run_once(entries: u32, program: &str, repeat: u32, used: bool) -> Result<(f64, u32, Ebpf)> {
     let mut bpf = EbpfLoader::new()
         .map_max_entries("bench_lru", entries)
         .map_max_entries("bench_hash", entries)
         .map_max_entries("bench_lru_cpu", entries)
         .load(MAPS_OBJ)
         .context("loading bench_maps.o")?;
+    if used {
+        test_run(&mut bpf, "bench_maps_lru_insert", entries)?;
+        let mut m: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(
+            bpf.map_mut("bench_lru")
+                .context("bench_lru not in bench_maps.o")?,
+        )?;
+        let keys = m.keys().collect::<Result<Vec<_>, _>>()?;
+        for k in &keys {
+            m.remove(k).context("emptying bench_lru")?;
+        }
+    }
+    let (ns, verdict) = test_run(&mut bpf, program, repeat)?;
+    Ok((ns, verdict, bpf))
+}
+
+/// One BPF_PROG_TEST_RUN of `program` with `repeat` iterations: kernel-timed ns per
+/// iteration and the verdict.
+fn test_run(bpf: &mut Ebpf, program: &str, repeat: u32) -> Result<(f64, u32)> {
     let prog: &mut Xdp = bpf
         .program_mut(program)
         .with_context(|| format!("{program} not in bench_maps.o"))?
         .try_into()
         .map_err(|e: ProgramError| anyhow::anyhow!("{program}: {e}"))?;
-    prog.load().with_context(|| format!("loading {program}"))?;
+    if prog.fd().is_err() {
+        prog.load().with_context(|| format!("loading {program}"))?;
+    }
     let pkt = [0u8; 64];
     let mut out = [0u8; 64];
     let mut opts = TestRunOptions::new();
@@ -113,7 +143,7 @@ fn run_once(entries: u32, program: &str, repeat: u32) -> Result<(f64, u32, Ebpf)
     let res = prog
         .test_run(opts)
         .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
-    Ok((res.duration.as_nanos() as f64, res.return_value, bpf))
+    Ok((res.duration.as_nanos() as f64, res.return_value))
 }
 
 /// Runs `rounds` rounds of every operation on maps of `entries` entries, `repeat` iterations
@@ -122,11 +152,12 @@ pub fn run(entries: u32, repeat: u32, rounds: usize, machine: &Machine) -> Resul
     let mut loop_ns = Vec::new();
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Op::ALL.len()];
     for _ in 0..rounds {
-        let (base, v, _) = run_once(entries, "bench_maps_empty", repeat)?;
+        let (base, v, _) = run_once(entries, "bench_maps_empty", repeat, false)?;
         ensure!(v == XDP_DROP, "bench_maps_empty: verdict {v}");
         loop_ns.push(base);
         for (i, op) in Op::ALL.into_iter().enumerate() {
-            let (ns, v, mut bpf) = run_once(entries, op.program(), repeat)?;
+            let used = op == Op::LruNewFlowUsed;
+            let (ns, v, mut bpf) = run_once(entries, op.program(), repeat, used)?;
             ensure!(
                 v == XDP_DROP,
                 "{}: the last iteration's operation failed (verdict {v})",
