@@ -693,6 +693,7 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
                 b.median / d.median
             );
         }
+        budget_lines(&mut w, r, c, h.median);
     }
     let _ = writeln!(w);
 
@@ -753,6 +754,51 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
         let _ = writeln!(w, "![TLS passthrough {what}]({})\n", plots.link(file));
     }
     Ok(Some(Section { markdown: w, goals }))
+}
+
+/// What the goal leaves the proxy, from the whole machine's CPU per connection: at
+/// `GOAL_RATIO` times HAProxy's rate `haproxy_rate` on the cores busy as measured, and what
+/// each connection costs with no proxy at all. Also what a proxy-bound machine would show:
+/// connections per core of the lb process, Blixt against HAProxy.
+fn budget_lines(w: &mut String, r: &Results, c: usize, haproxy_rate: f64) {
+    let hp = System::Haproxy.key();
+    let get = |name: &str, key: &str| {
+        r.metric(&format!("tls.{name}.c{c}"))
+            .and_then(|m| m.system(key))
+            .map(|s| s.median)
+    };
+    let cores = r
+        .metric(&format!("tls.conn_per_s.c{c}"))
+        .map_or(0, |m| m.machine.cores) as f64;
+    let direct = System::Direct.key();
+    if let (Some(busy), Some(none), Some(blixt)) = (
+        get("machine_busy_share", BLIXT),
+        get("cpu_us_per_conn.total", direct),
+        get("cpu_us_per_conn.total", BLIXT),
+    ) {
+        let budget = busy * cores / (GOAL_RATIO * haproxy_rate) * 1e6;
+        let _ = writeln!(
+            w,
+            "- {c} concurrent: {GOAL_RATIO}x HAProxy's rate on {:.0}% of {cores:.0} cores leaves \
+             {budget:.0} µs of CPU per connection for the whole machine; with no proxy at all a \
+             connection takes {none:.0} µs, so a proxy may add {:.0} µs; Blixt adds {:.0} µs.",
+            busy * 100.0,
+            budget - none,
+            blixt - none
+        );
+    }
+    if let (Some(b), Some(h)) = (get("lb_cpu_s_per_10k", BLIXT), get("lb_cpu_s_per_10k", hp)) {
+        if b > 0.0 {
+            let _ = writeln!(
+                w,
+                "- {c} concurrent: Blixt's proxy process uses {:.2} of HAProxy's CPU per \
+                 connection: {:.2}x HAProxy's connections per proxy core, what a machine \
+                 where the proxy is the bottleneck would show.",
+                b / h,
+                h / b
+            );
+        }
+    }
 }
 
 /// The table of where the whole machine's CPU went per connection.
