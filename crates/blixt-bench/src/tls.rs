@@ -781,9 +781,13 @@ fn budget_lines(w: &mut String, r: &Results, c: usize, haproxy_rate: f64) {
             w,
             "- {c} concurrent: {GOAL_RATIO}x HAProxy's rate on {:.0}% of {cores:.0} cores leaves \
              {budget:.0} µs of CPU per connection for the whole machine; with no proxy at all a \
-             connection takes {none:.0} µs, so a proxy may add {:.0} µs; Blixt adds {:.0} µs.",
+             connection takes {none:.0} µs, so {}; Blixt adds {:.0} µs.",
             busy * 100.0,
-            budget - none,
+            if budget > none {
+                format!("a proxy may add {:.0} µs", budget - none)
+            } else {
+                "not even no proxy at all fits".to_string()
+            },
             blixt - none
         );
     }
