@@ -517,7 +517,11 @@ mod tests {
             let before = identities(&before_fe, &build(&before_fe, DEFAULT_TABLE_SIZE).unwrap());
             let after = identities(&after_fe, &build(&after_fe, DEFAULT_TABLE_SIZE).unwrap());
             let d = disruption(&before, &after);
-            prop_assert!(d <= 1.0 / n as f64 + 0.02, "removing 1 of {n} moved {d} of the slots");
+            // Maglev bounds no single backend set: a few sets in a thousand move several points
+            // more than 1/N (seen: 39% for 1 of 3). The typical set's bound (the goal's 1/N + 2%)
+            // is checked on average below and measured by the benchmark's suite 5; this one
+            // catches a table that reshuffles wholesale.
+            prop_assert!(d <= 1.0 / n as f64 + 0.10, "removing 1 of {n} moved {d} of the slots");
         }
 
         #[test]
@@ -531,6 +535,45 @@ mod tests {
             let ta = identities(&a, &build(&a, DEFAULT_TABLE_SIZE).unwrap());
             let tb = identities(&b, &build(&b, DEFAULT_TABLE_SIZE).unwrap());
             prop_assert!(ta == tb, "tables differ for the same backend set in another order");
+        }
+    }
+
+    /// Removing one of N backends moves about 1/N of the slots: over a few hundred backend sets
+    /// (fixed seed, so the run is repeatable) the mean excess over 1/N is under 2 points and at
+    /// most 2% of the sets exceed it by more.
+    #[test]
+    fn removing_one_backend_moves_about_one_nth_on_average() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        for (n, sets) in [(3usize, 300usize), (10, 200), (50, 60)] {
+            let mut excess = Vec::with_capacity(sets);
+            for _ in 0..sets {
+                let addrs = arb_addrs(n..=n)
+                    .new_tree(&mut runner)
+                    .expect("a backend set")
+                    .current();
+                let all: Vec<Backend> = addrs
+                    .iter()
+                    .map(|&addr| Backend {
+                        addr,
+                        weight: 1,
+                        state: BackendState::Active,
+                    })
+                    .collect();
+                let before_fe = frontend(all.clone(), 0);
+                let after_fe = frontend(all[1..].to_vec(), 0);
+                let before =
+                    identities(&before_fe, &build(&before_fe, DEFAULT_TABLE_SIZE).unwrap());
+                let after = identities(&after_fe, &build(&after_fe, DEFAULT_TABLE_SIZE).unwrap());
+                excess.push(disruption(&before, &after) - 1.0 / n as f64);
+            }
+            let mean = excess.iter().sum::<f64>() / sets as f64;
+            let over = excess.iter().filter(|e| **e > 0.02).count();
+            assert!(mean <= 0.02, "N={n}: mean excess over 1/N {mean:.4}");
+            assert!(
+                over as f64 <= 0.02 * sets as f64,
+                "N={n}: {over} of {sets} sets moved more than 1/N + 2%"
+            );
         }
     }
 
