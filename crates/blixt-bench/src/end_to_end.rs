@@ -57,8 +57,8 @@ pub fn run(mode: Mode, machine: &Machine) -> Result<SuiteOutput> {
             let system = System::ALL[(k + r) % System::ALL.len()];
             // Every system's round on a lab built afresh: the backends' TIME_WAIT sockets of
             // the previous system's connections (another source-port choice, another timestamp
-            // clock) would refuse its SYNs by PAWS, and the refused clients wait a second to
-            // retry — measured, that cut a netfilter round to a tenth of its neighbours.
+            // clock) would refuse its SYNs by PAWS, and the refused clients retry — measured,
+            // that cut a netfilter round to a tenth of its neighbours.
             let lab = if rounds.is_empty() {
                 lab.as_ref().expect("built above")
             } else {
@@ -354,8 +354,8 @@ fn findings(rounds: &[Round]) -> Vec<String> {
     for (s, (retrans, paws)) in tcp {
         if retrans + paws > 0 {
             out.push(format!(
-                "e2e: short connections through {}: the client sent {retrans} SYNs again \
-                 (each a second's wait), the backends refused {paws} SYNs by PAWS (a TIME_WAIT \
+                "e2e: short connections through {}: the client sent {retrans} SYNs again, \
+                 the backends refused {paws} SYNs by PAWS (a TIME_WAIT \
                  of the same four-tuple, from this system's own earlier connection)",
                 s.id()
             ));
@@ -658,7 +658,7 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
         w,
         "Each round measures every system once, in a rotating order, each on a lab built \
          afresh (the backends' TIME_WAIT sockets from another system's connections refused the \
-         next system's SYNs by PAWS, and every refused client waited a second to retry: that \
+         next system's SYNs by PAWS, and every refused client had to send its SYN again: that \
          alone had cut netfilter rounds to a tenth of their neighbours); {} rounds, medians with \
          min–max. Per system and round: wrk `-t{} -c{}` with `Connection: close` for {} s \
          (short connections: connect, one request, close), the same with keep-alive for {} s, \
