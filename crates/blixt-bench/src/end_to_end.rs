@@ -347,9 +347,9 @@ fn findings(rounds: &[Round]) -> Vec<String> {
     let mut tcp: BTreeMap<System, (u64, u64)> = BTreeMap::new();
     for r in rounds {
         let t = tcp.entry(r.system).or_default();
-        let get = |node: &str, key: &str| r.short_tcp.get(node).map_or(0, |c| c.get(key));
-        t.0 += get("client", "TcpExt:TCPSynRetrans");
-        t.1 += get("backends", "TcpExt:PAWSTimewait") + get("backends", "TcpExt:PAWSEstab");
+        t.0 += r.short_tcp("client", "TcpExt:TCPSynRetrans");
+        t.1 += r.short_tcp("backends", "TcpExt:PAWSTimewait")
+            + r.short_tcp("backends", "TcpExt:PAWSEstab");
     }
     for (s, (retrans, paws)) in tcp {
         if retrans + paws > 0 {

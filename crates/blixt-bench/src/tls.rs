@@ -100,8 +100,13 @@ pub struct Round {
     /// profiled round (an extra round per system at the highest concurrency, when perf is
     /// installed).
     pub profile: Option<(u64, Vec<(&'static str, f64)>)>,
-    /// The profiling round: only its profile is reported.
-    pub profile_only: bool,
+}
+
+impl Round {
+    /// The profiling round: only its profile is reported (measured rounds have none).
+    pub fn profile_only(&self) -> bool {
+        self.profile.is_some()
+    }
 }
 
 /// Removes the suite's scratch directory on drop.
@@ -242,25 +247,10 @@ fn one_round(
     let verified: u64 = result.per_backend.iter().sum();
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let split = machine0.until(&machine1, wall, cpus);
-    let per_conn = |s: f64| {
-        if verified > 0 {
-            s / verified as f64 * 1e6
-        } else {
-            f64::NAN
-        }
-    };
     Ok(Round {
         system,
         concurrency,
-        cpu_us: cpu::Split {
-            client: per_conn(split.client),
-            servers: per_conn(split.servers),
-            lb: per_conn(split.lb),
-            ksoftirqd: per_conn(split.ksoftirqd),
-            other: per_conn(split.other),
-            total: per_conn(split.total),
-            busy_share: split.busy_share,
-        },
+        cpu_us: split.per_connection_us(verified),
         cpu_per_10k: if verified > 0 {
             cpu / verified as f64 * 10_000.0
         } else {
@@ -268,7 +258,6 @@ fn one_round(
         },
         load: result,
         counters,
-        profile_only: profiled,
         profile,
     })
 }
@@ -386,7 +375,7 @@ pub fn metrics(rounds: &[Round], sizes: &Sizes, machine: &Machine) -> Vec<Metric
         let of = |s: System| -> Vec<&Round> {
             rounds
                 .iter()
-                .filter(|r| r.system == s && r.concurrency == c && !r.profile_only)
+                .filter(|r| r.system == s && r.concurrency == c && !r.profile_only())
                 .collect()
         };
         let b = of(System::Blixt);

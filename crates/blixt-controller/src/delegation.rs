@@ -11,6 +11,7 @@ use std::net::IpAddr;
 
 use blixt_core::snapshot::Protocol;
 use blixt_core::translator::{Delegation, ObjectIndex, ObjectKey, GATEWAY_NAME_LABEL};
+use blixt_gateway_api::GatewayStatus;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
@@ -129,17 +130,22 @@ impl ServiceWriter {
     }
 
     /// Returns how many writes failed (logged; retried at the next call). `ours` are the
-    /// Gateways of this controller's classes: a Service of another Gateway is never touched,
+    /// Gateways of this controller's classes (the translation's statuses): a Service of another Gateway is never touched,
     /// even with our labels (another Blixt controller, for another class, manages it).
     pub async fn write(
         &mut self,
         client: &Client,
         objects: &ObjectIndex,
         delegations: &[Delegation],
-        ours: &BTreeSet<&ObjectKey>,
+        ours: &BTreeMap<ObjectKey, GatewayStatus>,
     ) -> usize {
         let mut failed = 0;
         let apply = PatchParams::apply(FIELD_MANAGER).force();
+        let present: BTreeSet<ObjectKey> = objects
+            .services
+            .iter()
+            .map(|s| ObjectKey::of(&s.metadata))
+            .collect();
         let mut wanted = BTreeMap::new();
         for d in delegations {
             if d.ports.is_empty() {
@@ -159,14 +165,9 @@ impl ServiceWriter {
             let body = desired_service(d, &uid);
             wanted.insert(key.clone(), ());
             // Skip only what was written and is still there: a Service deleted behind our back
-            // (by hand, or by the garbage collector while its view of the owner lags) is
-            // applied again. Right after a write the watch may not show it yet; one more
+            // is applied again. Right after a write the watch may not show it yet; one more
             // server-side apply of the same body is harmless.
-            let present = objects.services.iter().any(|s| {
-                s.metadata.namespace.as_deref() == Some(key.namespace.as_str())
-                    && s.metadata.name.as_deref() == Some(key.name.as_str())
-            });
-            if present && self.written.get(&key) == Some(&body) {
+            if present.contains(&key) && self.written.get(&key) == Some(&body) {
                 continue;
             }
             let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);
@@ -192,7 +193,7 @@ impl ServiceWriter {
                 gw.namespace.clone(),
                 svc.metadata.name.clone().unwrap_or_default(),
             );
-            if wanted.contains_key(&key) || !ours.contains(&gw) {
+            if wanted.contains_key(&key) || !ours.contains_key(&gw) {
                 continue;
             }
             let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);

@@ -231,9 +231,8 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
                         &opts.translator.controller_name,
                     )
                     .await;
-                let ours = statuses.gateways.keys().collect();
                 failed += services
-                    .write(&client, &objects, &t.delegations, &ours)
+                    .write(&client, &objects, &t.delegations, &statuses.gateways)
                     .await;
             }
             status_tx.send_replace(statuses);

@@ -104,11 +104,17 @@ impl Round {
         self.short.rate()
     }
 
+    /// How much TCP counter `key` of `node` (`client`, `lb`, `backends`) moved during the
+    /// short-connection run.
+    pub fn short_tcp(&self, node: &str, key: &str) -> u64 {
+        self.short_tcp.get(node).map_or(0, |c| c.get(key))
+    }
+
     /// The short run's telling TCP counters, one line: SYNs the client sent again, connection
     /// attempts that failed, SYNs refused by PAWS (a TIME_WAIT of the same four-tuple with a
     /// newer timestamp) and TIME_WAIT sockets dropped for lack of room, where they happened.
     pub fn short_tcp_summary(&self) -> String {
-        let get = |node: &str, key: &str| self.short_tcp.get(node).map_or(0, |c| c.get(key));
+        let get = |node: &str, key: &str| self.short_tcp(node, key);
         format!(
             "client SYN retransmits {}, failed attempts {}; PAWS-refused SYNs: backends {}, lb {}; \
              TIME_WAIT overflow: backends {}, lb {}",

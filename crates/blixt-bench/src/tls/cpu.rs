@@ -54,6 +54,27 @@ pub struct Split {
 }
 
 impl Split {
+    /// Each part's CPU seconds as microseconds per one of `connections` (NaN for none); the
+    /// busy share stays as it is.
+    pub fn per_connection_us(&self, connections: u64) -> Split {
+        let per = |s: f64| {
+            if connections > 0 {
+                s / connections as f64 * 1e6
+            } else {
+                f64::NAN
+            }
+        };
+        Split {
+            client: per(self.client),
+            servers: per(self.servers),
+            lb: per(self.lb),
+            ksoftirqd: per(self.ksoftirqd),
+            other: per(self.other),
+            total: per(self.total),
+            busy_share: self.busy_share,
+        }
+    }
+
     /// The part with id `id` (one of [`PARTS`]).
     pub fn part(&self, id: &str) -> f64 {
         match id {

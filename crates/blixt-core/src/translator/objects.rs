@@ -53,7 +53,8 @@ impl ObjectKey {
         }
     }
 
-    pub(crate) fn of(meta: &ObjectMeta) -> Self {
+    /// The key of an object's metadata (namespace `default` when it names none).
+    pub fn of(meta: &ObjectMeta) -> Self {
         ObjectKey::new(namespace_of(meta), meta.name.clone().unwrap_or_default())
     }
 }
