@@ -592,14 +592,7 @@ fn profile_table(w: &mut String, r: &Results) {
             cell("haproxy")
         );
     }
-    let lb = |id: &str| -> f64 {
-        ["blixt_xdp", "netfilter", "haproxy", "forwarding"]
-            .iter()
-            .filter_map(|b| r.metric(&format!("e2e.profile.{b}")))
-            .filter_map(|m| m.system(id))
-            .map(|v| v.median)
-            .sum()
-    };
+    let lb = |id: &str| lb_share(r, id).map_or(0.0, |(program, machinery)| program + machinery);
     let _ = writeln!(
         w,
         "\nThe load balancer's own share of the machine's busy time: Blixt {:.1}%, iptables \
@@ -614,6 +607,116 @@ fn profile_table(w: &mut String, r: &Results) {
         lb("nftables") * 100.0,
         lb("haproxy") * 100.0,
     );
+    if let Some((b, (program, machinery))) = haproxy_budget(r).zip(lb_share(r, BLIXT)) {
+        let _ = writeln!(
+            w,
+            "**What limits the ratio to HAProxy.** The two cores are busy in every system's \
+             rounds, so a connection rate is the busy CPU time divided by the CPU one \
+             connection costs the whole machine. Blixt's connections cost {:.0} µs each \
+             (median over rounds, CPU seconds per 10k above), and the profile charges {:.1}% of \
+             it to Blixt's own work: {:.1}% in its XDP program (and what little the lb's kernel \
+             still forwards) and {:.1}% in veth's XDP machinery (veth gives an XDP program only \
+             a private buffer with 256 bytes of headroom, so it copies into a fresh page every \
+             segment that is a clone, as TCP's data segments are, or lacks the headroom — a cost \
+             of XDP on veth that a NIC driver, running XDP on its own receive pages, does not \
+             have). Had that work cost nothing, \
+             the same busy cores would have made {:.2}x HAProxy's connections: the ceiling of \
+             any load balancer in this lab, against Blixt's {:.2}x. At {GOAL_OVER_HAPROXY}x, a \
+             connection may cost the machine {:.0} µs; client and backends alone take {:.0} µs \
+             of Blixt's, which leaves {:.1} µs for the load balancer, where Blixt's takes \
+             {:.1} µs{}.\n",
+            b.cpu_us,
+            (program + machinery) * 100.0,
+            program * 100.0,
+            machinery * 100.0,
+            b.ceiling,
+            b.ratio,
+            b.allowed_us,
+            b.others_us,
+            b.allowed_us - b.others_us,
+            b.lb_us,
+            if b.ceiling < GOAL_OVER_HAPROXY {
+                format!(
+                    ": the goal is out of reach for any load balancer on this machine, which \
+                     the clients and servers of the test already fill to {:.2}x",
+                    b.ceiling
+                )
+            } else if b.ratio >= GOAL_OVER_HAPROXY {
+                String::new()
+            } else {
+                format!(
+                    " ({:.0}% of it would have to go for the goal)",
+                    (1.0 - (b.allowed_us - b.others_us).max(0.0) / b.lb_us) * 100.0
+                )
+            },
+        );
+    }
+}
+
+/// System `id`'s load-balancer share of the profiled run's busy samples: (its own program or
+/// process, netfilter or forwarding included; veth's XDP machinery).
+fn lb_share(r: &Results, id: &str) -> Option<(f64, f64)> {
+    let share = |b: &str| {
+        r.metric(&format!("e2e.profile.{b}"))
+            .and_then(|m| m.system(id))
+            .map(|v| v.median)
+    };
+    let own: Vec<f64> = ["blixt_xdp", "netfilter", "haproxy", "forwarding"]
+        .iter()
+        .filter_map(|b| share(b))
+        .collect();
+    if own.is_empty() {
+        return None;
+    }
+    Some((own.iter().sum(), share("veth_xdp").unwrap_or(0.0)))
+}
+
+/// What Blixt's short-connection rate could be against a peer's, on the same busy cores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    /// Blixt's measured rate over the peer's.
+    pub ratio: f64,
+    /// CPU µs one connection costs the whole machine with Blixt.
+    pub cpu_us: f64,
+    /// Blixt's rate over the peer's had Blixt's own work cost nothing.
+    pub ceiling: f64,
+    /// CPU µs per connection the machine may spend, busy as in Blixt's rounds, at the goal.
+    pub allowed_us: f64,
+    /// Of `cpu_us`, what is not the load balancer's (client, backends, the rest).
+    pub others_us: f64,
+    /// Of `cpu_us`, the load balancer's own.
+    pub lb_us: f64,
+}
+
+impl Budget {
+    /// From the measured rate ratio, Blixt's CPU µs per connection and the load balancer's
+    /// share of it. With the cores as busy as in Blixt's rounds, the rate is inversely
+    /// proportional to the CPU per connection: at `goal` a connection may cost
+    /// `cpu_us * ratio / goal`.
+    pub fn of(ratio: f64, cpu_us: f64, lb_share: f64, goal: f64) -> Option<Budget> {
+        if !(ratio > 0.0 && cpu_us > 0.0 && (0.0..1.0).contains(&lb_share) && goal > 0.0) {
+            return None;
+        }
+        Some(Budget {
+            ratio,
+            cpu_us,
+            ceiling: ratio / (1.0 - lb_share),
+            allowed_us: cpu_us * ratio / goal,
+            others_us: cpu_us * (1.0 - lb_share),
+            lb_us: cpu_us * lb_share,
+        })
+    }
+}
+
+/// [`Budget`] against HAProxy from this run's medians (short connections, CPU, profile).
+fn haproxy_budget(r: &Results) -> Option<Budget> {
+    let ratio = *r
+        .metric("e2e.short.conn_per_s")?
+        .ratios
+        .get("blixt/haproxy")?;
+    let cpu_us = r.metric("e2e.short.cpu_s_per_10k.total")?.median * 1e6 / 1e4;
+    let (program, machinery) = lb_share(r, BLIXT)?;
+    Budget::of(ratio, cpu_us, program + machinery, GOAL_OVER_HAPROXY)
 }
 
 /// The report's section for suite 3, or `None` when the run has no metric of it.
@@ -703,6 +806,12 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
             measured: match (ratio(peer), short.system(peer)) {
                 (Some(x), Some(p)) => {
                     let mut m = format!("{x:.2}x ({:.0} vs {:.0} conn/s)", short.median, p.median);
+                    if let Some(b) = haproxy_budget(r).filter(|_| peer == "haproxy") {
+                        m += &format!(
+                            " (a load balancer costing nothing: {:.2}x, from the profile)",
+                            b.ceiling
+                        );
+                    }
                     if unstable.is_some() {
                         m += &format!(
                             "; {label}'s rounds ranged {:.0}–{:.0} conn/s, so undecided",
@@ -801,4 +910,29 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
         let _ = writeln!(w, "![{title}]({link})\n");
     }
     Ok(Some(Section { markdown: w, goals }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_splits_a_connection_s_cpu() {
+        // 1.5x the peer at 170 µs per connection, 6% of it the load balancer's
+        let b = Budget::of(1.5, 170.0, 0.06, 1.6).unwrap();
+        assert!((b.ceiling - 1.5 / 0.94).abs() < 1e-9);
+        assert!((b.allowed_us - 170.0 * 1.5 / 1.6).abs() < 1e-9);
+        assert!((b.others_us + b.lb_us - 170.0).abs() < 1e-9);
+        // the goal is reachable exactly when the ceiling reaches it
+        assert_eq!(b.ceiling >= 1.6, b.allowed_us >= b.others_us);
+        let out_of_reach = Budget::of(1.5, 170.0, 0.03, 1.6).unwrap();
+        assert!(out_of_reach.ceiling < 1.6 && out_of_reach.allowed_us < out_of_reach.others_us);
+    }
+
+    #[test]
+    fn budget_needs_measured_inputs() {
+        assert_eq!(Budget::of(0.0, 170.0, 0.05, 1.6), None);
+        assert_eq!(Budget::of(1.5, 170.0, 1.0, 1.6), None);
+        assert_eq!(Budget::of(1.5, f64::NAN, 0.05, 1.6), None);
+    }
 }

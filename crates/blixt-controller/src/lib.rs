@@ -75,7 +75,10 @@ pub struct Published {
 pub struct ControllerOptions {
     pub translator: TranslatorConfig,
     pub lease: LeaseConfig,
-    /// Quiet time after a change before translating (changes often come in bursts).
+    /// Least time between the starts of two translation passes. A change after a quiet spell
+    /// is translated at once; changes that arrive while a pass runs or soon after it (they
+    /// often come in bursts) wait until this long after that pass began and are translated
+    /// together.
     pub debounce: Duration,
     /// Everything is rewritten this often, repairing statuses others changed.
     pub resync: Duration,
@@ -166,6 +169,7 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
         let mut was_leader = false;
         let mut last_resync = Instant::now();
         loop {
+            let pass_started = Instant::now();
             let objects = index.objects();
             let now = Time(k8s_openapi::jiff::Timestamp::now());
             let pool_objects = index.address_pools();
@@ -253,7 +257,7 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
                     let _ = tokio::time::timeout(wait, changed.notified()).await;
                 }
             }
-            tokio::time::sleep(opts.debounce).await;
+            tokio::time::sleep(opts.debounce.saturating_sub(pass_started.elapsed())).await;
             if failed > 0 {
                 warn!(failed, "status writes failed; retrying");
             }

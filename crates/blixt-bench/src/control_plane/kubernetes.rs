@@ -18,6 +18,8 @@ use super::standalone::Rss;
 
 /// Requests in flight while creating objects.
 const PARALLEL: usize = 16;
+/// Pause after each change of the Kubernetes path before the next.
+const CHANGE_SPACING: Duration = Duration::from_millis(250);
 /// How long the controller may take to reach the last route.
 const SETTLE: Duration = Duration::from_secs(900);
 
@@ -208,5 +210,251 @@ impl Populated {
         let rss = Rss::of(controller.id())?;
         controller.terminate(Duration::from_secs(5))?;
         Ok((settle_s, rss))
+    }
+}
+
+/// Route change → programmed through the Kubernetes path, at one size.
+#[derive(Debug, Clone)]
+pub struct ChangeRun {
+    pub routes: usize,
+    /// Each change: the patch request sent → the agent's frontend flipped, milliseconds.
+    pub changes_ms: Vec<f64>,
+    /// Controller and agent started → the last route programmed in the agent's maps, seconds.
+    pub first_programmed_s: f64,
+    /// The agent after the changes.
+    pub agent_rss: Rss,
+}
+
+/// The agent's node: a network namespace joined to this one by a veth pair (the controller's
+/// stream is served on the host end's address), its pins and token; removed on drop.
+struct AgentNode {
+    netns: String,
+    host_if: String,
+    host_ip: String,
+    agent_if: String,
+    pins: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl AgentNode {
+    fn create() -> Result<AgentNode> {
+        let id = std::process::id();
+        let octet = 1 + id % 250;
+        let node = AgentNode {
+            netns: format!("bkcp{id}"),
+            host_if: format!("bkcp{id}h"),
+            host_ip: format!("10.97.{octet}.1"),
+            agent_if: format!("bkcp{id}a"),
+            pins: format!("/sys/fs/bpf/blixt-bench-k8s-{id}").into(),
+            dir: std::env::temp_dir().join(format!("blixt-bench-k8s-{id}")),
+        };
+        std::fs::create_dir_all(&node.dir)
+            .with_context(|| format!("creating {}", node.dir.display()))?;
+        let ip = |args: &[&str]| -> Result<()> {
+            let status = Command::new("ip")
+                .args(args)
+                .status()
+                .context("running ip")?;
+            anyhow::ensure!(status.success(), "ip {} failed ({status})", args.join(" "));
+            Ok(())
+        };
+        ip(&["netns", "add", &node.netns])?;
+        ip(&[
+            "link",
+            "add",
+            &node.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &node.agent_if,
+            "netns",
+            &node.netns,
+        ])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", node.host_ip),
+            "dev",
+            &node.host_if,
+        ])?;
+        ip(&["link", "set", &node.host_if, "up"])?;
+        let agent_ip = format!("10.97.{octet}.2/30");
+        for args in [
+            vec!["addr", "add", agent_ip.as_str(), "dev", &node.agent_if],
+            vec!["link", "set", &node.agent_if, "up"],
+            vec!["link", "set", "lo", "up"],
+        ] {
+            let mut full = vec!["-n", node.netns.as_str()];
+            full.extend(args);
+            ip(&full)?;
+        }
+        Ok(node)
+    }
+}
+
+impl Drop for AgentNode {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.pins);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A free TCP port on `addr`.
+fn free_port(addr: &str) -> Result<u16> {
+    let l = std::net::TcpListener::bind((addr, 0)).with_context(|| format!("binding {addr}:0"))?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Populated {
+    /// Starts `blixt controller` serving its snapshot stream and a `blixt agent` subscribed
+    /// to it, waits until the agent has programmed every route, then makes `changes` route
+    /// changes: each a merge patch of one TCPRoute's backendRef, timed from just before the
+    /// request until the agent's pinned frontend entry points at a new ring (which must serve
+    /// the new Service).
+    pub fn route_changes(&self, blixt: &Path, changes: usize) -> Result<ChangeRun> {
+        let layout = &self.layout;
+        let node = AgentNode::create()?;
+        let account = parse_documents(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: blixt-bench-agent\n  \
+             namespace: default\n",
+        )?;
+        let token = self.rt.block_on(async {
+            for o in &account {
+                apply(&self.client, o)
+                    .await
+                    .context("creating the agent's ServiceAccount")?;
+            }
+            anyhow::Ok(
+                self.cluster
+                    .service_account_token("default", "blixt-bench-agent", &["blixt-controller"])
+                    .await,
+            )
+        })?;
+        let token_file = node.dir.join("token");
+        std::fs::write(&token_file, token).context("writing the agent's token")?;
+
+        let grpc = format!("{}:{}", node.host_ip, free_port(&node.host_ip)?);
+        let mut cmd = Command::new(blixt);
+        cmd.arg("controller")
+            .arg("--kubeconfig")
+            .arg(self.cluster.kubeconfig_path())
+            .args(["--namespace", "default", "--identity", "bench-changes"])
+            .args(["--grpc-address", &grpc, "--metrics-address", "none"])
+            .args([
+                "--agent-user",
+                "system:serviceaccount:default:blixt-bench-agent",
+            ])
+            .env("RUST_LOG", "error");
+        let started = Instant::now();
+        let mut controller = LabProcess::spawn("blixt controller (route changes)", cmd)?;
+
+        let max_backends = layout.routes * layout.endpoints + 4 * layout.endpoints + 16;
+        // nsenter, not `ip netns exec`, which mounts a /sys of its own and so hides bpffs
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", node.netns))
+            .arg("--")
+            .arg(blixt)
+            .args(["agent", "--controller", &format!("http://{grpc}")])
+            .args(["--node-name", "bench-node", "--token-file"])
+            .arg(&token_file)
+            .args(["--snat-v4", &super::manifests::SNAT.to_string()])
+            .arg("--pin-dir")
+            .arg(&node.pins)
+            .args(["--metrics-address", "none", "-i", &node.agent_if])
+            .args(["--max-frontends", &(layout.routes + 16).to_string()])
+            .args(["--max-backends", &max_backends.to_string()])
+            .args(["--conntrack-entries", "1024"])
+            .env("RUST_LOG", "error");
+        let mut agent = LabProcess::spawn("blixt agent (route changes)", cmd)?;
+
+        // every route programmed: the last route's frontend is in the agent's maps
+        let last = layout.routes - 1;
+        let mut last_error = None;
+        let watch = loop {
+            for (what, p) in [("controller", &mut controller), ("agent", &mut agent)] {
+                if let Some(status) = p.try_wait()? {
+                    bail!("blixt {what} exited ({status}) before programming the routes");
+                }
+            }
+            // the agent pins its maps one by one: until it is done, opening them may fail
+            match super::standalone::Watch::open(&node.pins)
+                .and_then(|w| Ok(w.frontend(layout, last)?.map(|_| w)))
+            {
+                Ok(Some(w)) => break w,
+                Ok(None) => {}
+                Err(e) => last_error = Some(e),
+            }
+            if started.elapsed() > SETTLE {
+                let why = last_error.map_or(String::new(), |e| format!(" (last: {e:#})"));
+                bail!("the agent had not programmed route r{last} after {SETTLE:?}{why}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let first_programmed_s = started.elapsed().as_secs_f64();
+        // the first pass's statuses written too (the controller writes them after publishing
+        // the snapshot): changes then meet a controller in its steady state
+        let (gateways, routes_api) = (self.api("Gateway"), self.api("TCPRoute"));
+        let (last_gw, last_route) = (self.last_gateway(), self.last_route());
+        self.rt.block_on(async {
+            loop {
+                let gw = gateways.get(&last_gw).await?;
+                let route = routes_api.get(&last_route).await?;
+                if has_status(&gw, "Programmed") && has_status(&route, "Accepted") {
+                    return anyhow::Ok(());
+                }
+                if started.elapsed() > SETTLE {
+                    bail!("no status on {last_gw} and {last_route} after {SETTLE:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })?;
+
+        let mut targets: Vec<usize> = (0..layout.routes).collect();
+        let mut changes_ms = Vec::with_capacity(changes);
+        for i in 0..changes {
+            let r = super::standalone::changed_route(i, layout.routes);
+            super::standalone::switch_target(&mut targets, r);
+            let before = watch
+                .frontend(layout, r)?
+                .with_context(|| format!("route r{r} has no frontend before the change"))?
+                .ring;
+            let patch = serde_json::json!({"spec": {"rules": [{"backendRefs": [
+                {"name": format!("svc{}", targets[r]), "port": super::manifests::BACKEND_PORT}
+            ]}]}});
+            let t0 = Instant::now();
+            self.rt
+                .block_on(routes_api.patch(
+                    &format!("r{r}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                ))
+                .with_context(|| format!("patching TCPRoute r{r}"))?;
+            let took = watch
+                .await_flip(layout, r, before, t0)
+                .with_context(|| format!("Kubernetes change {i}"))?;
+            watch
+                .check_serves(layout, r, targets[r])
+                .with_context(|| format!("Kubernetes change {i}"))?;
+            changes_ms.push(took.as_secs_f64() * 1000.0);
+            // one change at a time: the controller starts a pass at most every 100 ms, and
+            // the status it writes for this change brings one more pass
+            std::thread::sleep(CHANGE_SPACING);
+        }
+        let agent_rss = Rss::of(agent.id())?;
+        agent.terminate(Duration::from_secs(10))?;
+        controller.terminate(Duration::from_secs(10))?;
+        Ok(ChangeRun {
+            routes: layout.routes,
+            changes_ms,
+            first_programmed_s,
+            agent_rss,
+        })
     }
 }

@@ -174,20 +174,108 @@ fn bpf_key(vip: Ipv4Addr, port: u16) -> FrontendKey {
     }
 }
 
-/// Slot `slot` of ring `ring` (two 32-bit slots per element of `blixt_rings`).
-fn ring_slot(pd: &PinnedDataplane, ring: u32, ring_size: u32, slot: u32) -> Result<u32> {
-    let index = u64::from(ring) * u64::from(ring_size) + u64::from(slot);
-    let pair = pd
-        .rings
-        .get(&((index / 2) as u32), 0)
-        .context("reading blixt_rings")?;
-    let bytes = pair.to_ne_bytes();
-    let half = if index % 2 == 0 {
-        &bytes[..4]
-    } else {
-        &bytes[4..]
-    };
-    Ok(u32::from_ne_bytes(half.try_into().expect("4 bytes")))
+/// The pinned maps of a running dataplane, read the way a change is judged: a route's frontend
+/// entry flipping to a new ring, and that ring serving the route's new Service.
+pub(super) struct Watch {
+    pd: PinnedDataplane,
+    ring_size: u32,
+}
+
+impl Watch {
+    pub(super) fn open(pins: &Path) -> Result<Watch> {
+        let pd = PinnedDataplane::open(pins)
+            .with_context(|| format!("opening the pinned maps in {}", pins.display()))?;
+        let ring_size = pd.node_config().context("reading blixt_config")?.ring_size;
+        Ok(Watch { pd, ring_size })
+    }
+
+    /// Route `r`'s frontend entry (`None` while the dataplane has none).
+    pub(super) fn frontend(&self, layout: &Layout, r: usize) -> Result<Option<FrontendValue>> {
+        let (vip, port) = layout.frontend(r);
+        match self.pd.frontends.get(&bpf_key(vip, port), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading a route's frontend in blixt_frontends"),
+        }
+    }
+
+    /// Waits until route `r`'s frontend points at a ring other than `before`, from `t0`;
+    /// returns how long that took since `t0`.
+    pub(super) fn await_flip(
+        &self,
+        layout: &Layout,
+        r: usize,
+        before: u32,
+        t0: Instant,
+    ) -> Result<Duration> {
+        loop {
+            if self.frontend(layout, r)?.is_some_and(|v| v.ring != before) {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > CHANGE_TIMEOUT {
+                let (vip, port) = layout.frontend(r);
+                bail!(
+                    "{} routes: route r{r}'s frontend {vip}:{port} still points at ring \
+                     {before} after {CHANGE_TIMEOUT:?}",
+                    layout.routes
+                );
+            }
+            std::thread::sleep(MAP_POLL);
+        }
+    }
+
+    /// Checks that route `r`'s ring serves Service `target`: its first slot's backend is one
+    /// of that Service's endpoints.
+    pub(super) fn check_serves(&self, layout: &Layout, r: usize, target: usize) -> Result<()> {
+        let ring = self
+            .frontend(layout, r)?
+            .with_context(|| format!("route r{r} has no frontend"))?
+            .ring;
+        let be_id = self.ring_slot(ring, 0)?;
+        let be = self
+            .pd
+            .backends
+            .get(&be_id, 0)
+            .with_context(|| format!("reading backend {be_id} in blixt_backends"))?;
+        let be_addr = Ipv4Addr::from(<[u8; 4]>::try_from(&be.addr[..4]).expect("4 bytes"));
+        if !layout.is_endpoint_of(be_addr, target) {
+            bail!(
+                "{} routes: route r{r} now sends to svc{target}, but its new ring's first slot \
+                 is backend {be_id} = {be_addr}",
+                layout.routes
+            );
+        }
+        Ok(())
+    }
+
+    /// Slot `slot` of ring `ring` (two 32-bit slots per element of `blixt_rings`).
+    fn ring_slot(&self, ring: u32, slot: u32) -> Result<u32> {
+        let index = u64::from(ring) * u64::from(self.ring_size) + u64::from(slot);
+        let pair = self
+            .pd
+            .rings
+            .get(&((index / 2) as u32), 0)
+            .context("reading blixt_rings")?;
+        let bytes = pair.to_ne_bytes();
+        let half = if index % 2 == 0 {
+            &bytes[..4]
+        } else {
+            &bytes[4..]
+        };
+        Ok(u32::from_ne_bytes(half.try_into().expect("4 bytes")))
+    }
+}
+
+/// The route a change number `i` edits: a stride coprime to 10, 1,000 and 10,000 spreads the
+/// changes over the routes (and files).
+pub(super) fn changed_route(i: usize, routes: usize) -> usize {
+    (i * 7919 + 13) % routes
+}
+
+/// Route `r`'s next Service: its own ↔ the next route's.
+pub(super) fn switch_target(targets: &mut [usize], r: usize) {
+    let routes = targets.len();
+    targets[r] = if targets[r] == r { (r + 1) % routes } else { r };
 }
 
 /// Measures `changes` route changes with `routes` routes of `endpoints` endpoints each.
@@ -231,59 +319,29 @@ pub fn run(blixt: &Path, routes: usize, endpoints: usize, changes: usize) -> Res
     let first_apply_s = started.elapsed().as_secs_f64();
     let pid = run.id();
 
-    let pd = PinnedDataplane::open(&pins)
-        .with_context(|| format!("opening the pinned maps in {}", pins.display()))?;
-    let ring_size = pd.node_config().context("reading blixt_config")?.ring_size;
-    let frontend = |key: &FrontendKey| -> Result<FrontendValue> {
-        pd.frontends
-            .get(key, 0)
-            .with_context(|| "reading the changed route's frontend in blixt_frontends")
-    };
+    let watch = Watch::open(&pins)?;
 
     let mut out = Vec::with_capacity(changes);
     let mut generation = 1u64;
     for i in 0..changes {
-        // a stride coprime to 10, 1,000 and 10,000 spreads the changes over the files
-        let r = (i * 7919 + 13) % routes;
-        targets[r] = if targets[r] == r { (r + 1) % routes } else { r };
-        let (vip, port) = layout.frontend(r);
-        let key = bpf_key(vip, port);
-        let before = frontend(&key)?;
+        let r = changed_route(i, routes);
+        switch_target(&mut targets, r);
+        let before = watch
+            .frontend(&layout, r)?
+            .with_context(|| format!("route r{r} has no frontend before the change"))?
+            .ring;
         let file = layout.routes_file(r);
         let text = layout.routes_yaml(r / manifests::PER_FILE, &targets);
 
         let t0_unix = unix_us();
         let t0 = Instant::now();
         manifests::replace(&dir, &file, &text)?;
-        let now = loop {
-            let v = frontend(&key)?;
-            if v.ring != before.ring {
-                break t0.elapsed();
-            }
-            if t0.elapsed() > CHANGE_TIMEOUT {
-                bail!(
-                    "{routes} routes, change {i}: route r{r}'s frontend {vip}:{port} still \
-                     points at ring {} after {CHANGE_TIMEOUT:?}",
-                    before.ring
-                );
-            }
-            std::thread::sleep(MAP_POLL);
-        };
-        // the new ring serves the new Service
-        let after = frontend(&key)?;
-        let be_id = ring_slot(&pd, after.ring, ring_size, 0)?;
-        let be = pd
-            .backends
-            .get(&be_id, 0)
-            .with_context(|| format!("reading backend {be_id} in blixt_backends"))?;
-        let be_addr = Ipv4Addr::from(<[u8; 4]>::try_from(&be.addr[..4]).expect("4 bytes"));
-        if !layout.is_endpoint_of(be_addr, targets[r]) {
-            bail!(
-                "{routes} routes, change {i}: route r{r} now sends to svc{}, but its new ring's \
-                 first slot is backend {be_id} = {be_addr}",
-                targets[r]
-            );
-        }
+        let now = watch
+            .await_flip(&layout, r, before, t0)
+            .with_context(|| format!("change {i}"))?;
+        watch
+            .check_serves(&layout, r, targets[r])
+            .with_context(|| format!("change {i}"))?;
 
         generation += 1;
         let line = run
