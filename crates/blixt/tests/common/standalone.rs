@@ -9,6 +9,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use blixt_lab::process::LabProcess;
 use blixt_lab::topology::{Lab, LabSpec};
@@ -96,6 +97,17 @@ impl<S> StandaloneRun<S> {
     pub fn wait_next_generation(&mut self) {
         self.generation += 1;
         wait_generation(self.run.as_mut().unwrap(), self.generation);
+    }
+
+    /// Takes the next generation into account when `blixt run` has already announced it (or
+    /// does within `timeout`): for a change that may land in one generation or two, once what
+    /// it changes is seen serving.
+    pub fn catch_up_generation(&mut self, timeout: Duration) {
+        let want = format!("\"generation\":{}}}", self.generation + 1);
+        let run = self.run.as_mut().unwrap();
+        if run.wait_for_line(timeout, |l| l.contains(&want)).is_ok() {
+            self.generation += 1;
+        }
     }
 
     /// The config directory.
