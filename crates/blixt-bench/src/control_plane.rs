@@ -85,69 +85,114 @@ fn kubernetes_metrics(
     machine: &Machine,
 ) -> Vec<Metric> {
     let n = run.routes;
+    let name = |what: &str| kubernetes_name(n, what);
     let setup = format!(
         "{n} TCPRoutes and {} endpoints in a real kube-apiserver, a real `blixt controller` \
          and one `blixt agent` subscribed to its snapshot stream",
         n * endpoints
     );
-    let p99 = percentile(&run.changes_ms, 99.0);
+    let mut m = change_metrics(
+        &name,
+        n,
+        &run.changes_ms,
+        "route change (a merge patch of one TCPRoute's backendRef sent to the API server) → \
+         the route's frontend flipped to its new Maglev ring in the agent's pinned maps",
+        &setup,
+        " (Kubernetes path)",
+        machine,
+    );
+    m.push(Metric::new(
+        SUITE,
+        &name("first_programmed_s"),
+        "s",
+        Summary::exact(run.first_programmed_s),
+        &[],
+        &format!(
+            "controller and agent started → the last route's frontend in the agent's maps; \
+             {setup}"
+        ),
+        machine,
+    ));
+    m.push(rss_metric(
+        &name("agent_rss_mib"),
+        &run.agent_rss,
+        &format!("resident memory of `blixt agent` after the changes; {setup}"),
+        machine,
+    ));
+    m
+}
+
+/// `change_ms` (median = p50) and `change_p99_ms` (with the goal at [`GOAL_ROUTES`]) of one
+/// size's changes; `goal_path` names the path in the goal's text.
+fn change_metrics(
+    name: &dyn Fn(&str) -> String,
+    routes: usize,
+    samples: &[f64],
+    what: &str,
+    setup: &str,
+    goal_path: &str,
+    machine: &Machine,
+) -> Vec<Metric> {
+    let p99 = percentile(samples, 99.0);
     let p99_metric = Metric::new(
         SUITE,
-        &kubernetes_name(n, "change_p99_ms"),
+        &name("change_p99_ms"),
         "ms",
         Summary::exact(p99),
         &[],
-        &format!("p99 of the same {} changes; {setup}", run.changes_ms.len()),
+        &format!("p99 of the same {} changes; {setup}", samples.len()),
         machine,
     );
     vec![
         Metric::new(
             SUITE,
-            &kubernetes_name(n, "change_ms"),
+            &name("change_ms"),
             "ms",
-            Summary::of(&run.changes_ms),
+            Summary::of(samples),
             &[],
             &format!(
-                "route change (a merge patch of one TCPRoute's backendRef sent to the API \
-                 server) → the route's frontend flipped to its new Maglev ring in the agent's \
-                 pinned maps; median = p50 over {} changes; {setup}",
-                run.changes_ms.len()
+                "{what}; median = p50 over {} changes; {setup}",
+                samples.len()
             ),
             machine,
         ),
-        if n == GOAL_ROUTES {
+        if routes == GOAL_ROUTES {
             p99_metric.with_goal(
-                &format!("p99 < {GOAL_P99_MS} ms at {GOAL_ROUTES} routes (Kubernetes path)"),
+                &format!("p99 < {GOAL_P99_MS} ms at {GOAL_ROUTES} routes{goal_path}"),
                 p99 < GOAL_P99_MS,
             )
         } else {
             p99_metric
         },
-        Metric::new(
-            SUITE,
-            &kubernetes_name(n, "first_programmed_s"),
-            "s",
-            Summary::exact(run.first_programmed_s),
-            &[],
-            &format!(
-                "controller and agent started → the last route's frontend in the agent's maps; \
-                 {setup}"
-            ),
-            machine,
-        ),
-        Metric::new(
-            SUITE,
-            &kubernetes_name(n, "agent_rss_mib"),
-            "MiB",
-            Summary::exact(run.agent_rss.rss),
-            &[
-                ("peak", Summary::exact(run.agent_rss.peak)),
-                ("anon", Summary::exact(run.agent_rss.anon)),
-            ],
-            &format!("resident memory of `blixt agent` after the changes; {setup}"),
-            machine,
-        ),
     ]
+}
+
+/// A process's memory (VmRSS, with peak = VmHWM and anon = RssAnon beside it).
+fn rss_metric(name: &str, rss: &standalone::Rss, note: &str, machine: &Machine) -> Metric {
+    Metric::new(
+        SUITE,
+        name,
+        "MiB",
+        Summary::exact(rss.rss),
+        &[
+            ("peak", Summary::exact(rss.peak)),
+            ("anon", Summary::exact(rss.anon)),
+        ],
+        note,
+        machine,
+    )
+}
+
+/// A table cell for an [`rss_metric`]: `RSS (own / peak)`.
+fn rss_cell(m: Option<&Metric>) -> String {
+    m.map_or("-".into(), |m| {
+        format!(
+            "{:.0} ({:.0} / {:.0})",
+            m.median,
+            m.system("anon").map_or(f64::NAN, |p| p.median),
+            m.system("peak").map_or(f64::NAN, |p| p.median)
+        )
+    })
 }
 
 /// The `p`-th percentile (nearest rank) of `samples`.
@@ -258,7 +303,6 @@ fn controller_metric(k: &kubernetes::ControllerRun, endpoints: usize, machine: &
 fn metrics(run: &standalone::SizeRun, endpoints: usize, machine: &Machine) -> Vec<Metric> {
     let n = run.routes;
     let totals: Vec<f64> = run.changes.iter().map(|c| c.total).collect();
-    let p99 = percentile(&totals, 99.0);
     let setup = format!(
         "{n} TCPRoutes (one frontend each, {} Gateways of up to 64 listeners), {} endpoints \
          per Service ({} in all)",
@@ -266,64 +310,34 @@ fn metrics(run: &standalone::SizeRun, endpoints: usize, machine: &Machine) -> Ve
         endpoints,
         n * endpoints
     );
-    let mut m = vec![
-        Metric::new(
-            SUITE,
-            &name(n, "change_ms"),
-            "ms",
-            Summary::of(&totals),
-            &[],
-            &format!(
-                "route change (a routes file replaced) → the route's frontend flipped to its \
-                 new Maglev ring in the pinned maps; median = p50 over {} changes; {setup}",
-                totals.len()
-            ),
-            machine,
+    let mut m = change_metrics(
+        &|what| name(n, what),
+        n,
+        &totals,
+        "route change (a routes file replaced) → the route's frontend flipped to its new \
+         Maglev ring in the pinned maps",
+        &setup,
+        "",
+        machine,
+    );
+    m.push(Metric::new(
+        SUITE,
+        &name(n, "first_apply_s"),
+        "s",
+        Summary::exact(run.first_apply_s),
+        &[],
+        &format!("start of `blixt run` → the whole configuration applied; {setup}"),
+        machine,
+    ));
+    m.push(rss_metric(
+        &name(n, "agent_rss_mib"),
+        &run.rss,
+        &format!(
+            "resident memory of `blixt run` after the changes (VmRSS; peak = VmHWM, anon = \
+             RssAnon); {setup}"
         ),
-        {
-            let p = Metric::new(
-                SUITE,
-                &name(n, "change_p99_ms"),
-                "ms",
-                Summary::exact(p99),
-                &[],
-                &format!("p99 of the same {} changes; {setup}", totals.len()),
-                machine,
-            );
-            if n == GOAL_ROUTES {
-                p.with_goal(
-                    &format!("p99 < {GOAL_P99_MS} ms at {GOAL_ROUTES} routes"),
-                    p99 < GOAL_P99_MS,
-                )
-            } else {
-                p
-            }
-        },
-        Metric::new(
-            SUITE,
-            &name(n, "first_apply_s"),
-            "s",
-            Summary::exact(run.first_apply_s),
-            &[],
-            &format!("start of `blixt run` → the whole configuration applied; {setup}"),
-            machine,
-        ),
-        Metric::new(
-            SUITE,
-            &name(n, "agent_rss_mib"),
-            "MiB",
-            Summary::exact(run.rss.rss),
-            &[
-                ("peak", Summary::exact(run.rss.peak)),
-                ("anon", Summary::exact(run.rss.anon)),
-            ],
-            &format!(
-                "resident memory of `blixt run` after the changes (VmRSS; peak = VmHWM, anon = \
-                 RssAnon); {setup}"
-            ),
-            machine,
-        ),
-    ];
+        machine,
+    ));
     for (stage, what) in STAGES {
         let v: Vec<f64> = run.changes.iter().map(|c| stage_value(c, stage)).collect();
         m.push(Metric::new(
@@ -409,12 +423,7 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
             stage(n, "translate"),
             stage(n, "apply"),
             get(n, "first_apply_s").map_or(f64::NAN, |m| m.median),
-            rss.map_or("-".into(), |m| format!(
-                "{:.0} ({:.0} / {:.0})",
-                m.median,
-                m.system("anon").map_or(f64::NAN, |p| p.median),
-                m.system("peak").map_or(f64::NAN, |p| p.median)
-            )),
+            rss_cell(rss),
         );
     }
     md.push_str(
@@ -532,12 +541,7 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
                 p99.median,
                 c.max,
                 k("first_programmed_s").map_or(f64::NAN, |m| m.median),
-                k("agent_rss_mib").map_or("-".into(), |m| format!(
-                    "{:.0} ({:.0} / {:.0})",
-                    m.median,
-                    m.system("anon").map_or(f64::NAN, |p| p.median),
-                    m.system("peak").map_or(f64::NAN, |p| p.median)
-                )),
+                rss_cell(k("agent_rss_mib")),
             );
         }
         md.push('\n');

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use blixt_k8s_harness::{apply, parse_documents, Cluster};
+use blixt_lab::netns::NetNs;
 use blixt_lab::process::LabProcess;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 
@@ -149,6 +150,29 @@ impl Populated {
         format!("r{}", self.layout.routes - 1)
     }
 
+    /// Waits until `controller` (started at `started`) has written the status of the last
+    /// Gateway and the last route: it has read and translated everything.
+    fn wait_for_statuses(&self, controller: &mut LabProcess, started: Instant) -> Result<()> {
+        let (gateways, tcp_routes) = (self.api("Gateway"), self.api("TCPRoute"));
+        let (last_gw, last_route) = (self.last_gateway(), self.last_route());
+        self.rt.block_on(async {
+            loop {
+                if let Some(status) = controller.try_wait()? {
+                    bail!("blixt controller exited ({status})");
+                }
+                let gw = gateways.get(&last_gw).await?;
+                let route = tcp_routes.get(&last_route).await?;
+                if has_status(&gw, "Programmed") && has_status(&route, "Accepted") {
+                    return Ok(());
+                }
+                if started.elapsed() > SETTLE {
+                    bail!("no status on {last_gw} and {last_route} after {SETTLE:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    }
+
     /// Starts `blixt controller` (with `env` added), waits until it has written the status of
     /// the last Gateway and the last route, and returns that wait (seconds) and its memory.
     /// A controller measured before has written those statuses already: they are cleared
@@ -188,22 +212,7 @@ impl Populated {
             .envs(env.iter().map(|(k, v)| (k, v)));
         let started = Instant::now();
         let mut controller = LabProcess::spawn("blixt controller (control-plane suite)", cmd)?;
-        self.rt.block_on(async {
-            loop {
-                if let Some(status) = controller.try_wait()? {
-                    bail!("blixt controller exited ({status})");
-                }
-                let gw = gateways.get(&last_gw).await?;
-                let route = tcp_routes.get(&last_route).await?;
-                if has_status(&gw, "Programmed") && has_status(&route, "Accepted") {
-                    return Ok(());
-                }
-                if started.elapsed() > SETTLE {
-                    bail!("no status on {last_gw} and {last_route} after {SETTLE:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        })?;
+        self.wait_for_statuses(&mut controller, started)?;
         let settle_s = started.elapsed().as_secs_f64();
         // what it keeps once settled, not only the peak of the first pass
         std::thread::sleep(Duration::from_secs(2));
@@ -226,31 +235,32 @@ pub struct ChangeRun {
 }
 
 /// The agent's node: a network namespace joined to this one by a veth pair (the controller's
-/// stream is served on the host end's address), its pins and token; removed on drop.
+/// stream is served on the host end's address), its pins and token. Dropping it removes the
+/// pins and files, then the namespace, and with it both ends of the veth pair.
 struct AgentNode {
-    netns: String,
-    host_if: String,
     host_ip: String,
     agent_if: String,
     pins: std::path::PathBuf,
     dir: std::path::PathBuf,
+    ns: NetNs,
 }
 
 impl AgentNode {
     fn create() -> Result<AgentNode> {
+        let ns = NetNs::new("bkcp")?;
         let id = std::process::id();
         let octet = 1 + id % 250;
+        let (host_if, agent_if) = (format!("bkcp{id}h"), format!("bkcp{id}a"));
         let node = AgentNode {
-            netns: format!("bkcp{id}"),
-            host_if: format!("bkcp{id}h"),
             host_ip: format!("10.97.{octet}.1"),
-            agent_if: format!("bkcp{id}a"),
+            agent_if,
             pins: format!("/sys/fs/bpf/blixt-bench-k8s-{id}").into(),
             dir: std::env::temp_dir().join(format!("blixt-bench-k8s-{id}")),
+            ns,
         };
         std::fs::create_dir_all(&node.dir)
             .with_context(|| format!("creating {}", node.dir.display()))?;
-        let ip = |args: &[&str]| -> Result<()> {
+        let host_ip = |args: &[&str]| -> Result<()> {
             let status = Command::new("ip")
                 .args(args)
                 .status()
@@ -258,49 +268,36 @@ impl AgentNode {
             anyhow::ensure!(status.success(), "ip {} failed ({status})", args.join(" "));
             Ok(())
         };
-        ip(&["netns", "add", &node.netns])?;
-        ip(&[
+        host_ip(&[
             "link",
             "add",
-            &node.host_if,
+            &host_if,
             "type",
             "veth",
             "peer",
             "name",
             &node.agent_if,
             "netns",
-            &node.netns,
+            node.ns.name(),
         ])?;
-        ip(&[
+        host_ip(&[
             "addr",
             "add",
             &format!("{}/30", node.host_ip),
             "dev",
-            &node.host_if,
+            &host_if,
         ])?;
-        ip(&["link", "set", &node.host_if, "up"])?;
+        host_ip(&["link", "set", &host_if, "up"])?;
         let agent_ip = format!("10.97.{octet}.2/30");
-        for args in [
-            vec!["addr", "add", agent_ip.as_str(), "dev", &node.agent_if],
-            vec!["link", "set", &node.agent_if, "up"],
-            vec!["link", "set", "lo", "up"],
-        ] {
-            let mut full = vec!["-n", node.netns.as_str()];
-            full.extend(args);
-            ip(&full)?;
-        }
+        node.ns
+            .ip(&["addr", "add", &agent_ip, "dev", &node.agent_if])?;
+        node.ns.ip(&["link", "set", &node.agent_if, "up"])?;
         Ok(node)
     }
 }
 
 impl Drop for AgentNode {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
         let _ = std::fs::remove_dir_all(&self.pins);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -355,24 +352,22 @@ impl Populated {
         let started = Instant::now();
         let mut controller = LabProcess::spawn("blixt controller (route changes)", cmd)?;
 
-        let max_backends = layout.routes * layout.endpoints + 4 * layout.endpoints + 16;
-        // nsenter, not `ip netns exec`, which mounts a /sys of its own and so hides bpffs
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", node.netns))
-            .arg("--")
-            .arg(blixt)
-            .args(["agent", "--controller", &format!("http://{grpc}")])
+        let mut cmd = Command::new(blixt);
+        cmd.args(["agent", "--controller", &format!("http://{grpc}")])
             .args(["--node-name", "bench-node", "--token-file"])
             .arg(&token_file)
             .args(["--snat-v4", &super::manifests::SNAT.to_string()])
             .arg("--pin-dir")
             .arg(&node.pins)
             .args(["--metrics-address", "none", "-i", &node.agent_if])
-            .args(["--max-frontends", &(layout.routes + 16).to_string()])
-            .args(["--max-backends", &max_backends.to_string()])
+            .args(["--max-frontends", &layout.max_frontends().to_string()])
+            .args(["--max-backends", &layout.max_backends().to_string()])
             .args(["--conntrack-entries", "1024"])
             .env("RUST_LOG", "error");
-        let mut agent = LabProcess::spawn("blixt agent (route changes)", cmd)?;
+        // in the namespace, but with the host's /sys/fs/bpf for its pins
+        let mut agent = node
+            .ns
+            .spawn_netns_only("blixt agent (route changes)", cmd)?;
 
         // every route programmed: the last route's frontend is in the agent's maps
         let last = layout.routes - 1;
@@ -400,21 +395,8 @@ impl Populated {
         let first_programmed_s = started.elapsed().as_secs_f64();
         // the first pass's statuses written too (the controller writes them after publishing
         // the snapshot): changes then meet a controller in its steady state
-        let (gateways, routes_api) = (self.api("Gateway"), self.api("TCPRoute"));
-        let (last_gw, last_route) = (self.last_gateway(), self.last_route());
-        self.rt.block_on(async {
-            loop {
-                let gw = gateways.get(&last_gw).await?;
-                let route = routes_api.get(&last_route).await?;
-                if has_status(&gw, "Programmed") && has_status(&route, "Accepted") {
-                    return anyhow::Ok(());
-                }
-                if started.elapsed() > SETTLE {
-                    bail!("no status on {last_gw} and {last_route} after {SETTLE:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })?;
+        self.wait_for_statuses(&mut controller, started)?;
+        let routes_api = self.api("TCPRoute");
 
         let mut targets: Vec<usize> = (0..layout.routes).collect();
         let mut changes_ms = Vec::with_capacity(changes);

@@ -82,15 +82,24 @@ impl Layout {
         Ok(())
     }
 
+    /// Frontends the dataplane is sized for: every route's, with room to spare.
+    pub fn max_frontends(&self) -> usize {
+        self.routes + 16
+    }
+
+    /// Backends the dataplane is sized for. Backend ids of a changed frontend are taken before
+    /// the old ones are released: room for one frontend's worth beside the rest.
+    pub fn max_backends(&self) -> usize {
+        self.routes * self.endpoints + 4 * self.endpoints + 16
+    }
+
     fn node(&self) -> String {
-        // Backend ids of a changed frontend are taken before the old ones are released: room
-        // for one frontend's worth beside the rest.
-        let max_backends = self.routes * self.endpoints + 4 * self.endpoints + 16;
         format!(
             "apiVersion: blixt.dev/v1alpha1\nkind: NodeConfig\nmetadata:\n  name: bench\nspec:\n  \
-             snatV4: {SNAT}\n  maps:\n    maxFrontends: {}\n    maxBackends: {max_backends}\n    \
+             snatV4: {SNAT}\n  maps:\n    maxFrontends: {}\n    maxBackends: {}\n    \
              conntrackEntries: 1024\n  pinDir: {}\n  metricsAddress: null\n  statusSocket: null\n",
-            self.routes + 16,
+            self.max_frontends(),
+            self.max_backends(),
             self.pin_dir.display()
         )
     }
