@@ -53,7 +53,7 @@ impl Sizes {
                 changes: 50,
                 endpoints: 10,
                 // 1,000 routes through Kubernetes take seconds per change today: full runs only
-                kubernetes_routes: vec![10],
+                kubernetes_routes: vec![10, 1000],
                 kubernetes_changes: 20,
             },
             Mode::Tiny => Sizes {

@@ -1,9 +1,12 @@
 //! The kube provider: one reflector per kind the translator reads, filling stores (without the
 //! bookkeeping fields the translator never reads, see [`strip_bookkeeping`]); every event
-//! (including deletions) wakes the translator loop. `KubeIndex::objects()` hands the stores'
+//! (including deletions) wakes the translator loop, updates of a status Blixt writes through
+//! [`Wakeups::status_changed`]. `KubeIndex::objects()` hands the stores'
 //! objects to the translator's `ObjectIndex` by pointer: the stores hold the only copy.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use blixt_core::translator::ObjectIndex;
@@ -11,7 +14,7 @@ use blixt_gateway_api::{Gateway, GatewayClass, ReferenceGrant, TcpRoute, TlsRout
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -61,8 +64,39 @@ pub fn strip_bookkeeping<K: Resource>(o: &mut K) {
     }
 }
 
-/// Starts a reflector for `K` (all namespaces) that notifies `changed` on every event.
-fn reflect<K>(client: &Client, changed: Arc<Notify>) -> Store<K>
+/// What wakes the translator loop.
+#[derive(Debug, Default)]
+pub struct Wakeups {
+    /// An object was added, deleted, or changed beyond its status: translate soon.
+    pub changed: Notify,
+    /// Only the status of an object whose status Blixt writes changed, most often by Blixt's
+    /// own writes: the snapshot cannot depend on it in a hurry (Gateway addresses stay
+    /// sticky, stale route entries are cleared), so a later pass is enough.
+    pub status_changed: Notify,
+}
+
+/// What of an object's metadata may matter to the translator, hashed: everything but its
+/// status and resourceVersion. The API server bumps `generation` on every spec change of a
+/// kind with a status subresource, as all Gateway API kinds have, so an update that keeps
+/// this fingerprint changed the status alone.
+fn spec_fingerprint<K: Resource>(o: &K) -> u64 {
+    let m = o.meta();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        &m.uid,
+        m.generation,
+        &m.labels,
+        &m.annotations,
+        &m.finalizers,
+        m.deletion_timestamp.is_some(),
+    )
+        .hash(&mut h);
+    h.finish()
+}
+
+/// Starts a reflector for `K` (all namespaces) that wakes the translator on every event;
+/// with `statuses_written`, updates of the status alone wake it through `status_changed`.
+fn reflect<K>(client: &Client, wake: Arc<Wakeups>, statuses_written: bool) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -73,9 +107,28 @@ where
     let stream = reflector::reflector(writer, watch).default_backoff();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
+        // spec fingerprint per object, for kinds whose status Blixt writes
+        let mut seen: HashMap<ObjectRef<K>, u64> = HashMap::new();
         while let Some(event) = stream.next().await {
+            let status_only = match &event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) if statuses_written => {
+                    let before = seen.insert(ObjectRef::from_obj(o), spec_fingerprint(o));
+                    matches!(event, Ok(watcher::Event::Apply(_)))
+                        && before == Some(spec_fingerprint(o))
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    seen.remove(&ObjectRef::from_obj(o));
+                    false
+                }
+                Ok(watcher::Event::Init) => {
+                    seen.clear();
+                    false
+                }
+                _ => false,
+            };
             match event {
-                Ok(_) => changed.notify_one(),
+                Ok(_) if status_only => wake.status_changed.notify_one(),
+                Ok(_) => wake.changed.notify_one(),
                 Err(e) => warn!(kind = %K::kind(&K::DynamicType::default()), "watch: {e}"),
             }
         }
@@ -84,19 +137,20 @@ where
 }
 
 impl KubeIndex {
-    /// Starts watching everything; `changed` is notified on every add, update and delete.
-    pub fn start(client: &Client, changed: Arc<Notify>, address_pools: bool) -> Self {
+    /// Starts watching everything; `wake` is notified on every add, update and delete.
+    pub fn start(client: &Client, wake: Arc<Wakeups>, address_pools: bool) -> Self {
         KubeIndex {
-            gateway_classes: reflect(client, changed.clone()),
-            gateways: reflect(client, changed.clone()),
-            tcp_routes: reflect(client, changed.clone()),
-            udp_routes: reflect(client, changed.clone()),
-            tls_routes: reflect(client, changed.clone()),
-            reference_grants: reflect(client, changed.clone()),
-            services: reflect(client, changed.clone()),
-            endpoint_slices: reflect(client, changed.clone()),
-            namespaces: reflect(client, changed.clone()),
-            address_pools: address_pools.then(|| reflect(client, changed)),
+            gateway_classes: reflect(client, wake.clone(), true),
+            gateways: reflect(client, wake.clone(), true),
+            tcp_routes: reflect(client, wake.clone(), true),
+            udp_routes: reflect(client, wake.clone(), true),
+            tls_routes: reflect(client, wake.clone(), true),
+            reference_grants: reflect(client, wake.clone(), false),
+            // a Service's status is its load balancer's addresses: delegated Gateways use them
+            services: reflect(client, wake.clone(), false),
+            endpoint_slices: reflect(client, wake.clone(), false),
+            namespaces: reflect(client, wake.clone(), false),
+            address_pools: address_pools.then(|| reflect(client, wake, false)),
         }
     }
 

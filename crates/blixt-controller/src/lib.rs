@@ -8,6 +8,7 @@ pub mod crd;
 pub mod delegation;
 pub mod index;
 pub mod leader;
+pub mod programmed;
 pub mod status;
 
 use std::collections::BTreeSet;
@@ -18,16 +19,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use blixt_core::snapshot::Snapshot;
 use blixt_core::tls::TlsFrontend;
-use blixt_core::translator::{translate, Statuses, TranslatorConfig};
+use blixt_core::translator::{translate, Delegation, Statuses, TranslatorConfig};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Api, Client};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::delegation::ServiceWriter;
-use crate::index::KubeIndex;
+use crate::index::{KubeIndex, Wakeups};
 use crate::leader::{Leadership, LeaseConfig};
+use crate::programmed::{ChangedIn, ProgrammedGate};
 use crate::status::StatusWriter;
 
 /// The CRDs the controller watches; startup fails with an install hint when one is missing.
@@ -61,6 +63,10 @@ pub async fn check_crds(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// How long a status-only update waits before it is translated (a change to anything else
+/// comes first; see [`Wakeups`]).
+const STATUS_ONLY_DELAY: Duration = Duration::from_secs(1);
+
 /// What the translator loop publishes for snapshot distribution.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Published {
@@ -87,43 +93,6 @@ pub struct ControllerOptions {
     pub programmed_gate: Option<blixt_stream::SnapshotServer>,
 }
 
-/// Turns `Programmed=True` of every Gateway into `False/Pending` (or `False/Invalid` naming the
-/// agents' errors) while no agent has applied `generation`.
-fn gate_programmed(
-    statuses: &mut Statuses,
-    state: &blixt_stream::ProgrammedState,
-    generation: u64,
-) {
-    use blixt_stream::ProgrammedState;
-    let (reason, message) = match state {
-        ProgrammedState::Programmed { .. } => return,
-        ProgrammedState::Pending { .. } => (
-            "Pending",
-            format!("waiting for an agent to program generation {generation}"),
-        ),
-        ProgrammedState::Failed { errors } => (
-            "Invalid",
-            format!(
-                "agents failed to program generation {generation}: {}",
-                errors
-                    .iter()
-                    .map(|(n, (_, e))| format!("{n}: {e}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        ),
-    };
-    for status in statuses.gateways.values_mut() {
-        for c in status.conditions.iter_mut().flatten() {
-            if c.type_ == "Programmed" && c.status == "True" {
-                c.status = "False".into();
-                c.reason = reason.into();
-                c.message = message.clone();
-            }
-        }
-    }
-}
-
 /// A running controller's handles.
 #[derive(Debug, Clone)]
 pub struct Running {
@@ -142,8 +111,8 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
     if !pools_installed {
         warn!("the AddressPool CRD (addresspools.blixt.dev) is not installed: GatewayClasses with a parametersRef will be InvalidParameters; install deploy/helm/blixt/crds");
     }
-    let changed = Arc::new(Notify::new());
-    let index = KubeIndex::start(&client, changed.clone(), pools_installed);
+    let wake = Arc::new(Wakeups::default());
+    let index = KubeIndex::start(&client, wake.clone(), pools_installed);
     index
         .ready()
         .await
@@ -157,17 +126,23 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
         snapshots: snap_rx,
         statuses: status_rx,
     };
+    let (work_tx, work_rx) = watch::channel(None);
+    tokio::spawn(write_statuses(
+        client,
+        index.clone(),
+        opts.clone(),
+        leadership,
+        work_rx,
+        status_tx,
+    ));
     tokio::spawn(async move {
-        let mut writer = StatusWriter::default();
-        let mut services = ServiceWriter::default();
         // generations keep increasing across restarts and leader changes: seeded from the clock
         let mut generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64);
+        let mut changed_in = ChangedIn::default();
+        let mut previous_delegations = Vec::new();
         let mut first = true;
-        let mut acks = opts.programmed_gate.as_ref().map(|g| g.changes());
-        let mut was_leader = false;
-        let mut last_resync = Instant::now();
         loop {
             let pass_started = Instant::now();
             let objects = index.objects();
@@ -187,31 +162,90 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
                 .iter()
                 .flat_map(|d| d.addresses.iter().copied())
                 .collect();
-            let published = Published {
-                snapshot: Snapshot {
-                    generation,
-                    ..t.snapshot.clone()
-                },
-                tls: t.tls.clone(),
-                not_announced: not_announced.clone(),
+            let new_generation = {
+                let current = snap_tx.borrow();
+                first
+                    || t.snapshot.frontends != current.snapshot.frontends
+                    || t.tls != current.tls
+                    || not_announced != current.not_announced
             };
-            if published.snapshot.frontends != snap_tx.borrow().snapshot.frontends
-                || published.tls != snap_tx.borrow().tls
-                || published.not_announced != snap_tx.borrow().not_announced
-                || first
-            {
-                first = false;
+            if new_generation {
                 generation += 1;
-                snap_tx.send_replace(Published {
+                let next = Published {
                     snapshot: Snapshot {
                         generation,
                         ..t.snapshot
                     },
                     tls: t.tls,
                     not_announced,
-                });
+                };
+                let previous = snap_tx.borrow().clone();
+                changed_in.observe(
+                    (!first).then_some((&previous, previous_delegations.as_slice())),
+                    &next,
+                    &t.delegations,
+                );
+                first = false;
+                snap_tx.send_replace(next);
                 info!(generation, "new snapshot");
             }
+            previous_delegations.clone_from(&t.delegations);
+            // statuses are written by their own task: a slow API server never holds up the
+            // next snapshot
+            work_tx.send_replace(Some(Arc::new(StatusWork {
+                statuses: t.statuses,
+                delegations: t.delegations,
+                changed_in: changed_in.clone(),
+            })));
+            // A change is translated at once after a quiet spell; changes soon after a pass
+            // wait until `debounce` after its start and go together. A status-only update
+            // (mostly the echo of this controller's own writes) waits longer, unless a change
+            // comes meanwhile: echoes must not hold up changes.
+            tokio::select! {
+                _ = wake.changed.notified() => {}
+                _ = wake.status_changed.notified() => {
+                    tokio::select! {
+                        _ = wake.changed.notified() => {}
+                        _ = tokio::time::sleep(STATUS_ONLY_DELAY) => {}
+                    }
+                }
+            }
+            tokio::time::sleep(opts.debounce.saturating_sub(pass_started.elapsed())).await;
+        }
+    });
+    Ok(running)
+}
+
+/// What one translation pass hands the status writer.
+#[derive(Debug)]
+struct StatusWork {
+    /// As translated, before the `Programmed` gate.
+    statuses: Statuses,
+    delegations: Vec<Delegation>,
+    changed_in: ChangedIn,
+}
+
+/// The status writer: applies the `Programmed` gate to the newest pass's statuses and, while
+/// leader, writes what changed. Runs again on each pass, each agent ack, and every two seconds
+/// (to notice leadership; a second after failed writes).
+async fn write_statuses(
+    client: Client,
+    index: KubeIndex,
+    opts: ControllerOptions,
+    leadership: Leadership,
+    mut work: watch::Receiver<Option<Arc<StatusWork>>>,
+    status_tx: watch::Sender<Statuses>,
+) {
+    let mut writer = StatusWriter::default();
+    let mut services = ServiceWriter::default();
+    let mut gate = ProgrammedGate::default();
+    let mut acks = opts.programmed_gate.as_ref().map(|g| g.changes());
+    let mut was_leader = false;
+    let mut last_resync = Instant::now();
+    loop {
+        let current = work.borrow_and_update().clone();
+        let mut failed = 0;
+        if let Some(current) = current {
             let leader = leadership.is_leader();
             if leader && (!was_leader || last_resync.elapsed() > opts.resync) {
                 writer.reset();
@@ -219,49 +253,47 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
                 last_resync = Instant::now();
             }
             was_leader = leader;
-            let mut statuses = t.statuses;
-            if let Some(gate) = &opts.programmed_gate {
-                let generation = snap_tx.borrow().snapshot.generation;
-                let state = gate.programmed(generation, Vec::<String>::new());
-                gate_programmed(&mut statuses, &state, generation);
+            let mut statuses = current.statuses.clone();
+            if let Some(server) = &opts.programmed_gate {
+                let now = Time(k8s_openapi::jiff::Timestamp::now());
+                gate.apply(
+                    &mut statuses,
+                    &current.changed_in,
+                    |generation| server.programmed(generation, Vec::<String>::new()),
+                    &now,
+                );
             }
-            let mut failed = 0;
             if leader {
-                failed = writer
-                    .write(
-                        &client,
-                        &objects,
-                        &statuses,
-                        &opts.translator.controller_name,
-                    )
-                    .await;
+                // the live objects, not the pass's: route writes are guarded by the newest
+                // resourceVersion (this writer's own last write included) and keep the
+                // newest entries of other controllers
+                let objects = index.objects();
+                let controller = &opts.translator.controller_name;
+                failed = writer.write(&client, &objects, &statuses, controller).await;
                 failed += services
-                    .write(&client, &objects, &t.delegations, &statuses.gateways)
+                    .write(&client, &objects, &current.delegations, &statuses.gateways)
                     .await;
             }
             status_tx.send_replace(statuses);
-            // wait for a change (or retry soon after failed writes / to notice leadership)
-            let wait = if failed > 0 {
-                Duration::from_secs(1)
-            } else {
-                Duration::from_secs(2)
-            };
-            match &mut acks {
-                Some(acks) => {
-                    tokio::select! {
-                        _ = tokio::time::timeout(wait, changed.notified()) => {}
-                        _ = acks.changed() => {}
-                    }
-                }
-                None => {
-                    let _ = tokio::time::timeout(wait, changed.notified()).await;
-                }
-            }
-            tokio::time::sleep(opts.debounce.saturating_sub(pass_started.elapsed())).await;
-            if failed > 0 {
-                warn!(failed, "status writes failed; retrying");
-            }
         }
-    });
-    Ok(running)
+        if failed > 0 {
+            warn!(failed, "status writes failed; retrying");
+        }
+        let wait = Duration::from_secs(if failed > 0 { 1 } else { 2 });
+        let acked = async {
+            let open = match &mut acks {
+                Some(acks) => acks.changed().await.is_ok(),
+                None => false,
+            };
+            if !open {
+                // no ack channel (or a closed one) never wakes the writer
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = work.changed() => if r.is_err() { return },
+            _ = acked => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
 }

@@ -10,7 +10,7 @@
 //!
 //! Only what changed since the last successful write is written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use blixt_core::translator::{ObjectIndex, ObjectKey, Statuses, GATEWAY_EXISTS_FINALIZER};
 use blixt_gateway_api::{Gateway, GatewayClass, TcpRoute, TlsRoute, UdpRoute};
@@ -133,12 +133,17 @@ impl StatusWriter {
 
         macro_rules! routes {
             ($kind:literal, $ty:ty, $statuses:expr, $objects:expr) => {
+                let live_routes: HashMap<(&str, &str), &$ty> = $objects
+                    .iter()
+                    .filter_map(|r| {
+                        let m = &r.metadata;
+                        Some(((m.namespace.as_deref()?, m.name.as_deref()?), &**r))
+                    })
+                    .collect();
                 for (key, status) in $statuses {
                     let ours = serde_json::to_value(status).unwrap_or(Value::Null);
-                    let Some(live) = $objects.iter().find(|r| {
-                        r.metadata.name.as_deref() == Some(&key.name)
-                            && r.metadata.namespace.as_deref() == Some(&key.namespace)
-                    }) else {
+                    let Some(live) = live_routes.get(&(key.namespace.as_str(), key.name.as_str()))
+                    else {
                         continue;
                     };
                     let theirs: Option<Vec<Value>> = live.status.as_ref().map(|s| {

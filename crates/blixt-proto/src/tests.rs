@@ -256,6 +256,17 @@ fn errors_name_the_field() {
 }
 
 #[test]
+fn a_message_converted_on_its_own_names_fields_from_itself() {
+    let wire = pb::SnapshotUpdate::from(&sample());
+    let mut frontend = wire.snapshot.unwrap().frontends[0].clone();
+    frontend.backends[1].addr = vec![1, 2, 3];
+    let err = Frontend::try_from(&frontend).unwrap_err();
+    assert_eq!(err.field, "backends[1].addr");
+    let err = Backend::try_from(&frontend.backends[1]).unwrap_err();
+    assert_eq!(err.field, "addr");
+}
+
+#[test]
 fn missing_snapshot_is_named() {
     let err = Update::try_from(pb::SnapshotUpdate {
         generation: 1,
@@ -302,5 +313,5 @@ fn single_messages_convert_with_relative_paths() {
 fn ipv4_mapped_ipv6_keeps_its_family() {
     let ip: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
     assert_eq!(ip_to_bytes(ip).len(), 16);
-    assert_eq!(ip_from_bytes(&ip_to_bytes(ip), String::new()).unwrap(), ip);
+    assert_eq!(ip_from_bytes(&ip_to_bytes(ip), NO_PATH).unwrap(), ip);
 }

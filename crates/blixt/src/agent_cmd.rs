@@ -321,7 +321,11 @@ fn from_controller(
                                 .observe(t.elapsed().as_secs_f64());
                             stream_metrics.applies.inc();
                             stream_metrics.generation.set(generation as i64);
-                            tracing::info!(?report, "applied from the controller");
+                            tracing::info!(
+                                ?report,
+                                elapsed_us = t.elapsed().as_micros() as u64,
+                                "applied from the controller"
+                            );
                             println!("{{\"event\":\"applied\",\"generation\":{generation}}}");
                             Ok(())
                         }

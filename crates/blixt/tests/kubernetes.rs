@@ -39,6 +39,14 @@ fn within(counts: &std::collections::BTreeMap<String, usize>, weights: &[(&str, 
     }
 }
 
+async fn programmed_gateway(gws: &Api<Gateway>, name: &str) -> Option<()> {
+    let st = gws.get(name).await.ok()?.status?;
+    st.conditions?
+        .iter()
+        .any(|c| c.type_ == "Programmed" && c.status == "True")
+        .then_some(())
+}
+
 fn manifests(ns: &str, controller: &str, lab: &Lab, weights: [u32; 3]) -> String {
     let mut y = format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {ns}-blixt}}\nspec: {{controllerName: {controller}}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: {ns}}}\nspec:\n  gatewayClassName: {ns}-blixt\n  listeners:\n  - {{name: tcp, protocol: TCP, port: 80}}\n  - {{name: udp, protocol: UDP, port: 53}}\n"
@@ -293,7 +301,22 @@ async fn gateway_api_objects_to_balanced_traffic_through_controller_and_agent() 
     );
     assert_eq!(metrics.matches("# EOF").count(), 1, "one exposition");
 
-    // a route edit through the API while 100 connections stay open: none breaks
+    // a route edit through the API while 100 connections stay open: none breaks; the other
+    // Gateway's status is not touched (its part of the snapshot did not change, so its
+    // Programmed condition must not flap while the agent applies the new generation)
+    let tls_programmed = || async {
+        let gw = gws.get("gw-tls").await.ok()?;
+        let programmed = gw
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .any(|c| c.type_ == "Programmed" && c.status == "True");
+        programmed.then(|| gw.metadata.resource_version.clone())
+    };
+    let tls_version =
+        eventually("gw-tls programmed", Duration::from_secs(30), tls_programmed).await;
     let long = lab.client.ns.run_in(|| {
         LongLived::start(tcp, 100, Duration::from_millis(30), Duration::from_secs(3)).unwrap()
     });
@@ -318,6 +341,15 @@ async fn gateway_api_objects_to_balanced_traffic_through_controller_and_agent() 
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     long.wait_rounds(3, Duration::from_secs(10)).unwrap();
+    eventually("gw programmed again", Duration::from_secs(30), || {
+        programmed_gateway(&gws, "gw")
+    })
+    .await;
+    assert_eq!(
+        tls_programmed().await,
+        Some(tls_version),
+        "gw-tls's status was rewritten by an edit of another Gateway's route"
+    );
 
     // the controller dies: the dataplane keeps serving; a new one converges the statuses
     drop(controller.take());

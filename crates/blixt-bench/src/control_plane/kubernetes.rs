@@ -425,8 +425,8 @@ impl Populated {
                 .check_serves(layout, r, targets[r])
                 .with_context(|| format!("Kubernetes change {i}"))?;
             changes_ms.push(took.as_secs_f64() * 1000.0);
-            // one change at a time: the controller starts a pass at most every 100 ms, and
-            // the status it writes for this change brings one more pass
+            // one change at a time: the controller starts a pass at most every 100 ms (the
+            // echoes of the statuses it writes for this change are translated later)
             std::thread::sleep(CHANGE_SPACING);
         }
         let agent_rss = Rss::of(agent.id())?;

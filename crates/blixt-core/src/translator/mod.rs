@@ -74,6 +74,15 @@ pub struct Translation {
     pub delegations: Vec<Delegation>,
 }
 
+/// The Gateway a frontend or SNI table of a [`Translation`] belongs to, read from its name:
+/// the translator names them `namespace/gateway/listener[+listener…]`, and neither namespaces,
+/// Gateway names nor listener names may hold a `/`.
+pub fn owning_gateway(frontend_name: &str) -> Option<ObjectKey> {
+    let mut parts = frontend_name.splitn(3, '/');
+    let (namespace, gateway, _listeners) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(ObjectKey::new(namespace, gateway))
+}
+
 /// The status Blixt writes for every object it owns.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Statuses {

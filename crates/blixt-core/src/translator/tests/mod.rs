@@ -359,3 +359,41 @@ fn translating_twice_is_stable() {
     let b = run(&yaml);
     assert_eq!(a, b);
 }
+
+#[test]
+fn every_frontend_and_sni_table_names_its_gateway() {
+    let yaml = [
+        CLASS.to_string(),
+        gateway(
+            "infra",
+            "gw",
+            "  - {name: tcp, protocol: TCP, port: 9000}\n  - {name: udp, protocol: UDP, port: 9001}",
+        ),
+        gateway(
+            "edge",
+            "tls-gw",
+            "  - {name: a, protocol: TLS, port: 443, hostname: a.example.com, tls: {mode: Passthrough}}\n  - {name: b, protocol: TLS, port: 443, hostname: b.example.com, tls: {mode: Passthrough}}",
+        ),
+        route("TCPRoute", "infra", "r", "{name: gw}", &["{name: svc, port: 80}"]),
+        service("infra", "svc", 80, "TCP", 8080, &["10.0.0.1"]),
+    ]
+    .concat();
+    let t = run(&yaml);
+    let owners: Vec<_> = t
+        .snapshot
+        .frontends
+        .iter()
+        .map(|f| &f.name)
+        .chain(t.tls.iter().map(|t| &t.name))
+        .map(|name| owning_gateway(name).map(|k| k.to_string()))
+        .collect();
+    let want = |s: &str| Some(s.to_string());
+    assert_eq!(
+        owners,
+        [want("infra/gw"), want("infra/gw"), want("edge/tls-gw")]
+    );
+    for key in owners.into_iter().flatten() {
+        assert!(t.statuses.gateways.keys().any(|k| k.to_string() == key));
+    }
+    assert_eq!(owning_gateway("infra/gw"), None);
+}
