@@ -31,16 +31,20 @@ pub enum Op {
     HashInsert,
     LruCpuNewFlow,
     LruNewFlowUsed,
+    LruCpuNewFlowUsed,
+    LruSmallNewFlowUsed,
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 8] = [
         Op::LruMiss,
         Op::LruInsert,
         Op::LruNewFlow,
         Op::LruNewFlowUsed,
         Op::HashInsert,
         Op::LruCpuNewFlow,
+        Op::LruCpuNewFlowUsed,
+        Op::LruSmallNewFlowUsed,
     ];
 
     fn program(self) -> &'static str {
@@ -49,8 +53,18 @@ impl Op {
             Op::LruInsert => "bench_maps_lru_insert",
             Op::LruNewFlow | Op::LruNewFlowUsed => "bench_maps_lru_new_flow",
             Op::HashInsert => "bench_maps_hash_insert",
-            Op::LruCpuNewFlow => "bench_maps_lru_cpu_new_flow",
+            Op::LruCpuNewFlow | Op::LruCpuNewFlowUsed => "bench_maps_lru_cpu_new_flow",
+            Op::LruSmallNewFlowUsed => "bench_maps_lru_small_new_flow",
         }
+    }
+
+    /// The map is filled to capacity and emptied again before the run (free nodes in the
+    /// order use left them).
+    pub fn used(self) -> bool {
+        matches!(
+            self,
+            Op::LruNewFlowUsed | Op::LruCpuNewFlowUsed | Op::LruSmallNewFlowUsed
+        )
     }
 
     /// Name of its metric, `map_cost.<id>`.
@@ -62,6 +76,8 @@ impl Op {
             Op::HashInsert => "hash_insert",
             Op::LruCpuNewFlow => "lru_cpu_new_flow_maps",
             Op::LruNewFlowUsed => "lru_new_flow_maps_used",
+            Op::LruCpuNewFlowUsed => "lru_cpu_new_flow_maps_used",
+            Op::LruSmallNewFlowUsed => "lru_small_new_flow_maps_used",
         }
     }
 
@@ -78,6 +94,11 @@ impl Op {
             Op::LruCpuNewFlow => {
                 "a new flow's map work on an LRU hash with per-CPU LRU lists (BPF_F_NO_COMMON_LRU)"
             }
+            Op::LruCpuNewFlowUsed => "the same, per-CPU LRU lists, emptied after use",
+            Op::LruSmallNewFlowUsed => {
+                "a new flow's map work on an LRU hash emptied after use whose value is 16 bytes \
+                 (a backend and a timestamp, as Katran's conntrack) instead of 88"
+            }
         }
     }
 
@@ -86,12 +107,61 @@ impl Op {
         match self {
             Op::LruMiss => ("bench_lru", 0),
             Op::LruInsert => ("bench_lru", 1),
-            Op::LruNewFlow => ("bench_lru", 2),
+            Op::LruNewFlow | Op::LruNewFlowUsed => ("bench_lru", 2),
             Op::HashInsert => ("bench_hash", 1),
-            Op::LruCpuNewFlow => ("bench_lru_cpu", 2),
-            Op::LruNewFlowUsed => ("bench_lru", 2),
+            Op::LruCpuNewFlow | Op::LruCpuNewFlowUsed => ("bench_lru_cpu", 2),
+            Op::LruSmallNewFlowUsed => ("bench_lru_small", 2),
         }
     }
+}
+
+/// The program that inserts one new key per iteration into `map` (fills it before a run on a
+/// used map).
+fn insert_program(map: &str) -> Result<&'static str> {
+    Ok(match map {
+        "bench_lru" => "bench_maps_lru_insert",
+        "bench_lru_cpu" => "bench_maps_lru_cpu_insert",
+        "bench_lru_small" => "bench_maps_lru_small_insert",
+        _ => anyhow::bail!("no insert program fills {map}"),
+    })
+}
+
+/// The keys `map` holds. Its value is a conntrack entry, or 16 bytes in bench_lru_small.
+fn keys(bpf: &mut Ebpf, map: &str) -> Result<Vec<FlowKey>> {
+    let data = bpf
+        .map_mut(map)
+        .with_context(|| format!("{map} not in bench_maps.o"))?;
+    let keys = if map == "bench_lru_small" {
+        HashMap::<_, FlowKey, [u8; 16]>::try_from(data)
+            .with_context(|| format!("opening {map}"))?
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+    } else {
+        HashMap::<_, FlowKey, CtEntry>::try_from(data)
+            .with_context(|| format!("opening {map}"))?
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+    };
+    keys.with_context(|| format!("listing {map}"))
+}
+
+/// Deletes `keys` from `map` (the kernel's delete does not care about the value's type).
+fn empty(bpf: &mut Ebpf, map: &str, keys: &[FlowKey]) -> Result<()> {
+    let data = bpf
+        .map_mut(map)
+        .with_context(|| format!("{map} not in bench_maps.o"))?;
+    if map == "bench_lru_small" {
+        let mut m = HashMap::<_, FlowKey, [u8; 16]>::try_from(data)?;
+        for k in keys {
+            m.remove(k).with_context(|| format!("emptying {map}"))?;
+        }
+    } else {
+        let mut m = HashMap::<_, FlowKey, CtEntry>::try_from(data)?;
+        for k in keys {
+            m.remove(k).with_context(|| format!("emptying {map}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Metric name of an operation's cost.
@@ -100,24 +170,25 @@ pub fn metric_name(op: Op) -> String {
 }
 
 /// Loads a fresh bench_maps.o (empty maps) and runs `program` as a hot loop of `repeat`
-/// iterations; with `used`, bench_lru is first filled to capacity and emptied again.
-fn run_once(entries: u32, program: &str, repeat: u32, used: bool) -> Result<(f64, u32, Ebpf)> {
+/// iterations; with `used` set to a map, that map is first filled to capacity and emptied
+/// again.
+fn run_once(
+    entries: u32,
+    program: &str,
+    repeat: u32,
+    used: Option<&str>,
+) -> Result<(f64, u32, Ebpf)> {
     let mut bpf = EbpfLoader::new()
         .map_max_entries("bench_lru", entries)
         .map_max_entries("bench_hash", entries)
         .map_max_entries("bench_lru_cpu", entries)
+        .map_max_entries("bench_lru_small", entries)
         .load(MAPS_OBJ)
         .context("loading bench_maps.o")?;
-    if used {
-        test_run(&mut bpf, "bench_maps_lru_insert", entries)?;
-        let mut m: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(
-            bpf.map_mut("bench_lru")
-                .context("bench_lru not in bench_maps.o")?,
-        )?;
-        let keys = m.keys().collect::<Result<Vec<_>, _>>()?;
-        for k in &keys {
-            m.remove(k).context("emptying bench_lru")?;
-        }
+    if let Some(map) = used {
+        test_run(&mut bpf, insert_program(map)?, entries)?;
+        let keys = keys(&mut bpf, map)?;
+        empty(&mut bpf, map, &keys)?;
     }
     let (ns, verdict) = test_run(&mut bpf, program, repeat)?;
     Ok((ns, verdict, bpf))
@@ -152,24 +223,19 @@ pub fn run(entries: u32, repeat: u32, rounds: usize, machine: &Machine) -> Resul
     let mut loop_ns = Vec::new();
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Op::ALL.len()];
     for _ in 0..rounds {
-        let (base, v, _) = run_once(entries, "bench_maps_empty", repeat, false)?;
+        let (base, v, _) = run_once(entries, "bench_maps_empty", repeat, None)?;
         ensure!(v == XDP_DROP, "bench_maps_empty: verdict {v}");
         loop_ns.push(base);
         for (i, op) in Op::ALL.into_iter().enumerate() {
-            let used = op == Op::LruNewFlowUsed;
+            let (map, per_iter) = op.leaves();
+            let used = op.used().then_some(map);
             let (ns, v, mut bpf) = run_once(entries, op.program(), repeat, used)?;
             ensure!(
                 v == XDP_DROP,
                 "{}: the last iteration's operation failed (verdict {v})",
                 op.program()
             );
-            let (map, per_iter) = op.leaves();
-            let m: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(
-                bpf.map_mut(map)
-                    .with_context(|| format!("{map} not in bench_maps.o"))?,
-            )
-            .with_context(|| format!("opening {map}"))?;
-            let n = m.keys().count();
+            let n = keys(&mut bpf, map)?.len();
             ensure!(
                 n == per_iter * repeat as usize,
                 "{}: {repeat} iterations left {n} entries in {map}, not {}",

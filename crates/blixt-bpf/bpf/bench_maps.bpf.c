@@ -15,6 +15,10 @@
  *                             comparison (a design without LRU eviction)
  *   bench_maps_lru_cpu_new_flow  a new flow's map work on an LRU hash with per-CPU LRU lists
  *                             (BPF_F_NO_COMMON_LRU), for comparison
+ *   bench_maps_lru_small_new_flow  the same map work on an LRU hash whose value is 16 bytes
+ *                             (a backend and a timestamp, Katran's conntrack value) instead of
+ *                             the 88 of a full-NAT entry: what smaller entries would save
+ * The *_insert programs of the last two maps fill them before a run on a used map.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -42,6 +46,20 @@ struct {
 	__uint(max_entries, 262144);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 } bench_lru_cpu SEC(".maps");
+
+/* Katran's conntrack value: the backend's position and when the flow was last seen. */
+struct bench_small_value {
+	__u32 backend_id;
+	__u32 pad;
+	__u64 last_seen_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct blixt_flow_key);
+	__type(value, struct bench_small_value);
+	__uint(max_entries, 262144);
+} bench_lru_small SEC(".maps");
 
 /* The value inserted: a conntrack entry's worth of bytes, from per-CPU scratch like new_flow(). */
 struct {
@@ -91,6 +109,7 @@ static __always_inline int insert(void *map, int pair)
 {
 	struct blixt_flow_key k;
 	__u32 zero = 0;
+	/* the small map's value is the first 16 bytes of this one */
 	struct blixt_ct_entry *v = bpf_map_lookup_elem(&bench_value, &zero);
 
 	if (!v)
@@ -131,6 +150,24 @@ SEC("xdp")
 int bench_maps_lru_cpu_new_flow(struct xdp_md *ctx)
 {
 	return insert(&bench_lru_cpu, 1);
+}
+
+SEC("xdp")
+int bench_maps_lru_cpu_insert(struct xdp_md *ctx)
+{
+	return insert(&bench_lru_cpu, 0);
+}
+
+SEC("xdp")
+int bench_maps_lru_small_new_flow(struct xdp_md *ctx)
+{
+	return insert(&bench_lru_small, 1);
+}
+
+SEC("xdp")
+int bench_maps_lru_small_insert(struct xdp_md *ctx)
+{
+	return insert(&bench_lru_small, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
