@@ -54,7 +54,7 @@ fixtures: deps
 lab: deps
 	$(CARGO) test -p blixt --test lab
 
-bench: deps
+bench: deps k8s-bins
 	@QUICK=$(QUICK) bash bench/run.sh
 
 clean:

@@ -132,6 +132,13 @@ pub fn run(
     let mut profiles = Vec::new();
     let mut findings = Vec::new();
     let mut sizes = std::collections::BTreeMap::new();
+    if want(4) {
+        use anyhow::Context as _;
+        // Suite 4 starts a kube-apiserver after half an hour of other suites; a missing
+        // binary must stop the run now, not then.
+        blixt_k8s_harness::check_artifacts()
+            .context("suite 4 (control_plane) needs the Kubernetes test binaries")?;
+    }
     if want(1) {
         let pc_sizes = packet_cost::Sizes::for_mode(mode);
         let v = serde_json::to_value(pc_sizes)?;

@@ -546,6 +546,12 @@ fn free_ports<const N: usize>() -> Result<[u16; N]> {
     Ok(ports)
 }
 
+/// Checks that the control plane's binaries and CRDs are built (`tests/k8s/build.sh`) without
+/// starting anything, so a long run that needs a cluster later can fail in its first second.
+pub fn check_artifacts() -> Result<()> {
+    artifacts::Artifacts::locate().map(|_| ())
+}
+
 fn start_blocking() -> Result<Cluster> {
     let base = tmp_base();
     sweep_stale_dirs(&base);
