@@ -524,7 +524,12 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
              `blixt_frontends` entry points at a new ring, whose first slot is checked as \
              above. The path: the API server stores the patch and notifies the controller's \
              watch, the controller translates and publishes a snapshot, the agent receives it \
-             over the stream and applies it.\n\n\
+             over the stream and applies it. The changes start once the agent has programmed \
+             every route and no Gateway or TCPRoute has been written for 2 s (the statuses \
+             the controller writes after its first pass, and their watch echoes, are over), \
+             one at a time, 250 ms apart. A Gateway already `Programmed` stays so while an \
+             agent applies a change of its routes (for up to 1 s), so a change writes the \
+             route's status but not the Gateway's.\n\n\
              | routes | endpoints | changes | p50 ms | p99 ms | max ms | first programmed s | agent RSS MiB (own / peak) |\n\
              |---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );

@@ -66,6 +66,10 @@ pub async fn check_crds(client: &Client) -> Result<()> {
 /// How long a status-only update waits before it is translated (a change to anything else
 /// comes first; see [`Wakeups`]).
 const STATUS_ONLY_DELAY: Duration = Duration::from_secs(1);
+/// How long a programmed Gateway stays `Programmed=True` while agents apply a newer
+/// generation of its part (see [`programmed`]): agents apply a route change in tens of
+/// milliseconds, so only a stalled or absent agent shows as `Pending`.
+const PROGRAMMED_GRACE: Duration = Duration::from_secs(1);
 
 /// What the translator loop publishes for snapshot distribution.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -238,7 +242,7 @@ async fn write_statuses(
 ) {
     let mut writer = StatusWriter::default();
     let mut services = ServiceWriter::default();
-    let mut gate = ProgrammedGate::default();
+    let mut gate = ProgrammedGate::with_grace(PROGRAMMED_GRACE);
     let mut acks = opts.programmed_gate.as_ref().map(|g| g.changes());
     let mut was_leader = false;
     let mut last_resync = Instant::now();
@@ -261,6 +265,7 @@ async fn write_statuses(
                     &current.changed_in,
                     |generation| server.programmed(generation, Vec::<String>::new()),
                     &now,
+                    Instant::now(),
                 );
             }
             if leader {
@@ -279,7 +284,11 @@ async fn write_statuses(
         if failed > 0 {
             warn!(failed, "status writes failed; retrying");
         }
-        let wait = Duration::from_secs(if failed > 0 { 1 } else { 2 });
+        let mut wait = Duration::from_secs(if failed > 0 { 1 } else { 2 });
+        if let Some(deadline) = gate.next_deadline(Instant::now()) {
+            // a Gateway held Programmed by the grace turns Pending then, unless acked first
+            wait = wait.min(deadline.saturating_duration_since(Instant::now()));
+        }
         let acked = async {
             let open = match &mut acks {
                 Some(acks) => acks.changed().await.is_ok(),

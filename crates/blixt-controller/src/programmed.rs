@@ -6,9 +6,16 @@
 //! to one route must not turn every other Gateway's `Programmed` to `Pending` and back (at a
 //! thousand routes on sixteen Gateways that was 32 large status writes per change, and the API
 //! server's work held up the next snapshot).
+//!
+//! A Gateway already reported `Programmed=True` stays `True` for a short grace while agents
+//! apply a newer generation of its part: a route change that is programmed within it writes
+//! no `Pending` and no `True` again (two large status writes per change, whose load on the
+//! API server delayed the watch events of the next change). Past the grace the Gateway turns
+//! `Pending`; an agent's failure is reported at once.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use blixt_core::snapshot::Frontend;
 use blixt_core::tls::TlsFrontend;
@@ -96,18 +103,43 @@ impl ChangedIn {
 pub struct ProgrammedGate {
     /// Last reported `Programmed` per Gateway: status, reason and transition time.
     reported: BTreeMap<ObjectKey, (String, String, Time)>,
+    /// Gateways reported `True` whose current part no agent has applied yet: since when.
+    unsettled: BTreeMap<ObjectKey, Instant>,
+    /// How long such a Gateway stays `True` before it turns `Pending`.
+    grace: Duration,
 }
 
 impl ProgrammedGate {
+    /// A gate that keeps an already programmed Gateway `True` for `grace` while agents apply
+    /// a newer generation of its part.
+    pub fn with_grace(grace: Duration) -> Self {
+        Self {
+            grace,
+            ..Self::default()
+        }
+    }
+
+    /// When a Gateway held `True` by the grace turns `Pending` unless an agent applies its
+    /// part first: the status writer must look again then.
+    pub fn next_deadline(&self, clock: Instant) -> Option<Instant> {
+        self.unsettled
+            .values()
+            .map(|since| *since + self.grace)
+            .filter(|deadline| *deadline > clock)
+            .min()
+    }
+
     /// Turns `Programmed=True` of each Gateway into `False/Pending` (or `False/Invalid` naming
     /// the agents' errors) while no agent has applied the generation its part changed in.
-    /// `state` answers whether a generation is programmed.
+    /// `state` answers whether a generation is programmed; `now` stamps transitions and
+    /// `clock` times the grace.
     pub fn apply(
         &mut self,
         statuses: &mut Statuses,
         changed_in: &ChangedIn,
         state: impl Fn(u64) -> ProgrammedState,
         now: &Time,
+        clock: Instant,
     ) {
         for (key, status) in statuses.gateways.iter_mut() {
             let Some(programmed) = status
@@ -118,7 +150,9 @@ impl ProgrammedGate {
             else {
                 continue;
             };
-            if programmed.status == "True" {
+            if programmed.status != "True" {
+                self.unsettled.remove(key);
+            } else {
                 let generation = changed_in.generation(key);
                 let refused = match state(generation) {
                     ProgrammedState::Programmed { .. } => None,
@@ -138,7 +172,21 @@ impl ProgrammedGate {
                         ),
                     )),
                 };
-                if let Some((reason, message)) = refused {
+                let reported_true = self
+                    .reported
+                    .get(key)
+                    .is_some_and(|(status, _, _)| status == "True");
+                let held = match refused {
+                    Some(("Pending", _)) if reported_true => {
+                        let since = *self.unsettled.entry(key.clone()).or_insert(clock);
+                        clock.saturating_duration_since(since) < self.grace
+                    }
+                    _ => {
+                        self.unsettled.remove(key);
+                        false
+                    }
+                };
+                if let Some((reason, message)) = refused.filter(|_| !held) {
                     programmed.status = "False".into();
                     programmed.reason = reason.into();
                     programmed.message = message;
@@ -167,12 +215,16 @@ impl ProgrammedGate {
         }
         self.reported
             .retain(|k, _| statuses.gateways.contains_key(k));
+        self.unsettled
+            .retain(|k, _| statuses.gateways.contains_key(k));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
 
     use blixt_core::snapshot::{
         Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot,
@@ -253,6 +305,12 @@ mod tests {
         Time(Timestamp::from_second(1_700_000_000 + second).unwrap())
     }
 
+    /// The gate's clock at `second`, from one base for the whole test binary.
+    fn clock(second: u64) -> Instant {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        *BASE.get_or_init(Instant::now) + Duration::from_secs(second)
+    }
+
     fn statuses(gateways: &[&str]) -> Statuses {
         let mut s = Statuses::default();
         for gw in gateways {
@@ -306,7 +364,7 @@ mod tests {
 
         // the agent runs generation 1: b waits for 2, a is untouched (no flap)
         let mut s = statuses(&["ns/a", "ns/b"]);
-        gate.apply(&mut s, &changed, agent(1, None), &at(10));
+        gate.apply(&mut s, &changed, agent(1, None), &at(10), clock(10));
         assert_eq!(
             programmed_of(&s, "ns/a"),
             ("True".into(), "Programmed".into(), at(0))
@@ -318,7 +376,7 @@ mod tests {
 
         // generation 2 fails on the agent: b is Invalid, naming the node and the error
         let mut s = statuses(&["ns/a", "ns/b"]);
-        gate.apply(&mut s, &changed, agent(1, Some(2)), &at(20));
+        gate.apply(&mut s, &changed, agent(1, Some(2)), &at(20), clock(20));
         let b = &s.gateways[&key("ns/b")].conditions.as_ref().unwrap()[0];
         assert_eq!((b.status.as_str(), b.reason.as_str()), ("False", "Invalid"));
         assert!(b.message.contains("n1: map full"), "{}", b.message);
@@ -326,14 +384,83 @@ mod tests {
 
         // once applied, b is True again, with the time it turned True
         let mut s = statuses(&["ns/a", "ns/b"]);
-        gate.apply(&mut s, &changed, agent(2, None), &at(30));
+        gate.apply(&mut s, &changed, agent(2, None), &at(30), clock(30));
         assert_eq!(
             programmed_of(&s, "ns/b"),
             ("True".into(), "Programmed".into(), at(30))
         );
         let mut s = statuses(&["ns/a", "ns/b"]);
-        gate.apply(&mut s, &changed, agent(2, None), &at(40));
+        gate.apply(&mut s, &changed, agent(2, None), &at(40), clock(40));
         assert_eq!(programmed_of(&s, "ns/b").2, at(30));
         assert_eq!(programmed_of(&s, "ns/a").2, at(0));
+    }
+
+    #[test]
+    fn a_programmed_gateway_stays_true_for_the_grace_while_agents_apply_its_change() {
+        let mut changed = ChangedIn::default();
+        let g1 = published(1, vec![frontend("ns/a", 1, 1)]);
+        changed.observe(None, &g1, &[]);
+        let mut gate = ProgrammedGate::with_grace(Duration::from_secs(5));
+
+        // never reported True: Pending at once, no grace
+        let mut s = statuses(&["ns/a"]);
+        gate.apply(&mut s, &changed, agent(0, None), &at(0), clock(0));
+        assert_eq!(programmed_of(&s, "ns/a").1, "Pending");
+        assert_eq!(gate.next_deadline(clock(0)), None);
+        let mut s = statuses(&["ns/a"]);
+        gate.apply(&mut s, &changed, agent(1, None), &at(1), clock(1));
+        assert_eq!(
+            programmed_of(&s, "ns/a"),
+            ("True".into(), "Programmed".into(), at(1))
+        );
+
+        // a change to a's part: True while within the grace, the writer told when to look again
+        let g2 = published(2, vec![frontend("ns/a", 1, 7)]);
+        changed.observe(Some((&g1, &[])), &g2, &[]);
+        for second in [10, 14] {
+            let mut s = statuses(&["ns/a"]);
+            gate.apply(
+                &mut s,
+                &changed,
+                agent(1, None),
+                &at(second),
+                clock(second as u64),
+            );
+            assert_eq!(
+                programmed_of(&s, "ns/a"),
+                ("True".into(), "Programmed".into(), at(1))
+            );
+        }
+        assert_eq!(gate.next_deadline(clock(14)), Some(clock(15)));
+
+        // applied within the grace: still True, nothing left to wait for
+        let mut s = statuses(&["ns/a"]);
+        gate.apply(&mut s, &changed, agent(2, None), &at(14), clock(14));
+        assert_eq!(programmed_of(&s, "ns/a").0, "True");
+        assert_eq!(gate.next_deadline(clock(14)), None);
+
+        // the next change is not applied within the grace: Pending once it has passed
+        let g3 = published(3, vec![frontend("ns/a", 1, 9)]);
+        changed.observe(Some((&g2, &[])), &g3, &[]);
+        let mut s = statuses(&["ns/a"]);
+        gate.apply(&mut s, &changed, agent(2, None), &at(20), clock(20));
+        assert_eq!(programmed_of(&s, "ns/a").0, "True");
+        let mut s = statuses(&["ns/a"]);
+        gate.apply(&mut s, &changed, agent(2, None), &at(25), clock(25));
+        assert_eq!(
+            programmed_of(&s, "ns/a"),
+            ("False".into(), "Pending".into(), at(25))
+        );
+        assert_eq!(gate.next_deadline(clock(25)), None);
+
+        // a failure is reported at once, grace or not
+        let mut s = statuses(&["ns/a"]);
+        gate.apply(&mut s, &changed, agent(3, None), &at(30), clock(30));
+        assert_eq!(programmed_of(&s, "ns/a").0, "True");
+        let g4 = published(4, vec![frontend("ns/a", 1, 11)]);
+        changed.observe(Some((&g3, &[])), &g4, &[]);
+        let mut s = statuses(&["ns/a"]);
+        gate.apply(&mut s, &changed, agent(3, Some(4)), &at(31), clock(31));
+        assert_eq!(programmed_of(&s, "ns/a").1, "Invalid");
     }
 }

@@ -12,7 +12,9 @@ use anyhow::{bail, Context, Result};
 use blixt_k8s_harness::{apply, parse_documents, Cluster};
 use blixt_lab::netns::NetNs;
 use blixt_lab::process::LabProcess;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 
 use super::manifests::{Layout, PER_FILE};
 use super::standalone::Rss;
@@ -21,6 +23,8 @@ use super::standalone::Rss;
 const PARALLEL: usize = 16;
 /// Pause after each change of the Kubernetes path before the next.
 const CHANGE_SPACING: Duration = Duration::from_millis(250);
+/// How long no Gateway or TCPRoute may be written before the changes start.
+const QUIET: Duration = Duration::from_secs(2);
 /// How long the controller may take to reach the last route.
 const SETTLE: Duration = Duration::from_secs(900);
 
@@ -169,6 +173,42 @@ impl Populated {
                     bail!("no status on {last_gw} and {last_route} after {SETTLE:?}");
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    }
+
+    /// Waits until no Gateway or TCPRoute has been written for [`QUIET`]: the controller's
+    /// writes that follow its first pass (the statuses of every route, each Gateway's
+    /// `Programmed` once the agent acked) and their watch echoes are over, so the changes
+    /// meet a controller in its steady state rather than the tail of its start.
+    fn wait_quiet(&self, controller: &mut LabProcess, started: Instant) -> Result<()> {
+        let kinds = [self.api("Gateway"), self.api("TCPRoute")];
+        self.rt.block_on(async {
+            let mut last: Option<(u64, Instant)> = None;
+            loop {
+                if let Some(status) = controller.try_wait()? {
+                    bail!("blixt controller exited ({status})");
+                }
+                // the newest write to any of them: the largest resourceVersion of their items
+                let mut newest = 0u64;
+                for api in &kinds {
+                    for o in api.list_metadata(&ListParams::default()).await?.items {
+                        let rv = o.metadata.resource_version.unwrap_or_default();
+                        newest = newest.max(rv.parse().unwrap_or(0));
+                    }
+                }
+                match last {
+                    Some((rv, since)) if rv == newest => {
+                        if since.elapsed() >= QUIET {
+                            return Ok(());
+                        }
+                    }
+                    _ => last = Some((newest, Instant::now())),
+                }
+                if started.elapsed() > SETTLE {
+                    bail!("Gateways and TCPRoutes still written after {SETTLE:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         })
     }
@@ -396,6 +436,7 @@ impl Populated {
         // the first pass's statuses written too (the controller writes them after publishing
         // the snapshot): changes then meet a controller in its steady state
         self.wait_for_statuses(&mut controller, started)?;
+        self.wait_quiet(&mut controller, started)?;
         let routes_api = self.api("TCPRoute");
 
         let mut targets: Vec<usize> = (0..layout.routes).collect();
