@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Body of `make bench` (QUICK=1 for the short run): installs what the benchmarks need beyond
-# `make deps` and `make k8s-bins` (suite 4's kube-apiserver, etcd and CRDs), builds blixt-bench in release mode and runs it as root from the repository root.
+# Body of `make bench` (QUICK=1 for the short run), which runs `make deps` and `make k8s-bins`
+# (suite 4's kube-apiserver, etcd and CRDs) first: installs what the benchmarks need beyond
+# those, builds blixt-bench in release mode and runs it as root from the repository root.
 # It writes target/bench/results.json and regenerates docs/benchmarks.md and docs/bench/*.png.
 # Extra arguments go to blixt-bench (see `blixt-bench --help`), e.g. --suites 5.
 set -euo pipefail
