@@ -688,6 +688,9 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
 
     cpu_table(&mut w, r, &levels);
     profile_table(&mut w, r, &levels);
+    for &c in &levels {
+        limit_paragraph(&mut w, r, c);
+    }
 
     let categories: Vec<String> = levels.iter().map(|c| format!("{c} concurrent")).collect();
     let series = |vals: (Vec<_>, Vec<_>, Vec<_>)| {
@@ -794,6 +797,111 @@ fn budget_lines(w: &mut String, r: &Results, c: usize, haproxy_rate: f64) {
     }
 }
 
+/// The system calls of the second TCP connection a proxy that terminates TCP opens per client
+/// connection: its setup and teardown, which no user-space proxy avoids.
+const SETUP_TEARDOWN: [&str; 4] = ["connect", "accept", "shutdown", "close"];
+
+/// What the goal leaves a proxy per connection, split into what the second connection's setup
+/// and teardown take and what is left to relay the bytes. All in µs per connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ProxyLimit {
+    /// What the goal lets a proxy add to the machine's CPU per connection.
+    budget: f64,
+    /// The proxy process's CPU per connection.
+    process: f64,
+    /// Of `process`, the setup and teardown system calls.
+    setup: f64,
+}
+
+impl ProxyLimit {
+    /// From the budget, the process CPU and the setup-and-teardown share of its samples.
+    fn of(budget: f64, process: f64, setup_share: f64) -> ProxyLimit {
+        ProxyLimit {
+            budget,
+            process,
+            setup: process * setup_share,
+        }
+    }
+
+    /// What the budget leaves for relaying once the setup and teardown are paid.
+    fn left_for_relay(&self) -> f64 {
+        self.budget - self.setup
+    }
+
+    /// What the process spends beyond setup and teardown: relaying, event loop, its own code.
+    fn relay(&self) -> f64 {
+        self.process - self.setup
+    }
+}
+
+/// The paragraph that says what stands between the measured ratio and the goal, for the
+/// concurrency that was profiled.
+fn limit_paragraph(w: &mut String, r: &Results, c: usize) {
+    let hp = System::Haproxy.key();
+    let median = |name: &str, key: &str| {
+        r.metric(&format!("tls.{name}.c{c}"))
+            .and_then(|m| m.system(key))
+            .map(|s| s.median)
+    };
+    let share = |key: &str| -> Option<f64> {
+        SETUP_TEARDOWN
+            .iter()
+            .map(|id| median(&format!("lb_cpu_share.{id}"), key))
+            .sum()
+    };
+    let cores = r
+        .metric(&format!("tls.conn_per_s.c{c}"))
+        .map_or(0, |m| m.machine.cores) as f64;
+    let (Some(busy), Some(none), Some(rate), Some(bp), Some(hproc), Some(bs), Some(hs)) = (
+        median("machine_busy_share", BLIXT),
+        median("cpu_us_per_conn.total", System::Direct.key()),
+        median("conn_per_s", hp),
+        median("lb_cpu_s_per_10k", BLIXT),
+        median("lb_cpu_s_per_10k", hp),
+        share(BLIXT),
+        share(hp),
+    ) else {
+        return;
+    };
+    let io_share = ["send", "recv"]
+        .iter()
+        .filter_map(|id| median(&format!("lb_cpu_share.{id}"), BLIXT))
+        .sum::<f64>();
+    if rate <= 0.0 {
+        return;
+    }
+    let budget = busy * cores / (GOAL_RATIO * rate) * 1e6 - none;
+    // CPU s per 10k connections → µs per connection
+    let b = ProxyLimit::of(budget, bp * 100.0, bs);
+    let h = ProxyLimit::of(budget, hproc * 100.0, hs);
+    let _ = writeln!(
+        w,
+        "**What limits the ratio to HAProxy ({c} concurrent).** The goal lets a proxy add \
+         {:.0} µs of CPU per connection to this machine. A proxy that terminates TCP on both \
+         sides, as Blixt's and HAProxy's do, opens, accepts and closes a second connection for \
+         every client connection: those system calls alone (connect, accept, shutdown, close) \
+         take {:.0} µs of Blixt's {:.0} µs per connection and {:.0} µs of HAProxy's {:.0} µs, \
+         {:.0}% of the budget for work no user-space proxy avoids. That leaves {:.0} µs to \
+         relay the handshake's flights (each a wake-up, a recv and a send); Blixt's relay, \
+         event loop and own code take {:.0} µs, HAProxy's {:.0} µs; with its event loop and \
+         own code free, Blixt's send and recv alone would still take {:.0} µs. The goal needs \
+         the relay at {:.0}% of what Blixt's costs now: that takes moving the bytes out of user space (a \
+         sockmap splice once the ClientHello has chosen the backend) or not terminating TCP at \
+         all, not a faster event loop.\n",
+        b.budget,
+        b.setup,
+        b.process,
+        h.setup,
+        h.process,
+        100.0 * b.setup / b.budget,
+        b.left_for_relay(),
+        b.relay(),
+        h.relay(),
+        b.process * io_share,
+        100.0 * b.left_for_relay().max(0.0) / b.relay()
+    );
+}
+
 /// The table of where the whole machine's CPU went per connection.
 fn cpu_table(w: &mut String, r: &Results, levels: &[usize]) {
     let systems = [
@@ -880,5 +988,18 @@ fn profile_table(w: &mut String, r: &Results, levels: &[usize]) {
             );
         }
         let _ = writeln!(w);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProxyLimit;
+
+    #[test]
+    fn the_proxy_limit_splits_the_budget_into_setup_and_relay() {
+        let l = ProxyLimit::of(110.0, 200.0, 0.35);
+        assert!((l.setup - 70.0).abs() < 1e-9);
+        assert!((l.left_for_relay() - 40.0).abs() < 1e-9);
+        assert!((l.relay() - 130.0).abs() < 1e-9);
     }
 }
