@@ -299,7 +299,7 @@ fn markdown(r: &Results, links: &[(String, String)], extras: &[Extra<'_>]) -> St
          of several rounds taken in **one run on one machine**, next to its peers measured the \
          same way in the same run, because the machines this project runs on are shared and \
          noisy: compare the ratios, and read absolute numbers together with the machine below. \
-         Only numbers this run measured appear here; what is not measured yet is listed at the \
+         Only numbers this run measured appear here; what this run did not measure is listed at the \
          end.\n"
     );
     let _ = writeln!(
@@ -320,7 +320,7 @@ fn markdown(r: &Results, links: &[(String, String)], extras: &[Extra<'_>]) -> St
         maglev_section(w, r, links);
     }
     extra_sections(w, extras, 6..=6);
-    not_measured_section(w, r, extras);
+    not_measured_section(w, extras);
     files_section(w);
     s
 }
@@ -1077,8 +1077,8 @@ fn maglev_section(w: &mut String, r: &Results, links: &[(String, String)]) {
     }
 }
 
-fn not_measured_section(w: &mut String, r: &Results, extras: &[Extra<'_>]) {
-    let _ = writeln!(w, "## Not yet measured\n");
+fn not_measured_section(w: &mut String, extras: &[Extra<'_>]) {
+    let _ = writeln!(w, "## Not measured\n");
     let missing: Vec<&Suite> = extras
         .iter()
         .filter(|(_, sec)| sec.is_none())
@@ -1094,15 +1094,6 @@ fn not_measured_section(w: &mut String, r: &Results, extras: &[Extra<'_>]) {
             let _ = writeln!(w, "- {}", s.what);
         }
         let _ = writeln!(w);
-    }
-    if r.metrics
-        .iter()
-        .any(|m| m.name.starts_with("maglev.build_ms."))
-    {
-        let _ = writeln!(
-            w,
-            "Maglev build time for 1,000 backends is measured in suite 5 above.\n"
-        );
     }
     let _ = writeln!(
         w,

@@ -66,6 +66,6 @@ pub struct Suite {
     pub section: SectionFn,
     /// The goal of issue 6 it is judged against, shown as "not yet measured" without numbers.
     pub goal: &'static str,
-    /// What it measures, for the report's "Not yet measured" list.
+    /// What it measures, for the report's "Not measured" list.
     pub what: &'static str,
 }

@@ -63,9 +63,7 @@ fn tiny_run_checks_every_path_and_writes_the_report() {
     report::write(&r, &doc, &dir.join("bench")).expect("report");
     let md = std::fs::read_to_string(&doc).expect("read report");
     assert!(
-        md.contains("## Suite 1")
-            && md.contains("## Suite 5")
-            && md.contains("## Not yet measured")
+        md.contains("## Suite 1") && md.contains("## Suite 5") && md.contains("## Not measured")
     );
     for png in [
         "packet_cost_hot_loop.png",
