@@ -576,7 +576,7 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
             goal: format!(
                 "controller RSS < {GOAL_CONTROLLER_MB} MB at 10k routes / 100k endpoints"
             ),
-            measured: format!("{:.0} MB", c.median * 1.048_576),
+            measured: format!("{:.0} MB ({:.0} MiB)", c.median * 1.048_576, c.median),
             met: Some(c.median * 1.048_576 < GOAL_CONTROLLER_MB),
         },
         None => GoalRow {

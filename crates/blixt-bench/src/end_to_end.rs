@@ -770,8 +770,9 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
         w,
         "Each round measures every system once, in a rotating order, each on a lab built \
          afresh (the backends' TIME_WAIT sockets from another system's connections refused the \
-         next system's SYNs by PAWS, and every refused client had to send its SYN again: that \
-         alone had cut netfilter rounds to a tenth of their neighbours); {} rounds, medians with \
+         next system's SYNs by PAWS, and every refused client had to send its SYN again); a \
+         fresh lab cannot stop a system's own earlier connections from doing the same, which \
+         the counts under the results show; {} rounds, medians with \
          min–max. Per system and round: wrk `-t{} -c{}` with `Connection: close` for {} s \
          (short connections: connect, one request, close), the same with keep-alive for {} s, \
          one TCP stream into a backend's sink for {} ms (bulk), {} UDP flows of {} ping-pong \

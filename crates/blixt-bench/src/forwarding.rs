@@ -45,8 +45,8 @@ const LB_CPU: usize = 1;
 /// SNAT port space (31,744 ports × 3 backends, about 95k flows, probed 16 ports at a time: the
 /// fuller, the likelier all 16 are taken), its conntrack (131,072 flows), `nf_conntrack_max`.
 const NEW_FLOWS_FIT: u64 = 60_000;
-/// Prefix of this suite's findings.
-const FINDING: &str = "forwarding: ";
+/// Prefix of this suite's findings (its own section shows them).
+pub(crate) const FINDING: &str = "forwarding: ";
 
 /// Sizes of the suite.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
