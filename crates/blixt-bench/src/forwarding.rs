@@ -85,7 +85,7 @@ impl Sizes {
             },
             Mode::Quick => Sizes {
                 rounds: 3,
-                round_ms: 600,
+                round_ms: 500,
                 warmup_ms: 200,
                 chunk: 1 << 20,
                 new_flows_frames: 1 << 19,

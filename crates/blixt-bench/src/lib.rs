@@ -132,6 +132,7 @@ pub fn run(
     let mut profiles = Vec::new();
     let mut findings = Vec::new();
     let mut sizes = std::collections::BTreeMap::new();
+    let mut sizes_took = Vec::new();
     if want(4) {
         use anyhow::Context as _;
         // Suite 4 starts a kube-apiserver after half an hour of other suites; a missing
@@ -139,7 +140,13 @@ pub fn run(
         blixt_k8s_harness::check_artifacts()
             .context("suite 4 (control_plane) needs the Kubernetes test binaries")?;
     }
+    let mut took = |suite: u32, since: std::time::Instant| {
+        let secs = since.elapsed().as_secs();
+        eprintln!("blixt-bench: suite {suite} took {secs} s");
+        sizes_took.push((suite, secs));
+    };
     if want(1) {
+        let t = std::time::Instant::now();
         let pc_sizes = packet_cost::Sizes::for_mode(mode);
         let v = serde_json::to_value(pc_sizes)?;
         for (k, v) in v.as_object().into_iter().flatten() {
@@ -174,8 +181,10 @@ pub fn run(
                 &machine,
             )?);
         }
+        took(1, t);
     }
     if want(5) {
+        let t = std::time::Instant::now();
         let mg_sizes = maglev::Sizes::for_mode(mode);
         sizes.insert("maglev.flows".into(), mg_sizes.flows as u64);
         sizes.insert("maglev.build_reps".into(), mg_sizes.build_reps as u64);
@@ -185,11 +194,13 @@ pub fn run(
         );
         let mg = maglev::run(mg_sizes)?;
         metrics.extend(mg.metrics(&machine));
+        took(5, t);
     }
     for extra in &EXTRA_SUITES {
         if !want(extra.number) {
             continue;
         }
+        let t = std::time::Instant::now();
         let out = (extra.run)(mode, &machine)
             .map_err(|e| e.context(format!("suite {} ({})", extra.number, extra.prefix)))?;
         for (k, v) in out.sizes {
@@ -197,6 +208,10 @@ pub fn run(
         }
         metrics.extend(out.metrics);
         findings.extend(out.findings);
+        took(extra.number, t);
+    }
+    for (suite, secs) in sizes_took {
+        sizes.insert(format!("took_s.suite{suite}"), secs);
     }
     let finished_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

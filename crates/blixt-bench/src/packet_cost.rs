@@ -68,14 +68,14 @@ impl Sizes {
                 profile_ms: 800,
             },
             crate::Mode::Quick => Sizes {
-                rounds: 5,
+                rounds: 3,
                 hot_repeat: 200_000,
                 new_flow_repeat: 8_192,
                 calls: 5_000,
                 new_flow_calls: 8_192,
                 conntrack_entries: 262_144,
                 backends: 32,
-                profile_ms: 400,
+                profile_ms: 200,
             },
             crate::Mode::Tiny => Sizes {
                 rounds: 1,

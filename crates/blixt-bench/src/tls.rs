@@ -71,7 +71,7 @@ impl Sizes {
                 concurrency: vec![16, 64],
                 rounds: 3,
                 warmup: Duration::from_millis(500),
-                duration: Duration::from_millis(2500),
+                duration: Duration::from_millis(2000),
             },
             Mode::Tiny => Sizes {
                 concurrency: vec![4],
