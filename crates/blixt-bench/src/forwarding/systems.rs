@@ -372,7 +372,11 @@ impl Bed {
                 c.created,
                 c.invalid
             ),
-            System::RxDrop => "XDP_DROP on the lb's receiving veth end".into(),
+            System::RxDrop => "the reference, not a load balancer: an XDP program on the lb's \
+                               receiving veth end drops every frame, the most any XDP program \
+                               there can take in (no counters of its own; the rates above are \
+                               its frames/s)"
+                .into(),
         })
     }
 }
