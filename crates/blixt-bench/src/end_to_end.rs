@@ -322,6 +322,9 @@ fn metrics(rounds: &[Round], lab: &lab::E2eLab, machine: &Machine) -> Vec<Metric
     out
 }
 
+/// Prefix of this suite's findings (its own section shows them).
+pub(crate) const FINDING: &str = "e2e: ";
+
 fn findings(rounds: &[Round]) -> Vec<String> {
     let mut out = Vec::new();
     let mut errors: BTreeMap<System, (u64, u64)> = BTreeMap::new();
@@ -339,7 +342,7 @@ fn findings(rounds: &[Round]) -> Vec<String> {
     for (s, (e, n)) in errors {
         if e > 0 {
             out.push(format!(
-                "e2e: wrk counted {e} errors over {n} requests through {}",
+                "{FINDING}wrk counted {e} errors over {n} requests through {}",
                 s.id()
             ));
         }
@@ -354,7 +357,7 @@ fn findings(rounds: &[Round]) -> Vec<String> {
     for (s, (retrans, paws)) in tcp {
         if retrans + paws > 0 {
             out.push(format!(
-                "e2e: short connections through {}: the client sent {retrans} SYNs again, \
+                "{FINDING}short connections through {}: the client sent {retrans} SYNs again, \
                  the backends refused {paws} SYNs by PAWS (a TIME_WAIT \
                  of the same four-tuple, from this system's own earlier connection)",
                 s.id()
@@ -364,14 +367,14 @@ fn findings(rounds: &[Round]) -> Vec<String> {
     for (s, n) in udp_failed {
         if n > 0 {
             out.push(format!(
-                "e2e: {n} UDP flows through {} were not answered",
+                "{FINDING}{n} UDP flows through {} were not answered",
                 s.id()
             ));
         }
     }
     if !stats.is_empty() {
         out.push(format!(
-            "e2e: Blixt's drop/error counters during the runs: {}",
+            "{FINDING}Blixt's drop/error counters during the runs: {}",
             stats
                 .iter()
                 .map(|(k, v)| format!("{k} {v}"))
@@ -910,10 +913,10 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
         let _ = writeln!(w);
     }
     profile_table(&mut w, r);
-    for f in r.findings.iter().filter(|f| f.starts_with("e2e:")) {
-        let _ = writeln!(w, "- {}", f.trim_start_matches("e2e: "));
+    for f in r.findings.iter().filter(|f| f.starts_with(FINDING)) {
+        let _ = writeln!(w, "- {}", f.trim_start_matches(FINDING));
     }
-    if r.findings.iter().any(|f| f.starts_with("e2e:")) {
+    if r.findings.iter().any(|f| f.starts_with(FINDING)) {
         let _ = writeln!(w);
     }
     for (title, link) in draw_plots(r, plots)? {

@@ -117,6 +117,17 @@ pub const EXTRA_SUITES: [suite::Suite; 4] = [
     },
 ];
 
+/// Logs how long `suite` took since `since` and records it in the run's sizes.
+fn took(
+    sizes: &mut std::collections::BTreeMap<String, u64>,
+    suite: u32,
+    since: std::time::Instant,
+) {
+    let secs = since.elapsed().as_secs();
+    eprintln!("blixt-bench: suite {suite} took {secs} s");
+    sizes.insert(format!("took_s.suite{suite}"), secs);
+}
+
 /// Runs the selected suites (`suites` empty: all; `paths` empty: every packet-cost path) and
 /// gathers their metrics.
 pub fn run(
@@ -132,7 +143,6 @@ pub fn run(
     let mut profiles = Vec::new();
     let mut findings = Vec::new();
     let mut sizes = std::collections::BTreeMap::new();
-    let mut sizes_took = Vec::new();
     if want(4) {
         use anyhow::Context as _;
         // Suite 4 starts a kube-apiserver after half an hour of other suites; a missing
@@ -140,11 +150,6 @@ pub fn run(
         blixt_k8s_harness::check_artifacts()
             .context("suite 4 (control_plane) needs the Kubernetes test binaries")?;
     }
-    let mut took = |suite: u32, since: std::time::Instant| {
-        let secs = since.elapsed().as_secs();
-        eprintln!("blixt-bench: suite {suite} took {secs} s");
-        sizes_took.push((suite, secs));
-    };
     if want(1) {
         let t = std::time::Instant::now();
         let pc_sizes = packet_cost::Sizes::for_mode(mode);
@@ -181,7 +186,7 @@ pub fn run(
                 &machine,
             )?);
         }
-        took(1, t);
+        took(&mut sizes, 1, t);
     }
     if want(5) {
         let t = std::time::Instant::now();
@@ -194,7 +199,7 @@ pub fn run(
         );
         let mg = maglev::run(mg_sizes)?;
         metrics.extend(mg.metrics(&machine));
-        took(5, t);
+        took(&mut sizes, 5, t);
     }
     for extra in &EXTRA_SUITES {
         if !want(extra.number) {
@@ -208,10 +213,7 @@ pub fn run(
         }
         metrics.extend(out.metrics);
         findings.extend(out.findings);
-        took(extra.number, t);
-    }
-    for (suite, secs) in sizes_took {
-        sizes.insert(format!("took_s.suite{suite}"), secs);
+        took(&mut sizes, extra.number, t);
     }
     let finished_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -893,7 +893,9 @@ fn findings_section(w: &mut String, r: &Results) {
     let mut items: Vec<String> = r
         .findings
         .iter()
-        .filter(|f| !f.starts_with(crate::forwarding::FINDING) && !f.starts_with("e2e:"))
+        .filter(|f| {
+            !f.starts_with(crate::forwarding::FINDING) && !f.starts_with(crate::end_to_end::FINDING)
+        })
         .cloned()
         .collect();
     let above = |id: &str| {
@@ -1038,15 +1040,20 @@ fn maglev_section(w: &mut String, r: &Results, links: &[(String, String)]) {
         );
         over_own_bound.extend(
             (j.max > j.systems["ideal"].median + 0.02)
-                .then(|| (n, j.max, j.systems["ideal"].median)),
+                .then(|| (n, j.median, j.max, j.systems["ideal"].median)),
         );
     }
-    for (n, worst, ideal) in over_own_bound {
+    if !over_own_bound.is_empty() {
         let _ = writeln!(
             w,
             "\nThe goal is judged as the issue puts it, one of N backends leaving or joining \
-             (a join from N−1 to N moves the flows of the leave column). Against its own \
-             ideal, a backend joining {n} others moved up to {} in its worst run, {:.1} points \
+             (a join from N−1 to N moves the flows of the leave column)."
+        );
+    }
+    for (n, median, worst, ideal) in over_own_bound {
+        let _ = writeln!(
+            w,
+            "Against its own ideal, a backend joining {n} others moved up to {} in its worst run, {:.1} points \
              above 1/{} + 2%: besides the newcomer's share, Maglev moves some flows \
              between the old backends, since the newcomer's claims shift the order in which \
              they fill the table. By the same token one of {} backends leaving can move that \
@@ -1055,9 +1062,7 @@ fn maglev_section(w: &mut String, r: &Results, links: &[(String, String)]) {
             100.0 * (worst - ideal - 0.02),
             n + 1,
             n + 1,
-            pct(r
-                .metric(&format!("maglev.join.n{n}"))
-                .map_or(0.0, |m| m.median)),
+            pct(median),
         );
     }
     if let (Some(big), Some(small)) = (

@@ -748,27 +748,39 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
     Ok(Some(Section { markdown: w, goals }))
 }
 
+/// The median of `system` in the metric `tls.{name}.c{c}`.
+fn median_at(r: &Results, name: &str, c: usize, system: &str) -> Option<f64> {
+    r.metric(&format!("tls.{name}.c{c}"))
+        .and_then(|m| m.system(system))
+        .map(|s| s.median)
+}
+
+/// The machine's CPU per connection (µs) at `GOAL_RATIO` times HAProxy's rate `haproxy_rate`,
+/// on the cores as busy as in Blixt's rounds at concurrency `c`; and the cores.
+fn machine_budget(r: &Results, c: usize, haproxy_rate: f64) -> Option<(f64, f64, f64)> {
+    let busy = median_at(r, "machine_busy_share", c, BLIXT)?;
+    let cores = r.metric(&format!("tls.conn_per_s.c{c}"))?.machine.cores as f64;
+    (haproxy_rate > 0.0).then(|| {
+        (
+            busy * cores / (GOAL_RATIO * haproxy_rate) * 1e6,
+            busy,
+            cores,
+        )
+    })
+}
+
 /// What the goal leaves the proxy, from the whole machine's CPU per connection: at
 /// `GOAL_RATIO` times HAProxy's rate `haproxy_rate` on the cores busy as measured, and what
 /// each connection costs with no proxy at all. Also what a proxy-bound machine would show:
 /// connections per core of the lb process, Blixt against HAProxy.
 fn budget_lines(w: &mut String, r: &Results, c: usize, haproxy_rate: f64) {
     let hp = System::Haproxy.key();
-    let get = |name: &str, key: &str| {
-        r.metric(&format!("tls.{name}.c{c}"))
-            .and_then(|m| m.system(key))
-            .map(|s| s.median)
-    };
-    let cores = r
-        .metric(&format!("tls.conn_per_s.c{c}"))
-        .map_or(0, |m| m.machine.cores) as f64;
-    let direct = System::Direct.key();
-    if let (Some(busy), Some(none), Some(blixt)) = (
-        get("machine_busy_share", BLIXT),
-        get("cpu_us_per_conn.total", direct),
+    let get = |name: &str, key: &str| median_at(r, name, c, key);
+    if let (Some((budget, busy, cores)), Some(none), Some(blixt)) = (
+        machine_budget(r, c, haproxy_rate),
+        get("cpu_us_per_conn.total", System::Direct.key()),
         get("cpu_us_per_conn.total", BLIXT),
     ) {
-        let budget = busy * cores / (GOAL_RATIO * haproxy_rate) * 1e6;
         let _ = writeln!(
             w,
             "- {c} concurrent: {GOAL_RATIO}x HAProxy's rate on {:.0}% of {cores:.0} cores leaves \
@@ -838,24 +850,16 @@ impl ProxyLimit {
 /// concurrency that was profiled.
 fn limit_paragraph(w: &mut String, r: &Results, c: usize) {
     let hp = System::Haproxy.key();
-    let median = |name: &str, key: &str| {
-        r.metric(&format!("tls.{name}.c{c}"))
-            .and_then(|m| m.system(key))
-            .map(|s| s.median)
-    };
+    let median = |name: &str, key: &str| median_at(r, name, c, key);
     let share = |key: &str| -> Option<f64> {
         SETUP_TEARDOWN
             .iter()
             .map(|id| median(&format!("lb_cpu_share.{id}"), key))
             .sum()
     };
-    let cores = r
-        .metric(&format!("tls.conn_per_s.c{c}"))
-        .map_or(0, |m| m.machine.cores) as f64;
-    let (Some(busy), Some(none), Some(rate), Some(bp), Some(hproc), Some(bs), Some(hs)) = (
-        median("machine_busy_share", BLIXT),
+    let (Some((machine, _, _)), Some(none), Some(bp), Some(hproc), Some(bs), Some(hs)) = (
+        median("conn_per_s", hp).and_then(|rate| machine_budget(r, c, rate)),
         median("cpu_us_per_conn.total", System::Direct.key()),
-        median("conn_per_s", hp),
         median("lb_cpu_s_per_10k", BLIXT),
         median("lb_cpu_s_per_10k", hp),
         share(BLIXT),
@@ -867,10 +871,7 @@ fn limit_paragraph(w: &mut String, r: &Results, c: usize) {
         .iter()
         .filter_map(|id| median(&format!("lb_cpu_share.{id}"), BLIXT))
         .sum::<f64>();
-    if rate <= 0.0 {
-        return;
-    }
-    let budget = busy * cores / (GOAL_RATIO * rate) * 1e6 - none;
+    let budget = machine - none;
     // CPU s per 10k connections → µs per connection
     let b = ProxyLimit::of(budget, bp * 100.0, bs);
     let h = ProxyLimit::of(budget, hproc * 100.0, hs);
