@@ -1,6 +1,6 @@
 //! Compiles the benchmark's BPF programs (`../blixt-bpf/bpf/bench_*.bpf.c`) into OUT_DIR with
 //! the same clang flags as blixt-bpf's build.rs. They live beside the dataplane's sources
-//! because bench_wrap.bpf.c compiles lb_xdp.bpf.c into itself (see the comment there).
+//! because bench_wrap.bpf.c compiles lb.bpf.c into itself (see the comment there).
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -120,6 +120,7 @@ pub fn render(rec: &Reconciler, agent: &AgentMetrics) -> String {
             }
         }
     }
+    dataplane_gauges(&mut registry, rec.dataplane_ref());
     if let Ok(g) = rec.global_counters() {
         for (name, v) in blixt_bpf::shared::STAT_NAMES.iter().zip(g) {
             events
@@ -134,6 +135,63 @@ pub fn render(rec: &Reconciler, agent: &AgentMetrics) -> String {
     }
     let _ = encode(&mut out, &agent.registry);
     out
+}
+
+/// What the kernel offers and what the dataplane made of it, as info-style gauges (value 1, or
+/// 0/1 per capability).
+fn dataplane_gauges(registry: &mut Registry, dp: &blixt_bpf::Dataplane) {
+    let gauge_family = |registry: &mut Registry, name: &str, help: &str| {
+        let f = Family::<Labels, Gauge>::default();
+        registry.register(name, help, f.clone());
+        f
+    };
+    let label = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let caps = dp.capabilities();
+    let plan = dp.plan();
+    gauge_family(
+        registry,
+        "dataplane_info",
+        "The dataplane: kernel release, requested attach mode, default hook (value 1)",
+    )
+    .get_or_create(&vec![
+        label("kernel", &caps.kernel_release),
+        label("attach", plan.requested.as_str()),
+        label("hook", plan.hook.as_str()),
+    ])
+    .set(1);
+    let capability = gauge_family(
+        registry,
+        "dataplane_capability",
+        "Kernel capabilities the dataplane can use (1) or not (0: missing or forced off)",
+    );
+    for (c, present) in caps.iter() {
+        capability
+            .get_or_create(&vec![label("capability", c.name())])
+            .set(i64::from(present));
+    }
+    let fallback = gauge_family(
+        registry,
+        "dataplane_fallback",
+        "Fallbacks active because a capability is missing (value 1)",
+    );
+    for f in &plan.fallbacks {
+        fallback
+            .get_or_create(&vec![label("capability", f.capability.name())])
+            .set(1);
+    }
+    let iface = gauge_family(
+        registry,
+        "dataplane_interface",
+        "Interfaces the load balancer is attached to, by mode (value 1)",
+    );
+    for (name, mode) in dp.attached() {
+        iface
+            .get_or_create(&vec![
+                label("interface", name),
+                label("mode", mode.as_str()),
+            ])
+            .set(1);
+    }
 }
 
 /// Serves `GET /metrics` and `GET /healthz` on `addr` from a background thread.

@@ -377,6 +377,11 @@ impl Reconciler {
         &mut self.dp
     }
 
+    /// The dataplane, read-only (capabilities, plan, attach modes).
+    pub fn dataplane_ref(&self) -> &Dataplane {
+        &self.dp
+    }
+
     /// Writes the node settings (SNAT addresses, port range, timeouts).
     pub fn set_node_config(&mut self, node: &NodeConfig) -> Result<(), ApplyError> {
         node.validate()?;

@@ -73,6 +73,7 @@ fn enable_forwarding(iface: &str) -> Result<()> {
 /// the attach mode per interface and how many frontends were re-adopted from pins.
 pub fn start(opts: &AgentOptions) -> Result<Reconciler> {
     let mut dp = Dataplane::load(opts.dataplane.clone()).context("loading the dataplane")?;
+    log_dataplane(&dp);
     for iface in &opts.interfaces {
         enable_forwarding(iface)?;
         let mode = dp
@@ -91,6 +92,25 @@ pub fn start(opts: &AgentOptions) -> Result<Reconciler> {
     }
     rec.set_node_config(&opts.node)?;
     Ok(rec)
+}
+
+/// Logs, once at start, what the kernel offers and what the dataplane made of it.
+fn log_dataplane(dp: &Dataplane) {
+    let caps = dp.capabilities();
+    let plan = dp.plan();
+    info!(
+        kernel = %caps.kernel_release,
+        attach = %plan.requested,
+        hook = plan.hook.as_str(),
+        neigh = ?plan.neigh,
+        "dataplane loaded"
+    );
+    for line in caps.report_lines() {
+        info!("capability {line}");
+    }
+    for line in plan.fallback_lines() {
+        warn!("fallback {line}");
+    }
 }
 
 /// Runs until `stop` is set. Each snapshot is applied whole or refused whole; `on_applied`

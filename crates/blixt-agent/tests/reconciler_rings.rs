@@ -70,6 +70,7 @@ fn only_changed_frontends_get_a_new_table_and_ring() {
         ring_size: RING,
         conntrack_entries: 1024,
         pin_dir: None,
+        ..DataplaneOptions::default()
     })
     .expect("load dataplane");
     let mut rec = Reconciler::new(dp).expect("reconciler");

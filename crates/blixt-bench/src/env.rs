@@ -382,6 +382,7 @@ impl Env {
             ring_size: opts.ring_size,
             conntrack_entries: opts.conntrack_entries,
             pin_dir: Some(pins.0.clone()),
+            ..DataplaneOptions::default()
         })
         .context("loading the dataplane")?;
         let mut rec = Reconciler::new(dp).context("reconciler")?;
@@ -398,9 +399,12 @@ impl Env {
         for (name, path) in &pinned {
             loader.map_pin_path(name.as_str(), path.as_path());
         }
-        loader.override_global("ring_size", &opts.ring_size, true);
+        let neigh_via_meta = u8::from(rec.dataplane().plan().neigh_via_meta());
+        loader
+            .override_global("ring_size", &opts.ring_size, true)
+            .override_global("neigh_via_meta", &neigh_via_meta, true);
         let mut wrap = loader.load(WRAP_OBJ).context("loading bench_wrap.o")?;
-        // A map of lb_xdp.bpf.c that the dataplane does not pin would silently be a private
+        // A map of lb.bpf.c that the dataplane does not pin would silently be a private
         // copy here, and the wrapped program would run on state nobody programmed.
         for (name, _) in wrap.maps() {
             let shared = pinned.iter().any(|(n, _)| n == name);
@@ -587,7 +591,7 @@ impl Env {
         };
         add(
             blixt_bpf::loader::LB_PROGRAM,
-            "the load balancer (lb_xdp.bpf.c), as attached to interfaces",
+            "the load balancer (lb.bpf.c), as attached to interfaces",
             self.rec.dataplane().lb_program(),
         )?;
         add(

@@ -469,7 +469,7 @@ const NEW_FLOWS_SHORTFALL: &str = "**Why new flows/s falls short of 2x nftables.
     inserts the forward entry: two updates of the LRU hash `blixt_conntrack` (262,144 entries), \
     each taking a node from the LRU free lists, where an established packet does one lookup. \
     The older explanation (16 evicting `BPF_NOEXIST` probes per packet on a full port space) \
-    no longer applies: `lb_xdp.bpf.c` looks probed ports up before inserting. Where the \
+    no longer applies: `lb.bpf.c` looks probed ports up before inserting. Where the \
     remaining time goes needs a profile of this scenario (`perf record -a -g` on the LB's CPU \
     during the new-flows rounds).\n\n";
 

@@ -2,7 +2,7 @@
 //!
 //! Disruption is measured on flows, as the dataplane sees them: a large sample of flow keys,
 //! each hashed with the dataplane's own flow hash (`FlowKey::hash`, the Rust twin of
-//! `flow_hash()` in lb_xdp.bpf.c) onto a table built by `blixt_core::maglev::build`. A flow
+//! `flow_hash()` in lb.bpf.c) onto a table built by `blixt_core::maglev::build`. A flow
 //! "moves" when its backend differs between the table before and after the change.
 //!
 //! - leave: N backends, one leaves. Its flows (1/N of them) must move; ideally nothing else.

@@ -461,7 +461,7 @@ fn packet_cost_section(w: &mut String, r: &Results, links: &[(String, String)]) 
     let _ = writeln!(w, "### Method\n");
     let _ = writeln!(
         w,
-        "The load balancer (`blixt_lb`, lb_xdp.bpf.c) runs under `BPF_PROG_TEST_RUN` in a \
+        "The load balancer (`blixt_lb`, lb.bpf.c) runs under `BPF_PROG_TEST_RUN` in a \
          network namespace of its own (`bn0` facing clients, `bn1` facing {} backends, \
          permanent neighbour entries), programmed by the agent's reconciler exactly as in \
          production: TCP and UDP frontends on an IPv4 and an IPv6 VIP, Maglev rings of 16381 \
@@ -516,11 +516,11 @@ fn packet_cost_section(w: &mut String, r: &Results, links: &[(String, String)]) 
          (full NAT: the node to a backend), every later iteration sees a packet that is no \
          longer addressed to a VIP, and the figure silently measures pass-through instead of \
          the path named.\n\n\
-         `bench_wrap.bpf.c` compiles the load balancer into itself — `#include \"lb_xdp.bpf.c\"` \
+         `bench_wrap.bpf.c` compiles the load balancer into itself — `#include \"lb.bpf.c\"` \
          after a `static __always_inline` declaration of `blixt_lb` (a later definition without \
          a storage class keeps the earlier internal linkage, C11 6.2.2) and with `SEC()` \
          redefined without `used`, so `blixt_lb` becomes an inlined static function and no \
-         second entry point exists; lb_xdp.bpf.c is not modified. The wrapper shares every map \
+         second entry point exists; lb.bpf.c is not modified. The wrapper shares every map \
          with the dataplane (loaded from the dataplane's pins), and on every iteration:\n\n\
          1. restores the packet's length (undoing a tail cut, as resets do) and bytes \
          (`bpf_xdp_store_bytes` from the copy kept in its `bench_state` map);\n\
@@ -1003,7 +1003,7 @@ fn maglev_section(w: &mut String, r: &Results, links: &[(String, String)]) {
         w,
         "{flows} sampled client flows (random IPv4 sources and ports to one VIP), each hashed \
          with the dataplane's own flow hash (`FlowKey::hash`, the twin of `flow_hash()` in \
-         lb_xdp.bpf.c) onto a table of 16381 slots built by `blixt_core::maglev::build`, \
+         lb.bpf.c) onto a table of 16381 slots built by `blixt_core::maglev::build`, \
          exactly as the agent builds it. A flow *moves* when its backend differs between the \
          table before and after the change. *Leave*: one of N backends leaves; its own flows \
          (1/N) must move, ideally nothing else. *Join*: an (N+1)-th backend joins; ideally only \

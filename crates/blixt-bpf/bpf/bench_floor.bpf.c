@@ -18,7 +18,7 @@ static __always_inline int bench_floor_body(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct pkt p = {};
 
-	int r = parse_packet(data, data_end, &p);
+	int r = parse_packet(data, data_end, data_end - data, &p);
 	/*
 	 * The parsed tuple is never read here; without this barrier clang would drop the stores
 	 * into `p` (the key copy) and the floor would be cheaper than any real consumer's parse.

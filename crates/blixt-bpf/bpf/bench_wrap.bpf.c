@@ -12,7 +12,7 @@
  *      bytes (bpf_xdp_store_bytes from the copy user space left in bench_state);
  *   2. optionally stamps an iteration counter into the source port and the low 16 bits of the
  *      source address, so that every iteration is a flow never seen before (new-flow paths);
- *   3. runs the program under test, inlined: the load balancer (lb_xdp.bpf.c compiled into this
+ *   3. runs the program under test, inlined: the load balancer (lb.bpf.c compiled into this
  *      object), the floor (bench_floor.bpf.c) or nothing;
  *   4. counts the verdict, so user space can check that every iteration took the path named.
  *
@@ -25,7 +25,7 @@
 
 /*
  * Compile the load balancer into this object as an inlined static function rather than as an
- * entry point, without editing lb_xdp.bpf.c:
+ * entry point, without editing lb.bpf.c:
  *  - this declaration makes `blixt_lb` internal: its definition there carries no storage class,
  *    so it keeps the linkage of this earlier declaration (C11 6.2.2p5);
  *  - SEC() is redefined without `used` while that file is read, so once inlined the function
@@ -33,10 +33,11 @@
  *    license are ordinary globals and stay).
  */
 static __always_inline int blixt_lb(struct xdp_md *ctx);
+static __always_inline int blixt_lb_tc(struct __sk_buff *skb); /* unused here: dropped */
 #pragma push_macro("SEC")
 #undef SEC
 #define SEC(name) __attribute__((section(name)))
-#include "lb_xdp.bpf.c"
+#include "lb.bpf.c"
 #pragma pop_macro("SEC")
 
 #define BENCH_FLOOR_BODY_ONLY

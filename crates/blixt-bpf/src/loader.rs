@@ -1,5 +1,6 @@
-//! Loading the dataplane: the XDP load balancer and its TC companion, map sizes, pinning under
-//! bpffs, attaching (and re-adopting) links so an agent restart or upgrade keeps conntrack.
+//! Loading the dataplane: the load balancer (XDP and TC entry points of one object, sharing its
+//! maps) and the TC companion, shaped by what the kernel offers ([`Plan`]); map sizes, pinning
+//! under bpffs, attaching (and re-adopting) links so an agent restart or upgrade keeps conntrack.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -8,19 +9,25 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::programs::links::Link;
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{SchedClassifierLink, TcAttachType};
+use aya::programs::tc::{
+    NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType, TcError, TcHandle,
+};
 use aya::programs::xdp::XdpLink;
-use aya::programs::{SchedClassifier, Xdp, XdpMode};
+use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
+
+use crate::capabilities::{Capabilities, Capability};
+use crate::plan::{AttachMode, Hook, Plan, Refusal};
 
 use crate::shared::{
     BackendValue, Config, Counters, CtEntry, FlowKey, FrontendKey, FrontendValue, Iface, VipKey,
     IFACE_F_ANNOUNCE,
 };
 
-/// The compiled load-balancer object (lb_xdp.bpf.c).
-pub static LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb_xdp.o"));
+/// The compiled load-balancer object (lb.bpf.c): XDP and TC entry points over one set of maps.
+pub static LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
 /// An XDP program that passes everything (peer_pass.bpf.c), for the far end of lab veths.
 pub static PEER_PASS_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/peer_pass.o"));
@@ -46,8 +53,14 @@ pub fn peer_pass_object() -> io::Result<PathBuf> {
 
 static NEIGH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/neigh_tc.o"));
 
-/// Name of the XDP program in lb_xdp.bpf.c.
+/// Name of the XDP program in lb.bpf.c.
 pub const LB_PROGRAM: &str = "blixt_lb";
+/// Name of the TC classifier in lb.bpf.c: the same load balancer at TC ingress.
+pub const LB_TC_PROGRAM: &str = "blixt_lb_tc";
+/// Priority of the TC programs when attached through netlink (no tcx): fixed, so that a restart
+/// finds and replaces its own filter.
+const TC_NETLINK_PRIORITY: u16 = 0x3b1;
+const TC_NETLINK_HANDLE: TcHandle = TcHandle::new(0, 1);
 /// Name of the TC program in neigh_tc.bpf.c.
 pub const NEIGH_PROGRAM: &str = "blixt_neigh";
 
@@ -75,6 +88,20 @@ pub enum DataplaneError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "the kernel's verifier refused BPF program {name} ({summary}); its full log is in {}",
+        log.display()
+    )]
+    Verifier {
+        name: &'static str,
+        /// The log's last lines, where the verifier says why.
+        summary: String,
+        log: PathBuf,
+    },
+    #[error("{0}")]
+    Unsupported(#[from] Refusal),
+    #[error("BLIXT_FORCE_FALLBACK: {0}")]
+    ForcedFallback(String),
     #[error("BPF map {name}: {source}")]
     Map {
         name: &'static str,
@@ -107,6 +134,11 @@ pub struct DataplaneOptions {
     /// bpffs directory for maps and links; `None` keeps everything private to this process
     /// (tests), so it all goes away when the [`Dataplane`] is dropped.
     pub pin_dir: Option<PathBuf>,
+    /// Where the load balancer runs: XDP, TC, or XDP where it can (auto).
+    pub attach: AttachMode,
+    /// Capabilities to treat as missing although the kernel has them, so that every fallback
+    /// can be exercised on any kernel (tests, `BLIXT_FORCE_FALLBACK`).
+    pub force_off: Vec<Capability>,
 }
 
 impl Default for DataplaneOptions {
@@ -117,11 +149,24 @@ impl Default for DataplaneOptions {
             ring_size: blixt_core::maglev::DEFAULT_TABLE_SIZE,
             conntrack_entries: 262_144,
             pin_dir: None,
+            attach: AttachMode::Auto,
+            force_off: Vec::new(),
         }
     }
 }
 
 impl DataplaneOptions {
+    /// Adds the capabilities named in `BLIXT_FORCE_FALLBACK` (comma-separated, e.g.
+    /// `xdp_adjust_meta,tcx`) to [`DataplaneOptions::force_off`].
+    pub fn force_off_from_env(mut self) -> Result<Self, DataplaneError> {
+        if let Ok(list) = std::env::var("BLIXT_FORCE_FALLBACK") {
+            let forced =
+                Capabilities::parse_forced(&list).map_err(DataplaneError::ForcedFallback)?;
+            self.force_off.extend(forced);
+        }
+        Ok(self)
+    }
+
     /// Number of Maglev rings: two per frontend, so a new table is written beside the live one.
     pub fn rings(&self) -> u32 {
         2 * self.max_frontends
@@ -263,20 +308,51 @@ impl std::fmt::Debug for DataplaneMaps {
     }
 }
 
-/// How the XDP program attached to an interface.
+/// How the load balancer attached to an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachedMode {
+    /// XDP in the driver.
     Native,
+    /// XDP on the kernel's generic (skb) path: the driver has no XDP.
     Generic,
+    /// The load balancer at TC ingress (attach: tc, or auto where XDP could not attach).
+    Tc,
+}
+
+impl AttachedMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachedMode::Native => "xdp-native",
+            AttachedMode::Generic => "xdp-generic",
+            AttachedMode::Tc => "tc",
+        }
+    }
+}
+
+/// What one BPF_PROG_TEST_RUN of the load balancer did, in terms common to both hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Drop,
+    /// Back out of the interface it came in on (XDP_TX; TC redirects to the same device).
+    Tx,
+    /// Out of another interface (XDP_REDIRECT, TC_ACT_REDIRECT).
+    Redirect,
+    /// Anything else, raw.
+    Other(u32),
 }
 
 /// The loaded dataplane: programs, maps, links.
 #[derive(Debug)]
 pub struct Dataplane {
     lb: Ebpf,
-    neigh: Ebpf,
+    neigh: Option<Ebpf>,
     pub maps: DataplaneMaps,
     pub options: DataplaneOptions,
+    capabilities: Capabilities,
+    plan: Plan,
+    /// Whether blixt_lb_tc has been loaded (it is loaded when the plan or an interface needs it).
+    tc_lb_loaded: bool,
     attached: BTreeMap<String, AttachedMode>,
 }
 
@@ -291,12 +367,73 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
     })
 }
 
+/// A program's load error, with a verifier log kept in a file instead of in the message.
+fn load_error(name: &'static str, source: ProgramError) -> DataplaneError {
+    let ProgramError::LoadError { verifier_log, .. } = &source else {
+        return DataplaneError::Program { name, source };
+    };
+    let text = verifier_log.to_string();
+    let summary = text
+        .lines()
+        .map(str::trim)
+        .rfind(|l| {
+            !l.is_empty()
+                && !["processed ", "verification time", "stack depth"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+        })
+        .unwrap_or("no verifier output")
+        .to_string();
+    let log =
+        std::env::temp_dir().join(format!("blixt-verifier-{name}-{}.log", std::process::id()));
+    match fs::write(&log, &text) {
+        Ok(()) => DataplaneError::Verifier { name, summary, log },
+        Err(_) => DataplaneError::Program { name, source },
+    }
+}
+
+fn load_xdp(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(LB_PROGRAM)
+        .expect("blixt_lb in object")
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            name: LB_PROGRAM,
+            source,
+        })?;
+    prog.load().map_err(|e| load_error(LB_PROGRAM, e))
+}
+
+fn load_classifier(ebpf: &mut Ebpf, name: &'static str) -> Result<(), DataplaneError> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("{name} in object"))
+        .try_into()
+        .map_err(|source| DataplaneError::Program { name, source })?;
+    prog.load().map_err(|e| load_error(name, e))
+}
+
 impl Dataplane {
-    /// Loads both programs with the given sizes. With a pin directory, maps already pinned
-    /// there are reused (conntrack, counters and tables survive), otherwise created and pinned.
+    /// Probes the kernel, chooses the dataplane's shape ([`Plan`]) and loads its programs with
+    /// the given sizes. With a pin directory, maps already pinned there are reused (conntrack,
+    /// counters and tables survive), otherwise created and pinned.
     pub fn load(options: DataplaneOptions) -> Result<Self, DataplaneError> {
+        let mut caps = Capabilities::probe();
+        for c in &options.force_off {
+            caps.force_off(*c);
+        }
+        Self::load_with(options, caps)
+    }
+
+    /// [`Dataplane::load`] with capabilities probed (and forced) by the caller.
+    pub fn load_with(
+        options: DataplaneOptions,
+        capabilities: Capabilities,
+    ) -> Result<Self, DataplaneError> {
         options.validate()?;
+        let plan = Plan::choose(&capabilities, options.attach)?;
         let slots = options.rings() * options.ring_size;
+        let neigh_via_meta = u8::from(plan.neigh_via_meta());
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries("blixt_frontends", options.max_frontends)
@@ -307,7 +444,8 @@ impl Dataplane {
             .map_max_entries("blixt_backend_stats", options.max_backends)
             .map_max_entries("blixt_nexthops", options.max_backends)
             .map_max_entries("blixt_conntrack", options.conntrack_entries)
-            .override_global("ring_size", &options.ring_size, true);
+            .override_global("ring_size", &options.ring_size, true)
+            .override_global("neigh_via_meta", &neigh_via_meta, true);
         let pin_paths: Vec<(&'static str, PathBuf)> = match &options.pin_dir {
             Some(dir) => {
                 check_bpffs(dir)?;
@@ -320,32 +458,19 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut lb = loader.load(LB_OBJ)?;
-        let prog: &mut Xdp = lb
-            .program_mut(LB_PROGRAM)
-            .expect("blixt_lb in object")
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: LB_PROGRAM,
-                source,
-            })?;
-        prog.load().map_err(|source| DataplaneError::Program {
-            name: LB_PROGRAM,
-            source,
-        })?;
-
-        let mut neigh = EbpfLoader::new().load(NEIGH_OBJ)?;
-        let tc: &mut SchedClassifier = neigh
-            .program_mut(NEIGH_PROGRAM)
-            .expect("blixt_neigh in object")
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: NEIGH_PROGRAM,
-                source,
-            })?;
-        tc.load().map_err(|source| DataplaneError::Program {
-            name: NEIGH_PROGRAM,
-            source,
-        })?;
+        if plan.hook == Hook::Xdp {
+            load_xdp(&mut lb)?;
+        }
+        if plan.tc_load_balancer() {
+            load_classifier(&mut lb, LB_TC_PROGRAM)?;
+        }
+        let neigh = if plan.hook == Hook::Xdp && plan.neigh_via_meta() {
+            let mut neigh = EbpfLoader::new().load(NEIGH_OBJ)?;
+            load_classifier(&mut neigh, NEIGH_PROGRAM)?;
+            Some(neigh)
+        } else {
+            None
+        };
 
         let rings = match take(&mut lb, "blixt_rings")? {
             Map::Array(data) => Rings::new(data, slots as usize, options.ring_size as usize)?,
@@ -371,22 +496,112 @@ impl Dataplane {
             ifaces: HashMap::try_from(take(&mut lb, "blixt_ifaces")?)
                 .map_err(map_err("blixt_ifaces"))?,
         };
+        let tc_lb_loaded = plan.tc_load_balancer();
         Ok(Dataplane {
             lb,
             neigh,
             maps,
             options,
+            capabilities,
+            plan,
+            tc_lb_loaded,
             attached: BTreeMap::new(),
         })
     }
 
-    /// The XDP program, e.g. for BPF_PROG_TEST_RUN.
+    /// What the kernel offers, as probed at load (forced fallbacks included).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// The dataplane's shape on this kernel.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The XDP program, e.g. for BPF_PROG_TEST_RUN. Panics in TC mode (not loaded).
     pub fn lb_program(&mut self) -> &mut Xdp {
+        assert_eq!(
+            self.plan.hook,
+            Hook::Xdp,
+            "blixt_lb is loaded in XDP mode only"
+        );
         self.lb
             .program_mut(LB_PROGRAM)
             .expect("blixt_lb in object")
             .try_into()
             .expect("blixt_lb is XDP")
+    }
+
+    fn tc_lb_program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        if !self.tc_lb_loaded {
+            load_classifier(&mut self.lb, LB_TC_PROGRAM)?;
+            self.tc_lb_loaded = true;
+        }
+        Ok(self
+            .lb
+            .program_mut(LB_TC_PROGRAM)
+            .expect("blixt_lb_tc in object")
+            .try_into()
+            .expect("blixt_lb_tc is a classifier"))
+    }
+
+    /// One BPF_PROG_TEST_RUN of the load balancer at the plan's hook, on frame `pkt` arriving
+    /// on `ifindex`: the verdict and the frame as the program left it.
+    pub fn test_run(
+        &mut self,
+        pkt: &[u8],
+        ifindex: u32,
+    ) -> Result<(Verdict, Vec<u8>), DataplaneError> {
+        self.test_run_at(self.plan.hook, pkt, ifindex)
+    }
+
+    /// [`Dataplane::test_run`] at a given hook: `Hook::Tc` runs blixt_lb_tc (loading it if the
+    /// plan did not), e.g. on what XDP passed up.
+    pub fn test_run_at(
+        &mut self,
+        hook: Hook,
+        pkt: &[u8],
+        ifindex: u32,
+    ) -> Result<(Verdict, Vec<u8>), DataplaneError> {
+        let mut out = vec![0u8; pkt.len() + 512];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(pkt);
+        opts.data_out = Some(&mut out);
+        let ctx: Vec<u8>;
+        let result = match hook {
+            Hook::Xdp => {
+                // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress
+                let words: [u32; 6] = [0, pkt.len() as u32, 0, ifindex, 0, 0];
+                ctx = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+                opts.ctx_in = Some(&ctx);
+                self.lb_program().test_run(opts)
+            }
+            Hook::Tc => {
+                // struct __sk_buff (192 bytes): ifindex at 40 picks the device the skb is on
+                let mut skb = vec![0u8; 192];
+                skb[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+                ctx = skb;
+                opts.ctx_in = Some(&ctx);
+                self.tc_lb_program()?.test_run(opts)
+            }
+        }
+        .map_err(|source| DataplaneError::Program {
+            name: match hook {
+                Hook::Xdp => LB_PROGRAM,
+                Hook::Tc => LB_TC_PROGRAM,
+            },
+            source,
+        })?;
+        out.truncate(result.data_size_out as usize);
+        let verdict = match (hook, result.return_value) {
+            (Hook::Xdp, 1) | (Hook::Tc, 2) => Verdict::Drop,
+            (Hook::Xdp, 2) | (Hook::Tc, 0) => Verdict::Pass,
+            (Hook::Xdp, 3) => Verdict::Tx,
+            (Hook::Xdp, 4) | (Hook::Tc, 7) => Verdict::Redirect,
+            (_, v) => Verdict::Other(v),
+        };
+        Ok((verdict, out))
     }
 
     fn link_path(&self, kind: &str, iface: &str) -> Option<PathBuf> {
@@ -396,19 +611,43 @@ impl Dataplane {
             .map(|d| d.join(format!("link_{kind}_{iface}")))
     }
 
-    /// Attaches the XDP program (native mode, generic as fallback) and the TC companion to
-    /// `iface`. With a pin directory the links are pinned, and a link pinned by an earlier run
-    /// is updated in place (bpf_link_update: the program is swapped atomically, no packet sees
-    /// no program, conntrack stays).
+    /// Attaches the load balancer to `iface` as the plan says: XDP (native mode, generic as
+    /// fallback) with a TC companion (neigh_tc, or blixt_lb_tc when XDP has no metadata), or
+    /// blixt_lb_tc alone at TC ingress. In `auto`, an interface that takes no XDP at all gets
+    /// TC. With a pin directory the links are pinned, and a link pinned by an earlier run is
+    /// updated in place (bpf_link_update: the program is swapped atomically, no packet sees no
+    /// program, conntrack stays); a link of a hook this run does not use is removed.
     pub fn attach(&mut self, iface: &str) -> Result<AttachedMode, DataplaneError> {
+        let mut mode = AttachedMode::Tc;
+        if self.plan.hook == Hook::Xdp {
+            match self.attach_xdp(iface) {
+                Ok(m) => mode = m,
+                Err(e) if self.plan.requested == AttachMode::Auto => {
+                    tracing::warn!(%iface, "XDP could not attach ({e}); the load balancer runs at TC there");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if mode == AttachedMode::Tc {
+            self.detach_pinned("xdp", iface)?;
+        }
+        let tc_program = if mode != AttachedMode::Tc && self.plan.neigh_via_meta() {
+            NEIGH_PROGRAM
+        } else {
+            LB_TC_PROGRAM
+        };
+        self.attach_tc(iface, tc_program)?;
+        self.attached.insert(iface.to_string(), mode);
+        Ok(mode)
+    }
+
+    fn attach_xdp(&mut self, iface: &str) -> Result<AttachedMode, DataplaneError> {
         let iface_err = |message: String| DataplaneError::Interface {
             iface: iface.to_string(),
             message,
         };
-        let xdp_pin = self.link_path("xdp", iface);
-        let tc_pin = self.link_path("tc", iface);
+        let xdp_pin = self.link_path("xdp", iface).filter(|_| self.plan.xdp_link);
         let prog = self.lb_program();
-
         let mut mode = AttachedMode::Native;
         let link_id = match xdp_pin.as_deref().filter(|p| p.exists()) {
             Some(path) => {
@@ -433,21 +672,77 @@ impl Dataplane {
                 }
             },
         };
-        if let Some(path) = &xdp_pin {
-            let link = prog
-                .take_link(link_id)
-                .map_err(|e| iface_err(format!("taking the XDP link: {e}")))?;
-            let fd_link = FdLink::try_from(link)
-                .map_err(|e| iface_err(format!("XDP link is not a bpf_link: {e}")))?;
-            pin_link(fd_link, path)?;
+        let link = prog
+            .take_link(link_id)
+            .map_err(|e| iface_err(format!("taking the XDP link: {e}")))?;
+        match &xdp_pin {
+            Some(path) => {
+                let fd_link = FdLink::try_from(link)
+                    .map_err(|e| iface_err(format!("XDP link is not a bpf_link: {e}")))?;
+                pin_link(fd_link, path)?;
+            }
+            // netlink-attached (no bpf_link, no pin dir): stays attached until replaced, as a
+            // pinned link would; the next start replaces it
+            None => std::mem::forget(link),
         }
+        Ok(mode)
+    }
 
-        let tc: &mut SchedClassifier = self
-            .neigh
-            .program_mut(NEIGH_PROGRAM)
-            .expect("blixt_neigh in object")
-            .try_into()
-            .expect("blixt_neigh is a classifier");
+    /// Attaches TC classifier `name` (blixt_lb_tc or neigh_tc) at ingress of `iface`: a tcx
+    /// link (pinned, or updated in place when pinned by an earlier run), or, without tcx, a
+    /// netlink filter on a clsact qdisc at a fixed priority (an earlier run's is replaced).
+    fn attach_tc(&mut self, iface: &str, name: &'static str) -> Result<(), DataplaneError> {
+        let iface_err = |message: String| DataplaneError::Interface {
+            iface: iface.to_string(),
+            message,
+        };
+        let tc_pin = self.link_path("tc", iface).filter(|_| self.plan.tcx);
+        let tcx = self.plan.tcx;
+        let tc: &mut SchedClassifier = if name == LB_TC_PROGRAM {
+            self.tc_lb_program()?
+        } else {
+            self.neigh
+                .as_mut()
+                .expect("neigh_tc loaded with XDP metadata")
+                .program_mut(NEIGH_PROGRAM)
+                .expect("blixt_neigh in object")
+                .try_into()
+                .expect("blixt_neigh is a classifier")
+        };
+        if !tcx {
+            match aya::programs::tc::qdisc_add_clsact(iface) {
+                Ok(()) => {}
+                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(iface_err(format!("adding the clsact qdisc: {e}"))),
+            }
+            // an earlier run's filter (same priority) is replaced, not stacked
+            if let Ok(old) = SchedClassifierLink::attached(
+                iface,
+                TcAttachType::Ingress,
+                TC_NETLINK_PRIORITY,
+                TC_NETLINK_HANDLE,
+                None,
+            ) {
+                let _ = old.detach();
+            }
+            let id = tc
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::Netlink(NlOptions {
+                        priority: TC_NETLINK_PRIORITY,
+                        handle: TC_NETLINK_HANDLE,
+                        ..NlOptions::default()
+                    }),
+                )
+                .map_err(|e| iface_err(format!("attaching {name} through netlink: {e}")))?;
+            let link = tc
+                .take_link(id)
+                .map_err(|e| iface_err(format!("taking the TC link: {e}")))?;
+            // a netlink filter outlives this process like a pinned link does
+            std::mem::forget(link);
+            return Ok(());
+        }
         let tc_id = match tc_pin.as_deref().filter(|p| p.exists()) {
             Some(path) => {
                 let fd_link = adopt_link(path)?;
@@ -458,7 +753,7 @@ impl Dataplane {
             }
             None => tc
                 .attach(iface, TcAttachType::Ingress)
-                .map_err(|e| iface_err(format!("attaching the TC program: {e}")))?,
+                .map_err(|e| iface_err(format!("attaching {name}: {e}")))?,
         };
         if let Some(path) = &tc_pin {
             let link = tc
@@ -468,10 +763,17 @@ impl Dataplane {
                 .map_err(|e| iface_err(format!("TC link is not a bpf_link: {e}")))?;
             pin_link(fd_link, path)?;
         }
-        self.attached.insert(iface.to_string(), mode);
-        Ok(mode)
+        Ok(())
     }
 
+    /// Removes a link an earlier run pinned for a hook this run does not use on `iface`.
+    fn detach_pinned(&self, kind: &str, iface: &str) -> Result<(), DataplaneError> {
+        if let Some(path) = self.link_path(kind, iface).filter(|p| p.exists()) {
+            // unpinned and dropped: the last reference goes, the link detaches
+            drop(adopt_link(&path)?);
+        }
+        Ok(())
+    }
     /// Answer (or stop answering) ARP and NDP for announced VIPs on `iface`, with its MAC.
     pub fn announce_on(&mut self, iface: &str, announce: bool) -> Result<(), DataplaneError> {
         let (ifindex, mac) = interface_mac(iface)?;

@@ -56,6 +56,9 @@ pub const STAT_NDP_REPLY: u32 = 13;
 pub const STAT_SNAT_PORT_REUSED: u32 = 14;
 pub const STAT_MAX: u32 = 15;
 
+/// `magic` of the metadata XDP leaves for the TC companion (BLIXT_META_MAGIC).
+pub const META_MAGIC: u32 = 0xb1c7_a11d;
+
 /// A 16-byte address as the dataplane stores it (IPv4 in the first four bytes).
 pub fn addr_bytes(addr: IpAddr) -> [u8; 16] {
     let mut out = [0u8; 16];
@@ -256,7 +259,7 @@ impl FlowKey {
         })
     }
 
-    /// The dataplane's flow hash (`flow_hash()` in lb_xdp.bpf.c): MurmurHash3 x86_32 over the
+    /// The dataplane's flow hash (`flow_hash()` in lb.bpf.c): MurmurHash3 x86_32 over the
     /// key's ten native-endian words. Tests use it to predict which ring slot a flow lands on.
     pub fn hash(&self) -> u32 {
         let mut h: u32 = 0x3b1a_7e11;

@@ -48,9 +48,13 @@ pub struct AgentArgs {
     /// Service-account token presented to the controller (re-read on every connection).
     #[arg(long, requires = "controller")]
     token_file: Option<PathBuf>,
-    /// Interface to attach the XDP program to (repeat for several).
+    /// Interface to attach the load balancer to (repeat for several).
     #[arg(long = "interface", short = 'i', required = true)]
     interfaces: Vec<String>,
+    /// Where the load balancer runs: auto (XDP where the kernel and driver support it, TC
+    /// ingress elsewhere), xdp (refuse to start without it) or tc.
+    #[arg(long, default_value = "auto")]
+    attach: blixt_bpf::AttachMode,
     /// Node address used as source towards IPv4 backends.
     #[arg(long)]
     snat_v4: Option<IpAddr>,
@@ -156,7 +160,10 @@ pub fn run(args: AgentArgs) -> Result<()> {
             ring_size: args.ring_size,
             conntrack_entries: args.conntrack_entries,
             pin_dir: (args.pin_dir != "none").then(|| PathBuf::from(&args.pin_dir)),
-        },
+            attach: args.attach,
+            force_off: Vec::new(),
+        }
+        .force_off_from_env()?,
         interfaces: args.interfaces,
         node: NodeConfig {
             snat_v4: args.snat_v4,

@@ -19,11 +19,13 @@ use anyhow::{anyhow, Context, Result};
 use blixt_agent::metrics::AgentMetrics;
 use blixt_agent::runner::{self, AgentOptions, SnapshotSource};
 use blixt_agent::NodeConfig;
-use blixt_bpf::DataplaneOptions;
+use blixt_bpf::{AttachMode, DataplaneOptions};
 use blixt_core::snapshot::Snapshot;
 use blixt_core::tls::TlsFrontend;
 use blixt_core::translator::Statuses;
-use blixt_standalone::config::{config_files, LoadCache, LoadedConfig, NodeConfigSpec};
+use blixt_standalone::config::{
+    config_files, AttachSetting, LoadCache, LoadedConfig, NodeConfigSpec,
+};
 use blixt_standalone::status::{report, StatusReport};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
@@ -59,6 +61,58 @@ pub struct StatusMessage {
     /// is asked (`None`: no TLS listener was ever configured). For `blixt inspect --socket`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsStatus>,
+    /// What the kernel offers and what the dataplane made of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<DataplaneStatus>,
+}
+
+/// The "dataplane" section of `blixt status`: kernel, attach mode per interface, fallbacks
+/// active and why, every capability probed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DataplaneStatus {
+    pub kernel: String,
+    /// auto, xdp or tc, as configured.
+    pub attach: String,
+    /// Interface name and how the load balancer runs there (xdp-native, xdp-generic, tc).
+    pub interfaces: Vec<(String, String)>,
+    /// `<capability>: <what runs instead> (<why>)`.
+    pub fallbacks: Vec<String>,
+    /// `<capability> yes|no (<why not>)`.
+    pub capabilities: Vec<String>,
+}
+
+impl DataplaneStatus {
+    pub fn of(dp: &blixt_bpf::Dataplane) -> DataplaneStatus {
+        DataplaneStatus {
+            kernel: dp.capabilities().kernel_release.clone(),
+            attach: dp.plan().requested.to_string(),
+            interfaces: dp
+                .attached()
+                .iter()
+                .map(|(name, mode)| (name.clone(), mode.as_str().to_string()))
+                .collect(),
+            fallbacks: dp.plan().fallback_lines(),
+            capabilities: dp.capabilities().report_lines(),
+        }
+    }
+
+    /// The section as `blixt status` prints it.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "dataplane: kernel {}, attach {}\n",
+            self.kernel, self.attach
+        );
+        for (name, mode) in &self.interfaces {
+            out.push_str(&format!("  interface {name}: {mode}\n"));
+        }
+        if self.fallbacks.is_empty() {
+            out.push_str("  fallbacks: none\n");
+        }
+        for f in &self.fallbacks {
+            out.push_str(&format!("  fallback {f}\n"));
+        }
+        out
+    }
 }
 
 /// What a translation hands on once the agent has applied its snapshot.
@@ -354,16 +408,23 @@ fn serve_status(path: &Path, shared: Arc<Mutex<Shared>>, tls: Arc<TlsService>) -
     Ok(())
 }
 
-/// The agent's settings from a NodeConfig.
-pub fn agent_options(spec: &NodeConfigSpec) -> AgentOptions {
-    AgentOptions {
+/// The agent's settings from a NodeConfig (and `BLIXT_FORCE_FALLBACK`).
+pub fn agent_options(spec: &NodeConfigSpec) -> Result<AgentOptions> {
+    Ok(AgentOptions {
         dataplane: DataplaneOptions {
             max_frontends: spec.maps.max_frontends,
             max_backends: spec.maps.max_backends,
             ring_size: spec.maps.maglev_table_size,
             conntrack_entries: spec.maps.conntrack_entries,
             pin_dir: spec.pin_dir.clone(),
-        },
+            attach: match spec.attach {
+                AttachSetting::Auto => AttachMode::Auto,
+                AttachSetting::Xdp => AttachMode::Xdp,
+                AttachSetting::Tc => AttachMode::Tc,
+            },
+            force_off: Vec::new(),
+        }
+        .force_off_from_env()?,
         interfaces: spec.interfaces.clone(),
         node: NodeConfig {
             snat_v4: spec.snat_v4,
@@ -379,7 +440,7 @@ pub fn agent_options(spec: &NodeConfigSpec) -> AgentOptions {
         sweep_interval: Duration::from_secs(10),
         remove_on_exit: false,
         announce: spec.announce,
-    }
+    })
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -392,7 +453,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     if spec.interfaces.is_empty() {
         warn!("the NodeConfig names no interfaces: nothing will be load-balanced");
     }
-    let opts = agent_options(&spec);
+    let opts = agent_options(&spec)?;
     install_signal_handlers();
     let rec = Arc::new(Mutex::new(runner::start(&opts)?));
     let metrics = Arc::new(AgentMetrics::default());
@@ -410,6 +471,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     let shared = Arc::new(Mutex::new(Shared {
         current: StatusMessage {
             config: args.config.clone(),
+            dataplane: Some(DataplaneStatus::of(
+                rec.lock().expect("reconciler").dataplane_ref(),
+            )),
             ..StatusMessage::default()
         },
         ..Shared::default()

@@ -57,6 +57,9 @@ pub fn run(args: StatusArgs) -> Result<()> {
                 if let Some(e) = &msg.refused {
                     println!("the newest files were refused (the previous version serves):\n{e}");
                 }
+                if let Some(d) = &msg.dataplane {
+                    print!("{}", d.render());
+                }
                 println!();
             }
             match &msg.report {

@@ -1,6 +1,8 @@
 //! The network-namespace lab with real traffic: a client, the load-balancer node running
-//! `blixt agent` (XDP on every lb-side veth), and three backends with TCP and UDP echo servers.
-//! No IPVS, no iptables: the dataplane's own counters prove the XDP path carried the traffic.
+//! `blixt agent` (on every lb-side veth), and three backends with TCP and UDP echo servers.
+//! No IPVS, no iptables: the dataplane's own counters prove the load balancer carried the
+//! traffic. The main scenarios run in each attach mode ([`Mode`]): XDP as this kernel offers
+//! it, and the load balancer at TC ingress; a mode that cannot load fails, never skips.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -25,12 +27,25 @@ use lab_support::{
     wait_rounds, DirGuard, ECHO_PORT as BACKEND_PORT,
 };
 
+/// How the agent runs the dataplane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `--attach xdp`, with whatever this kernel offers.
+    Xdp,
+    /// `--attach xdp` with bpf_xdp_adjust_meta forced off: unresolved next hops through
+    /// blixt_lb_tc.
+    XdpWithoutMeta,
+    /// `--attach tc`.
+    Tc,
+}
+
 const TCP_PORT: u16 = 80;
 const UDP_PORT: u16 = 53;
 
 /// A lab with echo servers on every backend and an agent on the lb node. Fields drop in
 /// order: agent, pins (after the agent is gone), servers, then the namespaces.
 struct Harness {
+    mode: Mode,
     agent: Option<LabProcess>,
     pins: DirGuard,
     _servers: Vec<EchoServer>,
@@ -42,12 +57,17 @@ struct Harness {
 
 impl Harness {
     fn new(spec: LabSpec) -> Harness {
+        Harness::in_mode(Mode::Xdp, spec)
+    }
+
+    fn in_mode(mode: Mode, spec: LabSpec) -> Harness {
         let lab = build_lab(spec);
         let servers = echo_servers(&lab);
         let id = unique_id();
         let tmp = std::env::temp_dir().join(format!("blixt-lab-{id}"));
         std::fs::create_dir_all(&tmp).unwrap();
         Harness {
+            mode,
             agent: None,
             pins: DirGuard(PathBuf::from(format!("/sys/fs/bpf/blixt-lab-{id}"))),
             _servers: servers,
@@ -129,6 +149,11 @@ impl Harness {
             "16".into(),
             "--max-backends".into(),
             "256".into(),
+            "--attach".into(),
+            match self.mode {
+                Mode::Xdp | Mode::XdpWithoutMeta => "xdp".into(),
+                Mode::Tc => "tc".into(),
+            },
         ]);
         for (name, _) in self.lab.lb_interfaces() {
             args.push("-i".into());
@@ -136,6 +161,9 @@ impl Harness {
         }
         let mut cmd = std::process::Command::new(&args[0]);
         cmd.args(&args[1..]);
+        if self.mode == Mode::XdpWithoutMeta {
+            cmd.env("BLIXT_FORCE_FALLBACK", "xdp_adjust_meta");
+        }
         // netns only: `ip netns exec` would hide the host's bpffs, and the pins with it
         let mut agent = self
             .lab
@@ -144,6 +172,18 @@ impl Harness {
             .expect("starting blixt agent");
         wait_generation(&mut agent, self.generation);
         self.agent = Some(agent);
+        // the hook in use, as the pinned links show it
+        for (name, _) in self.lab.lb_interfaces() {
+            let xdp = self.pins.0.join(format!("link_xdp_{name}")).exists();
+            let tc = self.pins.0.join(format!("link_tc_{name}")).exists();
+            assert_eq!(
+                xdp,
+                self.mode != Mode::Tc,
+                "{:?}: XDP link on {name}",
+                self.mode
+            );
+            assert!(tc, "{:?}: TC link on {name}", self.mode);
+        }
     }
 
     fn kill_agent(&mut self) {
@@ -210,7 +250,16 @@ fn weighted(h: &mut Harness) -> Snapshot {
 
 #[test]
 fn thousand_tcp_and_udp_flows_follow_weights_v4_and_v6() {
-    let mut h = Harness::new(LabSpec::with_backends(3));
+    thousand_flows(Mode::Xdp);
+}
+
+#[test]
+fn tc_thousand_tcp_and_udp_flows_follow_weights_v4_and_v6() {
+    thousand_flows(Mode::Tc);
+}
+
+fn thousand_flows(mode: Mode) {
+    let mut h = Harness::in_mode(mode, LabSpec::with_backends(3));
     let snap = weighted(&mut h);
     h.apply(&snap);
     h.start_agent();
@@ -247,19 +296,28 @@ fn thousand_tcp_and_udp_flows_follow_weights_v4_and_v6() {
     let c = h.backend_totals();
     assert!(
         c.new_flows >= flows,
-        "XDP counted {} new flows for {flows}",
+        "{mode:?}: the dataplane counted {} new flows for {flows}",
         c.new_flows
     );
     assert!(
         c.packets >= 4 * flows,
-        "XDP forwarded only {} packets",
+        "{mode:?}: the dataplane forwarded only {} packets",
         c.packets
     );
 }
 
 #[test]
 fn backend_added_and_terminating_break_no_connection() {
-    let mut h = Harness::new(LabSpec::with_backends(3));
+    backend_changes(Mode::Xdp);
+}
+
+#[test]
+fn tc_backend_added_and_terminating_break_no_connection() {
+    backend_changes(Mode::Tc);
+}
+
+fn backend_changes(mode: Mode) {
+    let mut h = Harness::in_mode(mode, LabSpec::with_backends(3));
     let snap = h.snapshot(&[(0, 1, BackendState::Active), (1, 1, BackendState::Active)]);
     h.apply(&snap);
     h.start_agent();
@@ -300,7 +358,16 @@ fn backend_added_and_terminating_break_no_connection() {
 
 #[test]
 fn agent_killed_and_restarted_breaks_no_connection() {
-    let mut h = Harness::new(LabSpec::with_backends(3));
+    agent_restart(Mode::Xdp);
+}
+
+#[test]
+fn tc_agent_killed_and_restarted_breaks_no_connection() {
+    agent_restart(Mode::Tc);
+}
+
+fn agent_restart(mode: Mode) {
+    let mut h = Harness::in_mode(mode, LabSpec::with_backends(3));
     let snap = weighted(&mut h);
     h.apply(&snap);
     h.start_agent();
@@ -320,22 +387,39 @@ fn agent_killed_and_restarted_breaks_no_connection() {
 
 #[test]
 fn unresolved_neighbours_go_through_the_tc_companion() {
-    let mut h = Harness::new(LabSpec {
-        static_neighbors: false,
-        ..LabSpec::with_backends(3)
-    });
+    unresolved_neighbours(Mode::Xdp);
+}
+
+#[test]
+fn unresolved_neighbours_go_through_the_tc_load_balancer_without_xdp_metadata() {
+    unresolved_neighbours(Mode::XdpWithoutMeta);
+}
+
+#[test]
+fn tc_unresolved_neighbours_are_resolved_by_redirect_neigh() {
+    unresolved_neighbours(Mode::Tc);
+}
+
+fn unresolved_neighbours(mode: Mode) {
+    let mut h = Harness::in_mode(
+        mode,
+        LabSpec {
+            static_neighbors: false,
+            ..LabSpec::with_backends(3)
+        },
+    );
     let snap = weighted(&mut h);
     h.apply(&snap);
     h.start_agent();
     for v6 in [false, true] {
         let t = h.tcp_target(v6);
         let r = tcp_burst(&h.lab, t, 200, 8, Duration::from_secs(5));
-        assert_eq!(r.ok, 200, "v6={v6}: {}", r.summary());
+        assert_eq!(r.ok, 200, "{mode:?} v6={v6}: {}", r.summary());
     }
     let g = h.pinned().global_counters().unwrap();
     assert!(
         g[shared::STAT_FIB_NO_NEIGH as usize] > 0,
-        "the first packets to unknown neighbours took the TC path: {g:?}"
+        "{mode:?}: the first packets to unknown neighbours took the TC path: {g:?}"
     );
 }
 

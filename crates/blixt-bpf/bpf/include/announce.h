@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Announcing VIPs on the link: ARP replies (RFC 826) and neighbour advertisements (RFC 4861
- * 4.4) for addresses in blixt_vips, answered from XDP on interfaces the agent marked in
+ * 4.4) for addresses in blixt_vips, answered from XDP (or TC) on interfaces the agent marked in
  * blixt_ifaces, with that interface's MAC. VIPs are never configured on the node, so without
  * this a client on the same segment could not resolve them.
  */
@@ -12,6 +12,7 @@
 #include "maps.h"
 #include "csum.h"
 #include "parse.h"
+#include "hook.h"
 
 struct arp_eth_ipv4 {
 	__be16 hrd;
@@ -28,9 +29,9 @@ struct arp_eth_ipv4 {
 #define ARPOP_REQUEST 1
 #define ARPOP_REPLY 2
 
-static __always_inline struct blixt_iface *announcing_iface(struct xdp_md *ctx)
+static __always_inline struct blixt_iface *announcing_iface(void *ctx, const int hook)
 {
-	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 ifindex = ctx_ifindex(ctx, hook);
 	struct blixt_iface *ifc = bpf_map_lookup_elem(&blixt_ifaces, &ifindex);
 	if (!ifc || !(ifc->flags & BLIXT_IFACE_F_ANNOUNCE))
 		return 0;
@@ -46,10 +47,10 @@ static __always_inline int is_announced_vip(const __u8 *addr, __u8 family)
 	return flags && (*flags & BLIXT_VIP_F_ANNOUNCE);
 }
 
-static __always_inline int answer_arp(struct xdp_md *ctx, struct pkt *p)
+static __always_inline int answer_arp(void *ctx, const int hook, struct pkt *p)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx, hook);
+	void *data_end = ctx_data_end(ctx, hook);
 	struct ethhdr *eth = data;
 	struct arp_eth_ipv4 *arp = data + (p->l3_off & 0x1f);
 
@@ -60,7 +61,7 @@ static __always_inline int answer_arp(struct xdp_md *ctx, struct pkt *p)
 		return XDP_PASS;
 	if (!is_announced_vip(arp->tpa, BLIXT_FAMILY_V4))
 		return XDP_PASS;
-	struct blixt_iface *ifc = announcing_iface(ctx);
+	struct blixt_iface *ifc = announcing_iface(ctx, hook);
 	if (!ifc)
 		return XDP_PASS;
 
@@ -92,10 +93,10 @@ struct ndp_na {
 #define NA_FLAG_SOLICITED 0x40
 #define NA_FLAG_OVERRIDE 0x20
 
-static __always_inline int answer_ns(struct xdp_md *ctx, struct pkt *p)
+static __always_inline int answer_ns(void *ctx, const int hook, struct pkt *p)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx, hook);
+	void *data_end = ctx_data_end(ctx, hook);
 	__u32 l3_off = p->l3_off & 0x1f;
 	__u32 l4_off = p->l4_off & 0x3ff;
 
@@ -113,19 +114,19 @@ static __always_inline int answer_ns(struct xdp_md *ctx, struct pkt *p)
 	__builtin_memcpy(target, ns + 8, 16);
 	if (!is_announced_vip(target, BLIXT_FAMILY_V6))
 		return XDP_PASS;
-	struct blixt_iface *ifc = announcing_iface(ctx);
+	struct blixt_iface *ifc = announcing_iface(ctx, hook);
 	if (!ifc)
 		return XDP_PASS;
 	__u8 mac[6];
 	__builtin_memcpy(mac, ifc->mac, 6);
 
-	int delta = (int)(l4_off + sizeof(struct ndp_na)) - (int)(data_end - data);
-	if (delta && bpf_xdp_adjust_tail(ctx, delta)) {
+	__u32 want = l4_off + sizeof(struct ndp_na);
+	if (want != ctx_len(ctx, hook) && ctx_set_len(ctx, hook, want)) {
 		stat_inc(BLIXT_STAT_TX_ERROR);
 		return XDP_PASS;
 	}
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
+	data = ctx_data(ctx, hook);
+	data_end = ctx_data_end(ctx, hook);
 	struct ethhdr *eth = data;
 	ip6 = data + l3_off;
 	struct ndp_na *na = data + l4_off;

@@ -63,7 +63,7 @@ struct pkt {
 	__u32 l4_off;       /* offset of the TCP/UDP/ICMP header */
 	__u32 inner_l3_off; /* ICMP errors: offset of the quoted IP header */
 	__u32 inner_l4_off; /* ICMP errors: offset of the quoted L4 header */
-	__u32 len;          /* bytes from data to data_end */
+	__u32 len;          /* bytes of the frame (XDP: data to data_end; TC: skb->len) */
 	__u8 family;
 	__u8 proto;     /* L4 protocol of the packet (or of the quoted packet for ICMP errors) */
 	__u8 tcp_flags; /* byte 13 of the TCP header */
@@ -176,7 +176,8 @@ static __always_inline int is_icmp6_error(__u8 type)
 	       type == ICMPV6_TIME_EXCEED || type == ICMPV6_PARAMPROB;
 }
 
-static __always_inline enum parse_result parse_packet(void *data, void *data_end, struct pkt *p)
+static __always_inline enum parse_result parse_packet(void *data, void *data_end, __u32 len,
+						       struct pkt *p)
 {
 	struct ethhdr *eth = data;
 	__u32 off = sizeof(*eth);
@@ -191,7 +192,7 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 		off += sizeof(*vh);
 	}
 	p->l3_off = off;
-	p->len = data_end - data;
+	p->len = len;
 	if (proto == bpf_htons(ETH_P_ARP))
 		return PARSE_ARP;
 

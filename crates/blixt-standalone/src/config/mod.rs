@@ -38,8 +38,8 @@ use serde_yaml::Value;
 pub use self::cache::LoadCache;
 pub use self::error::{ConfigError, Problem, ProblemKind};
 pub use self::node::{
-    AddressBlock, MapSizes, NodeConfigSpec, PortRange, Seconds, Timeouts, DEFAULT_METRICS_ADDRESS,
-    DEFAULT_PIN_DIR, DEFAULT_STATUS_SOCKET, MAX_POOL_ENTRY_ADDRESSES,
+    AddressBlock, AttachSetting, MapSizes, NodeConfigSpec, PortRange, Seconds, Timeouts,
+    DEFAULT_METRICS_ADDRESS, DEFAULT_PIN_DIR, DEFAULT_STATUS_SOCKET, MAX_POOL_ENTRY_ADDRESSES,
 };
 pub use self::path::{FieldPath, Segment};
 

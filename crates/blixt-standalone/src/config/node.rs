@@ -35,6 +35,9 @@ pub struct NodeConfigSpec {
     /// Interfaces the XDP program attaches to (where clients' packets arrive). Empty: the
     /// caller supplies them (`blixt run --interface`).
     pub interfaces: Vec<String>,
+    /// Where the load balancer runs on those interfaces: `auto` (XDP where the kernel and the
+    /// driver support it, TC ingress elsewhere), `xdp` (refuse to start without it) or `tc`.
+    pub attach: AttachSetting,
     /// The node's IPv4 address, the source of full-NATed packets towards IPv4 backends.
     /// IPv4 frontends need it.
     pub snat_v4: Option<IpAddr>,
@@ -65,6 +68,7 @@ impl Default for NodeConfigSpec {
     fn default() -> Self {
         NodeConfigSpec {
             interfaces: Vec::new(),
+            attach: AttachSetting::Auto,
             snat_v4: None,
             snat_v6: None,
             address_pool: Vec::new(),
@@ -78,6 +82,16 @@ impl Default for NodeConfigSpec {
             status_socket: Some(PathBuf::from(DEFAULT_STATUS_SOCKET)),
         }
     }
+}
+
+/// `attach` of a NodeConfig (`blixt_bpf::AttachMode`, field for field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachSetting {
+    #[default]
+    Auto,
+    Xdp,
+    Tc,
 }
 
 /// Conntrack timeouts: seconds (`60`) or a duration (`90s`, `5m`, `6h`, `1h30m`).

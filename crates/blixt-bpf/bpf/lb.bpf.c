@@ -1,6 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Blixt's load balancer, XDP entry point.
+ * Blixt's load balancer: one program, two entry points sharing every map. blixt_lb runs at XDP;
+ * blixt_lb_tc runs the same logic as a TC ingress classifier, for interfaces or kernels where XDP
+ * cannot do the job, and behind blixt_lb for packets whose next hop the kernel has not resolved
+ * when XDP cannot hand them over in metadata (see fib_hop() and docs/dataplane.md, "Kernel
+ * support"). include/hook.h is the context shim.
  *
  * Per packet: parse; look the 5-tuple up in conntrack (both directions of a flow are keys, so an
  * established packet costs exactly one hash lookup whichever way it goes); on a miss look the
@@ -17,6 +21,7 @@
 #include "include/csum.h"
 #include "include/parse.h"
 #include "include/announce.h"
+#include "include/hook.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -48,6 +53,13 @@ volatile const __u32 ring_size = BLIXT_DEFAULT_RING_SIZE;
 volatile const __u32 snat_tries = 16;
 /* Hop limit / TTL of the resets the program sends. */
 volatile const __u8 rst_ttl = 64;
+/*
+ * May XDP use bpf_xdp_adjust_meta to hand a packet with an unresolved next hop to neigh_tc.bpf.c?
+ * Set by the loader from the kernel's capabilities. When 0 the verifier prunes that branch (a
+ * frozen .rodata constant), so the program loads on kernels without the helper; such packets
+ * then go up untouched and blixt_lb_tc, attached on TC ingress, forwards them.
+ */
+volatile const __u8 neigh_via_meta = 1;
 
 
 static __always_inline __u32 rotl32(__u32 x, int r)
@@ -93,16 +105,21 @@ static __always_inline void count(void *map, __u32 id, __u64 bytes, int new_flow
 
 /*
  * Rewrites addresses and ports of the packet's IP and TCP/UDP headers to nsrc:sport -> ndst:dport
- * (`nports` holds both ports as they sit in the header), updating checksums incrementally.
+ * (`nports` holds both ports as they sit in the header), updating checksums incrementally. TC
+ * updates the L4 checksum through bpf_l4_csum_replace(), which also knows a checksum the sender
+ * left for offload (CHECKSUM_PARTIAL: the field holds only the pseudo-header sum, so it follows
+ * the addresses but not the ports). The packet pointers must be re-read afterwards.
  */
-static __always_inline int rewrite(struct xdp_md *ctx, struct pkt *p, const __u8 *nsrc,
+static __always_inline int rewrite(void *ctx, const int hook, struct pkt *p, const __u8 *nsrc,
 				   const __u8 *ndst, __u32 nports)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	void *l4 = data + (p->l4_off & 0x3ff);
+	void *data = ctx_data(ctx, hook);
+	void *data_end = ctx_data_end(ctx, hook);
+	__u32 l4_off = p->l4_off & 0x3ff;
+	void *l4 = data + l4_off;
 	int v6 = p->family == BLIXT_FAMILY_V6;
-	__u32 diff = 0;
+	int tcp = p->key.proto == IPPROTO_TCP;
+	__u32 addrs = 0;
 	__u8 *saddr, *daddr;
 
 	if (v6) {
@@ -111,8 +128,8 @@ static __always_inline int rewrite(struct xdp_md *ctx, struct pkt *p, const __u8
 			return -1;
 		saddr = (__u8 *)&ip6->saddr;
 		daddr = (__u8 *)&ip6->daddr;
-		diff = csum_diff_addr(diff, saddr, nsrc, 1);
-		diff = csum_diff_addr(diff, daddr, ndst, 1);
+		addrs = csum_diff_addr(addrs, saddr, nsrc, 1);
+		addrs = csum_diff_addr(addrs, daddr, ndst, 1);
 		__builtin_memcpy(saddr, nsrc, 16);
 		__builtin_memcpy(daddr, ndst, 16);
 	} else {
@@ -121,9 +138,9 @@ static __always_inline int rewrite(struct xdp_md *ctx, struct pkt *p, const __u8
 			return -1;
 		saddr = (__u8 *)&iph->saddr;
 		daddr = (__u8 *)&iph->daddr;
-		diff = csum_diff_addr(diff, saddr, nsrc, 0);
-		diff = csum_diff_addr(diff, daddr, ndst, 0);
-		iph->check = csum_apply(iph->check, diff);
+		addrs = csum_diff_addr(addrs, saddr, nsrc, 0);
+		addrs = csum_diff_addr(addrs, daddr, ndst, 0);
+		iph->check = csum_apply(iph->check, addrs);
 		__builtin_memcpy(saddr, nsrc, 4);
 		__builtin_memcpy(daddr, ndst, 4);
 	}
@@ -131,10 +148,21 @@ static __always_inline int rewrite(struct xdp_md *ctx, struct pkt *p, const __u8
 	if (l4 + 8 > data_end)
 		return -1;
 	__u32 *ports = l4;
-	diff = csum_diff32(diff, *ports, nports);
+	__u32 port_diff = csum_diff32(0, *ports, nports);
 	*ports = nports;
 
-	if (p->key.proto == IPPROTO_TCP) {
+	if (hook == HOOK_TC) {
+		__u32 off = l4_off + (tcp ? 16 : 6);
+		/* IPv4 UDP without checksum stays without one (RFC 768); a result of 0 is sent as
+		 * 0xffff */
+		__u64 flags = tcp ? 0 : (BPF_F_MARK_MANGLED_0 | (v6 ? BPF_F_MARK_ENFORCE : 0));
+		if (bpf_l4_csum_replace(ctx, off, 0, addrs, flags | BPF_F_PSEUDO_HDR) ||
+		    bpf_l4_csum_replace(ctx, off, 0, port_diff, flags))
+			return -1;
+		return 0;
+	}
+	__u32 diff = csum_add(addrs, port_diff);
+	if (tcp) {
 		struct tcphdr *th = l4;
 		if ((void *)(th + 1) > data_end)
 			return -1;
@@ -150,21 +178,18 @@ static __always_inline int rewrite(struct xdp_md *ctx, struct pkt *p, const __u8
 	return 0;
 }
 
-/* Sends the (rewritten) packet to a next hop found earlier: no FIB lookup. */
-static __always_inline int send_via(struct xdp_md *ctx, const struct blixt_hop *hop)
+/* Sends the (rewritten) packet to a resolved next hop. */
+static __always_inline int send_via(void *ctx, const int hook, const struct blixt_hop *hop)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx, hook);
+	void *data_end = ctx_data_end(ctx, hook);
 	struct ethhdr *eth = data;
-	__u32 ifindex = hop->fib_ifindex;
 
 	if ((void *)(eth + 1) > data_end)
 		return XDP_DROP;
 	__builtin_memcpy(eth->h_dest, hop->fib_dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, hop->fib_smac, ETH_ALEN);
-	if (ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(ifindex, 0);
+	return ctx_redirect(ctx, hook, hop->fib_ifindex);
 }
 
 /* The conntrack entry's cached next hop, as a struct blixt_hop (same layout, see the header). */
@@ -173,79 +198,97 @@ static __always_inline struct blixt_hop *ct_hop(struct blixt_ct_entry *ct)
 	return (struct blixt_hop *)&ct->fib_ifindex;
 }
 
+/* What fib_hop() found. */
+#define HOP_OK 0       /* resolved: `hop` holds interface and MACs */
+#define HOP_NO_NEIGH 1 /* routed, neighbour unresolved: `hop` holds the egress interface only */
+#define HOP_DROP 2     /* no route */
+
 /*
- * Sends the packet on by FIB lookup of its (rewritten) destination. With `cache`, a successful
- * lookup is remembered there (a conntrack entry's hop, or the backend's in blixt_nexthops), so
- * later packets skip the FIB (about half the cost of an established packet) until the next
- * once-a-second refresh.
+ * The next hop of a packet once rewritten to src -> dst, by FIB lookup (before the rewrite, so
+ * that a packet XDP cannot send can still go up unchanged). With `cache`, a successful lookup is
+ * remembered there (a conntrack entry's hop, or the backend's in blixt_nexthops), so later
+ * packets skip the FIB (about half the cost of an established packet) until the next
+ * once-a-second refresh. The rewrite changes neither length nor TOS, read here from the packet.
  */
-static __always_inline int forward(struct xdp_md *ctx, struct pkt *p, struct blixt_hop *cache)
+static __always_inline int fib_hop(void *ctx, const int hook, struct pkt *p, const __u8 *src,
+				   const __u8 *dst, struct blixt_hop *hop, struct blixt_hop *cache)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx, hook);
+	void *data_end = ctx_data_end(ctx, hook);
 	struct bpf_fib_lookup fib = {};
 
-	fib.ifindex = ctx->ingress_ifindex;
+	fib.ifindex = ctx_ifindex(ctx, hook);
 	fib.l4_protocol = p->key.proto;
 	if (p->family == BLIXT_FAMILY_V6) {
 		struct ipv6hdr *ip6 = data + (p->l3_off & 0x1f);
 		if ((void *)(ip6 + 1) > data_end)
-			return XDP_DROP;
+			return HOP_DROP;
 		fib.family = AF_INET6;
 		fib.tot_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
-		__builtin_memcpy(fib.ipv6_src, &ip6->saddr, 16);
-		__builtin_memcpy(fib.ipv6_dst, &ip6->daddr, 16);
+		__builtin_memcpy(fib.ipv6_src, src, 16);
+		__builtin_memcpy(fib.ipv6_dst, dst, 16);
 	} else {
 		struct iphdr *iph = data + (p->l3_off & 0x1f);
 		if ((void *)(iph + 1) > data_end)
-			return XDP_DROP;
+			return HOP_DROP;
 		fib.family = AF_INET;
 		fib.tos = iph->tos;
 		fib.tot_len = bpf_ntohs(iph->tot_len);
-		fib.ipv4_src = iph->saddr;
-		fib.ipv4_dst = iph->daddr;
+		__builtin_memcpy(&fib.ipv4_src, src, 4);
+		__builtin_memcpy(&fib.ipv4_dst, dst, 4);
 	}
 
 	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	hop->fib_ifindex = fib.ifindex;
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-		struct ethhdr *eth = data;
-		if ((void *)(eth + 1) > data_end)
-			return XDP_DROP;
-		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-		if (cache) {
-			__builtin_memcpy(cache->fib_dmac, fib.dmac, ETH_ALEN);
-			__builtin_memcpy(cache->fib_smac, fib.smac, ETH_ALEN);
-			cache->fib_ifindex = fib.ifindex;
-		}
-		if (fib.ifindex == ctx->ingress_ifindex)
-			return XDP_TX;
-		return bpf_redirect(fib.ifindex, 0);
+		__builtin_memcpy(hop->fib_dmac, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(hop->fib_smac, fib.smac, ETH_ALEN);
+		if (cache)
+			__builtin_memcpy(cache, hop, sizeof(*hop));
+		return HOP_OK;
 	}
 	if (cache)
 		cache->fib_ifindex = 0;
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		/*
-		 * XDP cannot resolve a neighbour. Leave the egress ifindex in metadata and let the TC
-		 * program (neigh_tc.bpf.c) finish with bpf_redirect_neigh(), which queues the packet
-		 * behind ARP/NDP resolution. The packet is already rewritten; it never reaches the IP
-		 * stack, which would drop it as a martian (its source is the node's own address).
-		 */
 		stat_inc(BLIXT_STAT_FIB_NO_NEIGH);
-		if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct blixt_xdp_meta)) == 0) {
-			void *meta = (void *)(long)ctx->data_meta;
-			data = (void *)(long)ctx->data;
-			struct blixt_xdp_meta *m = meta;
-			if ((void *)(m + 1) <= data) {
-				m->magic = BLIXT_META_MAGIC;
-				m->ifindex = fib.ifindex;
-				return XDP_PASS;
-			}
-		}
-		stat_inc(BLIXT_STAT_TX_ERROR);
-		return XDP_DROP;
+		return HOP_NO_NEIGH;
 	}
 	stat_inc(BLIXT_STAT_FIB_DROP);
+	return HOP_DROP;
+}
+
+/* Can this program send a packet whose next hop is unresolved (send_unresolved())? */
+static __always_inline int sends_unresolved(const int hook)
+{
+	return hook == HOOK_TC || neigh_via_meta;
+}
+
+/*
+ * Sends a rewritten packet whose next hop the kernel has not resolved yet. XDP cannot resolve a
+ * neighbour or queue a packet behind ARP/NDP; TC can, with bpf_redirect_neigh(). From XDP the
+ * egress ifindex goes in metadata to the TC companion (neigh_tc.bpf.c), which redirects; the
+ * packet never reaches the IP stack, which would drop it as a martian (its source is the node's
+ * own address).
+ */
+static __always_inline int send_unresolved(void *ctx, const int hook, __u32 ifindex)
+{
+	if (hook == HOOK_TC)
+		return bpf_redirect_neigh(ifindex, 0, 0, 0);
+	/* the callers pass such packets up instead; this test lets the verifier see that the
+	 * helper below is never called when the kernel lacks it */
+	if (!neigh_via_meta)
+		return XDP_PASS;
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct blixt_xdp_meta)) == 0) {
+		void *meta = (void *)(long)((struct xdp_md *)ctx)->data_meta;
+		void *data = ctx_data(ctx, hook);
+		struct blixt_xdp_meta *m = meta;
+		if ((void *)(m + 1) <= data) {
+			m->magic = BLIXT_META_MAGIC;
+			m->ifindex = ifindex;
+			return XDP_PASS;
+		}
+	}
+	stat_inc(BLIXT_STAT_TX_ERROR);
 	return XDP_DROP;
 }
 
@@ -254,10 +297,10 @@ static __always_inline int forward(struct xdp_md *ctx, struct pkt *p, struct bli
  * if ACK was set, else seq 0 and ack = SEG.SEQ + SEG.LEN) and sends it out the way it came.
  * IP options and extension headers are kept; TCP options and payload are cut.
  */
-static __always_inline int send_rst(struct xdp_md *ctx, struct pkt *p)
+static __always_inline int send_rst(void *ctx, const int hook, struct pkt *p)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx, hook);
+	void *data_end = ctx_data_end(ctx, hook);
 	__u32 l3_off = p->l3_off & 0x1f;
 	__u32 l4_off = p->l4_off & 0x3ff;
 	struct tcphdr *th = data + l4_off;
@@ -286,15 +329,16 @@ static __always_inline int send_rst(struct xdp_md *ctx, struct pkt *p)
 	if (flags & TCPF_FIN)
 		seg_len += 1;
 
-	int delta = (int)(l4_off + sizeof(struct tcphdr)) - (int)(data_end - data);
-	if (delta > 0)
+	__u32 want = l4_off + sizeof(struct tcphdr);
+	__u32 have = ctx_len(ctx, hook);
+	if (want > have)
 		return XDP_DROP;
-	if (delta < 0 && bpf_xdp_adjust_tail(ctx, delta)) {
+	if (want < have && ctx_set_len(ctx, hook, want)) {
 		stat_inc(BLIXT_STAT_TX_ERROR);
 		return XDP_DROP;
 	}
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
+	data = ctx_data(ctx, hook);
+	data_end = ctx_data_end(ctx, hook);
 
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
@@ -367,7 +411,7 @@ static __always_inline int send_rst(struct xdp_md *ctx, struct pkt *p)
 }
 
 /* Rejects a new flow: TCP with a reset, anything else by drop. */
-static __always_inline int reject(struct xdp_md *ctx, struct pkt *p, struct blixt_frontend *fe,
+static __always_inline int reject(void *ctx, const int hook, struct pkt *p, struct blixt_frontend *fe,
 				  __u32 reason)
 {
 	stat_inc(reason);
@@ -445,13 +489,13 @@ static __always_inline int port_reusable(const struct blixt_config *cfg,
 }
 
 /* A new flow to frontend `fe`: pick, track, rewrite, forward. */
-static __always_inline int new_flow(struct xdp_md *ctx, struct pkt *p, struct blixt_frontend *fe,
+static __always_inline int new_flow(void *ctx, const int hook, struct pkt *p, struct blixt_frontend *fe,
 				    struct blixt_ct_entry **out)
 {
 	if (p->key.proto == IPPROTO_TCP && (p->tcp_flags & TCPF_RST))
 		return XDP_DROP; /* nothing to reset */
 	if (fe->flags & BLIXT_FE_F_ALL_REJECT)
-		return reject(ctx, p, fe, BLIXT_STAT_REJECT_NO_BACKEND);
+		return reject(ctx, hook, p, fe, BLIXT_STAT_REJECT_NO_BACKEND);
 
 	__u32 hash = flow_hash(&p->key);
 	__u32 rs = ring_size;
@@ -464,10 +508,10 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct pkt *p, struct bl
 		return XDP_DROP;
 	__u32 be_id = ((__u32 *)slots)[idx & 1];
 	if (be_id == BLIXT_SLOT_REJECT)
-		return reject(ctx, p, fe, BLIXT_STAT_REJECT_SHARE);
+		return reject(ctx, hook, p, fe, BLIXT_STAT_REJECT_SHARE);
 	struct blixt_backend *be = bpf_map_lookup_elem(&blixt_backends, &be_id);
 	if (!be || !(be->flags & BLIXT_BE_F_ACTIVE))
-		return reject(ctx, p, fe, BLIXT_STAT_REJECT_NO_BACKEND);
+		return reject(ctx, hook, p, fe, BLIXT_STAT_REJECT_NO_BACKEND);
 
 	__u32 zero = 0;
 	struct blixt_config *cfg = bpf_map_lookup_elem(&blixt_config, &zero);
@@ -601,7 +645,7 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct pkt *p, struct bl
 #undef rkey
 }
 
-static __always_inline int lookup_frontend_and_start(struct xdp_md *ctx, struct pkt *p,
+static __always_inline int lookup_frontend_and_start(void *ctx, const int hook, struct pkt *p,
 						     struct blixt_ct_entry **out)
 {
 	struct blixt_frontend_key fk = {};
@@ -612,12 +656,12 @@ static __always_inline int lookup_frontend_and_start(struct xdp_md *ctx, struct 
 	struct blixt_frontend *fe = bpf_map_lookup_elem(&blixt_frontends, &fk);
 	if (!fe)
 		return XDP_PASS;
-	return new_flow(ctx, p, fe, out);
+	return new_flow(ctx, hook, p, fe, out);
 }
 
 
 /* A packet of a tracked flow, either direction. */
-static __always_inline int tracked_flow(struct xdp_md *ctx, struct pkt *p, struct blixt_ct_entry *ct)
+static __always_inline int tracked_flow(void *ctx, const int hook, struct pkt *p, struct blixt_ct_entry *ct)
 {
 	int tcp = p->key.proto == IPPROTO_TCP;
 	__u8 flags = p->tcp_flags;
@@ -674,7 +718,7 @@ static __always_inline int tracked_flow(struct xdp_md *ctx, struct pkt *p, struc
  * header is rewritten like a packet of that entry, the quoted one like a packet of the other
  * direction; the IPv4 header, inner L4 (when quoted whole) and ICMP checksums follow.
  */
-static __always_inline int icmp_error(struct xdp_md *ctx, struct pkt *p)
+static __always_inline int icmp_error(void *ctx, const int hook, struct pkt *p)
 {
 	struct blixt_flow_key k = {};
 	__builtin_memcpy(k.src, p->key.dst, 16);
@@ -688,9 +732,16 @@ static __always_inline int icmp_error(struct xdp_md *ctx, struct pkt *p)
 		stat_inc(BLIXT_STAT_ICMP_UNKNOWN);
 		return XDP_PASS;
 	}
+	/* routed like a packet of the entry's direction, before anything is rewritten */
+	struct blixt_hop hop;
+	int route = fib_hop(ctx, hook, p, ct->nsrc, ct->ndst, &hop, 0);
+	if (route == HOP_DROP)
+		return XDP_DROP;
+	if (route == HOP_NO_NEIGH && !sends_unresolved(hook))
+		return XDP_PASS; /* blixt_lb_tc translates it (see lb_main()) */
 
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx, hook);
+	void *data_end = ctx_data_end(ctx, hook);
 	int v6 = p->family == BLIXT_FAMILY_V6;
 	__u32 outer = 0; /* change to the outer addresses (IPv4 header / ICMPv6 pseudo-header) */
 	__u32 icmp = 0;  /* change to the bytes the ICMP checksum covers */
@@ -776,7 +827,9 @@ static __always_inline int icmp_error(struct xdp_md *ctx, struct pkt *p)
 	*icsum = csum_apply(*icsum, icmp);
 
 	stat_inc(BLIXT_STAT_ICMP_TRANSLATED);
-	return ACT_FORWARD;
+	if (route == HOP_NO_NEIGH)
+		return send_unresolved(ctx, hook, hop.fib_ifindex);
+	return send_via(ctx, hook, &hop);
 }
 
 static __always_inline int fragment(struct pkt *p)
@@ -792,29 +845,27 @@ static __always_inline int fragment(struct pkt *p)
 	return XDP_DROP;
 }
 
-SEC("xdp")
-int blixt_lb(struct xdp_md *ctx)
+/* The load balancer, for either hook (include/hook.h). */
+static __always_inline int lb_main(void *ctx, const int hook)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx, hook);
+	void *data_end = ctx_data_end(ctx, hook);
 	struct pkt p = {};
 
 	struct blixt_ct_entry *ct;
 	int act;
 
-	switch (parse_packet(data, data_end, &p)) {
+	switch (parse_packet(data, data_end, ctx_len(ctx, hook), &p)) {
 	case PARSE_OK:
 		break;
 	case PARSE_ICMP_ERR:
-		/* already rewritten in place; only the route is left */
-		act = icmp_error(ctx, &p);
-		return act == ACT_FORWARD ? forward(ctx, &p, 0) : act;
+		return icmp_error(ctx, hook, &p);
 	case PARSE_FRAGMENT:
 		return fragment(&p);
 	case PARSE_ARP:
-		return answer_arp(ctx, &p);
+		return answer_arp(ctx, hook, &p);
 	case PARSE_NDP_NS:
-		return answer_ns(ctx, &p);
+		return answer_ns(ctx, hook, &p);
 	default:
 		return XDP_PASS;
 	}
@@ -823,35 +874,70 @@ int blixt_lb(struct xdp_md *ctx)
 	int tracked = 0;
 	ct = bpf_map_lookup_elem(&blixt_conntrack, &p.key);
 	if (ct) {
-		act = tracked_flow(ctx, &p, ct);
+		act = tracked_flow(ctx, hook, &p, ct);
 		tracked = act == ACT_FORWARD;
 	}
 	if (act == ACT_NEW_FLOW)
-		act = lookup_frontend_and_start(ctx, &p, &ct);
+		act = lookup_frontend_and_start(ctx, hook, &p, &ct);
 	if (act == ACT_RST)
-		return send_rst(ctx, &p);
+		return send_rst(ctx, hook, &p);
 	if (act != ACT_FORWARD || !ct)
 		return act;
 
+	/* the next hop: cached in the entry (a new flow's entry holds its backend's when this CPU
+	 * looked it up within a second), else by FIB lookup, remembered where it can be */
+	struct blixt_hop found;
+	const struct blixt_hop *hop = ct_hop(ct);
+	int route = HOP_OK;
+	if (!ct->fib_ifindex || (tracked && p.fib_refresh)) {
+		struct blixt_hop *cache = 0;
+		if (tracked) {
+			cache = ct_hop(ct);
+		} else {
+			__u32 be_id = ct->backend_id;
+			struct blixt_nexthop *nh = bpf_map_lookup_elem(&blixt_nexthops, &be_id);
+			if (nh) {
+				nh->backend_gen = ct->backend_gen;
+				nh->looked_up_ns = bpf_ktime_get_coarse_ns();
+				cache = &nh->hop;
+			}
+		}
+		route = fib_hop(ctx, hook, &p, ct->nsrc, ct->ndst, &found, cache);
+		hop = &found;
+	}
+	if (route == HOP_DROP)
+		return XDP_DROP;
+	/*
+	 * XDP without metadata: the packet goes up as it came. blixt_lb_tc, on TC ingress of the same
+	 * interface, finds the flow (a new one is tracked by now), rewrites and sends it with
+	 * bpf_redirect_neigh(). Nothing is lost; the packet only pays for a second pass.
+	 */
+	if (route == HOP_NO_NEIGH && !sends_unresolved(hook))
+		return XDP_PASS;
+
 	__u32 nports;
 	__builtin_memcpy(&nports, &ct->nsport, 4);
-	if (rewrite(ctx, &p, ct->nsrc, ct->ndst, nports))
+	__u32 ifindex = hop->fib_ifindex;
+	if (rewrite(ctx, hook, &p, ct->nsrc, ct->ndst, nports))
 		return XDP_DROP;
-	if (tracked) {
-		if (!ct->fib_ifindex || p.fib_refresh)
-			return forward(ctx, &p, ct_hop(ct));
-		return send_via(ctx, ct_hop(ct));
-	}
-	/* a new flow: ct is the entry just recorded, with its backend's next hop when cached */
-	if (ct->fib_ifindex)
-		return send_via(ctx, ct_hop(ct));
-	__u32 be_id = ct->backend_id;
-	struct blixt_nexthop *nh = bpf_map_lookup_elem(&blixt_nexthops, &be_id);
-	if (!nh)
-		return forward(ctx, &p, 0);
-	nh->backend_gen = ct->backend_gen;
-	nh->looked_up_ns = bpf_ktime_get_coarse_ns();
-	return forward(ctx, &p, &nh->hop);
+	if (route == HOP_NO_NEIGH)
+		return send_unresolved(ctx, hook, ifindex);
+	return send_via(ctx, hook, hop);
+}
+
+SEC("xdp")
+int blixt_lb(struct xdp_md *ctx)
+{
+	return lb_main(ctx, HOOK_XDP);
+}
+
+SEC("classifier")
+int blixt_lb_tc(struct __sk_buff *skb)
+{
+	__u32 linear = skb->len < TC_LINEAR_BYTES ? skb->len : TC_LINEAR_BYTES;
+	if ((long)skb->data_end - (long)skb->data < (long)linear)
+		bpf_skb_pull_data(skb, linear);
+	return tc_verdict(skb, lb_main(skb, HOOK_TC));
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
