@@ -98,7 +98,7 @@ pub enum DataplaneError {
         summary: String,
         log: PathBuf,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Unsupported(#[from] Refusal),
     #[error("BLIXT_FORCE_FALLBACK: {0}")]
     ForcedFallback(String),

@@ -65,6 +65,18 @@ fn manifests_in_balanced_traffic_statuses_and_inspect_out() {
 
     let table = s.status("table");
     assert!(table.contains("at generation 1"), "{table}");
+    // the dataplane section: kernel, attach mode, each interface's hook
+    let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert!(
+        table.contains(&format!("dataplane: kernel {}, attach auto", uname.trim())),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.trim_start().starts_with("interface ") && l.ends_with(": xdp-native")),
+        "{table}"
+    );
     let gw_line = table
         .lines()
         .find(|l| l.starts_with("default/demo "))
