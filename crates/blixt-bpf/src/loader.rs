@@ -646,7 +646,7 @@ impl Dataplane {
             iface: iface.to_string(),
             message,
         };
-        let xdp_pin = self.link_path("xdp", iface).filter(|_| self.plan.xdp_link);
+        let xdp_pin = self.link_path("xdp", iface);
         let prog = self.lb_program();
         let mut mode = AttachedMode::Native;
         let link_id = match xdp_pin.as_deref().filter(|p| p.exists()) {
@@ -672,18 +672,13 @@ impl Dataplane {
                 }
             },
         };
-        let link = prog
-            .take_link(link_id)
-            .map_err(|e| iface_err(format!("taking the XDP link: {e}")))?;
-        match &xdp_pin {
-            Some(path) => {
-                let fd_link = FdLink::try_from(link)
-                    .map_err(|e| iface_err(format!("XDP link is not a bpf_link: {e}")))?;
-                pin_link(fd_link, path)?;
-            }
-            // netlink-attached (no bpf_link, no pin dir): stays attached until replaced, as a
-            // pinned link would; the next start replaces it
-            None => std::mem::forget(link),
+        if let Some(path) = &xdp_pin {
+            let link = prog
+                .take_link(link_id)
+                .map_err(|e| iface_err(format!("taking the XDP link: {e}")))?;
+            let fd_link = FdLink::try_from(link)
+                .map_err(|e| iface_err(format!("XDP link is not a bpf_link: {e}")))?;
+            pin_link(fd_link, path)?;
         }
         Ok(mode)
     }
@@ -698,6 +693,7 @@ impl Dataplane {
         };
         let tc_pin = self.link_path("tc", iface).filter(|_| self.plan.tcx);
         let tcx = self.plan.tcx;
+        let persistent = self.options.pin_dir.is_some();
         let tc: &mut SchedClassifier = if name == LB_TC_PROGRAM {
             self.tc_lb_program()?
         } else {
@@ -736,11 +732,13 @@ impl Dataplane {
                     }),
                 )
                 .map_err(|e| iface_err(format!("attaching {name} through netlink: {e}")))?;
-            let link = tc
-                .take_link(id)
-                .map_err(|e| iface_err(format!("taking the TC link: {e}")))?;
-            // a netlink filter outlives this process like a pinned link does
-            std::mem::forget(link);
+            if persistent {
+                // a netlink filter outlives this process like a pinned link does
+                let link = tc
+                    .take_link(id)
+                    .map_err(|e| iface_err(format!("taking the TC link: {e}")))?;
+                std::mem::forget(link);
+            }
             return Ok(());
         }
         let tc_id = match tc_pin.as_deref().filter(|p| p.exists()) {

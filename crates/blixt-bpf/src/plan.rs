@@ -174,8 +174,6 @@ pub struct Plan {
     /// TC programs attach through tcx links (pinned, replaced atomically); otherwise through
     /// netlink on a clsact qdisc.
     pub tcx: bool,
-    /// XDP programs attach through bpf_links (pinned, replaced atomically).
-    pub xdp_link: bool,
     /// Fallbacks active, each with its reason.
     pub fallbacks: Vec<Fallback>,
 }
@@ -248,14 +246,6 @@ impl Plan {
                 because: reason(caps, Capability::Tcx),
             });
         }
-        let xdp_link = caps.has(Capability::XdpLink);
-        if hook == Hook::Xdp && !xdp_link {
-            fallbacks.push(Fallback {
-                capability: Capability::XdpLink,
-                instead: "XDP attaches through netlink, unpinned: a restart re-attaches it",
-                because: reason(caps, Capability::XdpLink),
-            });
-        }
         if !caps.has(Capability::Btf) {
             fallbacks.push(Fallback {
                 capability: Capability::Btf,
@@ -268,7 +258,6 @@ impl Plan {
             hook,
             neigh,
             tcx,
-            xdp_link,
             fallbacks,
         })
     }
@@ -315,7 +304,7 @@ mod tests {
         let plan = Plan::choose(&without(&[]), AttachMode::Auto).unwrap();
         assert_eq!(plan.hook, Hook::Xdp);
         assert_eq!(plan.neigh, NeighPath::XdpMeta);
-        assert!(plan.tcx && plan.xdp_link);
+        assert!(plan.tcx);
         assert!(plan.fallbacks.is_empty(), "{:?}", plan.fallbacks);
         assert!(!plan.tc_load_balancer());
         assert!(plan.neigh_via_meta());
@@ -385,15 +374,11 @@ mod tests {
     }
 
     #[test]
-    fn no_tcx_and_no_xdp_links_fall_back_to_netlink() {
-        let plan = Plan::choose(
-            &without(&[Capability::Tcx, Capability::XdpLink]),
-            AttachMode::Auto,
-        )
-        .unwrap();
-        assert!(!plan.tcx && !plan.xdp_link);
+    fn no_tcx_falls_back_to_netlink() {
+        let plan = Plan::choose(&without(&[Capability::Tcx]), AttachMode::Auto).unwrap();
+        assert!(!plan.tcx);
         let names: Vec<_> = plan.fallbacks.iter().map(|f| f.capability).collect();
-        assert_eq!(names, [Capability::Tcx, Capability::XdpLink]);
+        assert_eq!(names, [Capability::Tcx]);
     }
 
     #[test]

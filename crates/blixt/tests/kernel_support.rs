@@ -96,9 +96,16 @@ fn xdp_requested_without_xdp_is_refused_and_auto_is_not() {
     // auto runs the load balancer at TC instead, and says why; it keeps running until stopped
     let out = agent_for(3, "xdp_fib_lookup", &[]);
     let log = plain(&String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(124), "still running after 3 s: {log}");
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "still running after 3 s: {log}"
+    );
     assert!(log.contains("hook=\"tc\""), "{log}");
-    assert!(log.contains("fallback xdp_fib_lookup: the load balancer runs at TC ingress"), "{log}");
+    assert!(
+        log.contains("fallback xdp_fib_lookup: the load balancer runs at TC ingress"),
+        "{log}"
+    );
     assert!(log.contains("mode=Tc"), "lo got TC: {log}");
 }
 

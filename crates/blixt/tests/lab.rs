@@ -37,6 +37,9 @@ enum Mode {
     XdpWithoutMeta,
     /// `--attach tc`.
     Tc,
+    /// `--attach tc` with tcx forced off: the classifier attaches through netlink (clsact),
+    /// unpinned, as on kernels before 6.6.
+    TcNetlink,
 }
 
 const TCP_PORT: u16 = 80;
@@ -152,7 +155,7 @@ impl Harness {
             "--attach".into(),
             match self.mode {
                 Mode::Xdp | Mode::XdpWithoutMeta => "xdp".into(),
-                Mode::Tc => "tc".into(),
+                Mode::Tc | Mode::TcNetlink => "tc".into(),
             },
         ]);
         for (name, _) in self.lab.lb_interfaces() {
@@ -161,8 +164,14 @@ impl Harness {
         }
         let mut cmd = std::process::Command::new(&args[0]);
         cmd.args(&args[1..]);
-        if self.mode == Mode::XdpWithoutMeta {
-            cmd.env("BLIXT_FORCE_FALLBACK", "xdp_adjust_meta");
+        match self.mode {
+            Mode::XdpWithoutMeta => {
+                cmd.env("BLIXT_FORCE_FALLBACK", "xdp_adjust_meta");
+            }
+            Mode::TcNetlink => {
+                cmd.env("BLIXT_FORCE_FALLBACK", "tcx");
+            }
+            Mode::Xdp | Mode::Tc => {}
         }
         // netns only: `ip netns exec` would hide the host's bpffs, and the pins with it
         let mut agent = self
@@ -364,6 +373,11 @@ fn agent_killed_and_restarted_breaks_no_connection() {
 #[test]
 fn tc_agent_killed_and_restarted_breaks_no_connection() {
     agent_restart(Mode::Tc);
+}
+
+#[test]
+fn tc_through_netlink_agent_killed_and_restarted_breaks_no_connection() {
+    agent_restart(Mode::TcNetlink);
 }
 
 fn agent_restart(mode: Mode) {
