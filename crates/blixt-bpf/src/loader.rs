@@ -9,7 +9,6 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use aya::programs::links::Link;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{
     NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType, TcError, TcHandle,
@@ -711,27 +710,30 @@ impl Dataplane {
                 Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(iface_err(format!("adding the clsact qdisc: {e}"))),
             }
-            // an earlier run's filter (same priority) is replaced, not stacked
-            if let Ok(old) = SchedClassifierLink::attached(
+            // an earlier run's filter (same priority and handle) gets the new program in place
+            // (a change of the existing filter: no moment without one); else a new filter
+            let earlier = SchedClassifierLink::attached(
                 iface,
                 TcAttachType::Ingress,
                 TC_NETLINK_PRIORITY,
                 TC_NETLINK_HANDLE,
                 None,
-            ) {
-                let _ = old.detach();
-            }
-            let id = tc
-                .attach_with_options(
-                    iface,
-                    TcAttachType::Ingress,
-                    TcAttachOptions::Netlink(NlOptions {
-                        priority: TC_NETLINK_PRIORITY,
-                        handle: TC_NETLINK_HANDLE,
-                        ..NlOptions::default()
-                    }),
-                )
-                .map_err(|e| iface_err(format!("attaching {name} through netlink: {e}")))?;
+            )
+            .map_err(|e| iface_err(format!("looking up the interface: {e}")))?;
+            let id = match tc.attach_to_link(earlier) {
+                Ok(id) => id,
+                Err(_) => tc
+                    .attach_with_options(
+                        iface,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::Netlink(NlOptions {
+                            priority: TC_NETLINK_PRIORITY,
+                            handle: TC_NETLINK_HANDLE,
+                            ..NlOptions::default()
+                        }),
+                    )
+                    .map_err(|e| iface_err(format!("attaching {name} through netlink: {e}")))?,
+            };
             if persistent {
                 // a netlink filter outlives this process like a pinned link does
                 let link = tc

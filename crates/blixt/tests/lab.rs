@@ -181,17 +181,30 @@ impl Harness {
             .expect("starting blixt agent");
         wait_generation(&mut agent, self.generation);
         self.agent = Some(agent);
-        // the hook in use, as the pinned links show it
+        // the hook in use, as the pinned links (or the netlink filters) show it
+        let tc_only = matches!(self.mode, Mode::Tc | Mode::TcNetlink);
         for (name, _) in self.lab.lb_interfaces() {
             let xdp = self.pins.0.join(format!("link_xdp_{name}")).exists();
             let tc = self.pins.0.join(format!("link_tc_{name}")).exists();
+            assert_eq!(xdp, !tc_only, "{:?}: XDP link on {name}", self.mode);
             assert_eq!(
-                xdp,
-                self.mode != Mode::Tc,
-                "{:?}: XDP link on {name}",
+                tc,
+                self.mode != Mode::TcNetlink,
+                "{:?}: TC link on {name}",
                 self.mode
             );
-            assert!(tc, "{:?}: TC link on {name}", self.mode);
+            if self.mode == Mode::TcNetlink {
+                let filters = self
+                    .lab
+                    .lb
+                    .exec(&["tc", "filter", "show", "dev", &name, "ingress"])
+                    .unwrap();
+                assert_eq!(
+                    filters.matches("name blixt_lb_tc").count(),
+                    1,
+                    "one netlink filter on {name}: {filters}"
+                );
+            }
         }
     }
 
