@@ -315,6 +315,36 @@ fn thousand_flows(mode: Mode) {
         }
         flows += 2000;
     }
+    // the agent's metrics say how the dataplane runs
+    let metrics = h.lab.lb.run_in(|| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9464").expect("agent metrics");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    });
+    let (attach, iface_mode) = match mode {
+        Mode::Tc | Mode::TcNetlink => ("tc", "tc"),
+        Mode::Xdp | Mode::XdpWithoutMeta => ("xdp", "xdp-native"),
+    };
+    let info = metrics
+        .lines()
+        .find(|l| l.starts_with("blixt_dataplane_info{"))
+        .unwrap_or_else(|| panic!("no blixt_dataplane_info:\n{metrics}"));
+    assert!(
+        info.contains(&format!("attach=\"{attach}\"")) && info.ends_with(" 1"),
+        "{info}"
+    );
+    for (name, _) in h.lab.lb_interfaces() {
+        let want =
+            format!("blixt_dataplane_interface{{interface=\"{name}\",mode=\"{iface_mode}\"}} 1");
+        assert!(metrics.contains(&want), "{want} in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("blixt_dataplane_capability{capability=\"lru_hash\"} 1"),
+        "{metrics}"
+    );
     let c = h.backend_totals();
     assert!(
         c.new_flows >= flows,
