@@ -256,6 +256,7 @@ fn agent_has_exactly_the_capabilities_it_needs() {
             "--token-file=/var/run/secrets/blixt/token",
             "--pin-dir=/sys/fs/bpf/blixt",
             "--metrics-address=0.0.0.0:9464",
+            "--attach=auto",
             "--snat-v4=$(HOST_IP)",
             "--interface=eth0",
         ]
@@ -327,6 +328,7 @@ fn agent_options_render_as_documented() {
         .set("agent.interfaces", "{eth0,eth1}")
         .set("agent.extraCapabilities", "{SYS_RESOURCE}")
         .set("agent.bpffs.mountIfMissing", "true")
+        .set("agent.attach", "tc")
         .render();
     let spec = pod_spec_of_daemonset(&objects, "blixt-agent");
     let container = only_container(&spec);
@@ -335,6 +337,7 @@ fn agent_options_render_as_documented() {
         a.ends_with(&["--interface=eth0", "--interface=eth1"]),
         "{a:?}"
     );
+    assert!(a.contains(&"--attach=tc"), "{a:?}");
     let added: BTreeSet<String> = container
         .security_context
         .as_ref()
