@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use blixt_core::snapshot::{Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol};
 use blixt_core::translator::ObjectKey;
 use blixt_standalone::config::{
-    self, load, load_sources, AddressBlock, NodeConfigSpec, PortRange, ProblemKind, Seconds, Source,
+    self, load, load_sources, AddressBlock, AttachSetting, NodeConfigSpec, PortRange, ProblemKind,
+    Seconds, Source,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -221,6 +222,37 @@ fn node_config_nulls_turn_things_off() {
     assert_eq!(c.node.metrics_address, None);
     assert_eq!(c.node.status_socket, None);
     assert!(!c.node.announce);
+}
+
+#[test]
+fn node_config_attach_mode() {
+    let node = |attach: &str| {
+        load_sources(&[Source {
+            path: "node.yaml".into(),
+            text: format!(
+                "apiVersion: blixt.dev/v1alpha1\nkind: NodeConfig\nmetadata: {{name: n}}\n\
+                 spec: {{attach: {attach}}}\n"
+            ),
+        }])
+    };
+    assert_eq!(
+        load_sources(&[]).map(|c| c.node.attach).ok(),
+        Some(AttachSetting::Auto),
+        "default"
+    );
+    for (text, want) in [
+        ("auto", AttachSetting::Auto),
+        ("xdp", AttachSetting::Xdp),
+        ("tc", AttachSetting::Tc),
+    ] {
+        let c = node(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.node.attach, want);
+    }
+    let e = node("bpf").unwrap_err().to_string();
+    assert!(
+        e.contains("spec.attach") && e.contains("auto") && e.contains("tc"),
+        "{e}"
+    );
 }
 
 #[test]
