@@ -9,8 +9,11 @@
 # Usage: hack/gen-gateway-api.sh            (from anywhere inside the repository)
 set -euo pipefail
 
-GATEWAY_API_VERSION="v1.6.1"
+GATEWAY_API_VERSION="v1.7.0"
 KOPIUM_VERSION="0.24.1"
+# sigs.k8s.io/gateway-api v1.7.0's go.mod says `go 1.27.0`; with an older local Go,
+# `go mod download` refuses it. The module proxy serves this toolchain (fetched on first use).
+GATEWAY_API_GOTOOLCHAIN="go1.27.3"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out_dir="${repo_root}/crates/blixt-gateway-api/src"
@@ -25,7 +28,7 @@ fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "${tmp}"' EXIT
 (cd "${tmp}" && go mod init blixt.dev/gen-gateway-api >/dev/null 2>&1)
-module_dir="$(cd "${tmp}" && go mod download -json "sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION}" \
+module_dir="$(cd "${tmp}" && GOTOOLCHAIN="${GATEWAY_API_GOTOOLCHAIN}" go mod download -json "sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION}" \
     | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
 if [[ -z "${module_dir}" || ! -d "${module_dir}/config/crd/standard" ]]; then
     echo "could not locate sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION} in the Go module cache" >&2

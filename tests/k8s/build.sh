@@ -95,7 +95,9 @@ if [[ $crds_present != true ]]; then
     log "fetching Gateway API $GATEWAY_API_VERSION CRDs from sigs.k8s.io/gateway-api"
     # Downloaded by version only, not required in go.mod: its requirements must not move the
     # versions Kubernetes is built with.
-    gw_dir="$(go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" |
+    # Its go.mod may need a newer Go than the one building Kubernetes: GATEWAY_API_GOTOOLCHAIN
+    # (versions.env) applies to this download only.
+    gw_dir="$(GOTOOLCHAIN="$GATEWAY_API_GOTOOLCHAIN" go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" |
         sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
     [[ -d "$gw_dir/config/crd/standard" ]] || die "no config/crd/standard in sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION ($gw_dir)"
     rm -rf "$crd_dir.tmp"

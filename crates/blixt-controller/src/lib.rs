@@ -54,9 +54,10 @@ pub async fn check_crds(client: &Client) -> Result<()> {
         }
     }
     if !missing.is_empty() {
+        let version = blixt_gateway_api::BUNDLE_VERSION;
         bail!(
-            "Gateway API CRDs missing: {}. Install the v1.6.1 standard channel: \
-             kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.6.1/standard-install.yaml",
+            "Gateway API CRDs missing: {}. Install the {version} standard channel: \
+             kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/{version}/standard-install.yaml",
             missing.join(", ")
         );
     }

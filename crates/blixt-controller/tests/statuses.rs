@@ -790,3 +790,108 @@ async fn tls_routes_through_the_api_server() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn foreign_gateway_and_listener_conditions_are_preserved() {
+    // gateway-preserve-foreign-conditions (v1.7.0): a condition of a type Blixt does not own,
+    // seeded on the Gateway and on a listener with a status update, survives Blixt's status
+    // writes after a generation bump, unchanged.
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    const FOREIGN: &str = "conformance.gateway.networking.k8s.io/StaleCondition";
+
+    let cluster = shared();
+    let client = cluster.client();
+    let ns = cluster.temp_namespace().await;
+    let n = ns.name();
+    let (_running, controller_name) = controller(&ns, &["192.0.2.10"]).await;
+    let class = format!("{n}-blixt");
+    apply_yaml(&client, &class_yaml(&class, &controller_name)).await;
+    let gateway = |from: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: {n}}}\nspec:\n  gatewayClassName: {class}\n  listeners:\n  - {{name: tcp, protocol: TCP, port: 80, allowedRoutes: {{namespaces: {{from: {from}}}}}}}\n"
+        )
+    };
+    apply_yaml(&client, &gateway("Same")).await;
+
+    let gws: Api<Gateway> = Api::namespaced(client.clone(), n);
+    eventually("Gateway and listener status written", || async {
+        let st = gws.get("gw").await.ok()?.status?;
+        (cond(st.conditions.as_deref()?, "Programmed").is_some()
+            && st.listeners?.iter().any(|l| l.name == "tcp"))
+        .then_some(())
+    })
+    .await;
+
+    // Seed with a read-modify-write status update, as another controller would.
+    let mut gw = gws.get("gw").await.unwrap();
+    let foreign = Condition {
+        type_: FOREIGN.into(),
+        status: "True".into(),
+        reason: "Seeded".into(),
+        message: String::new(),
+        observed_generation: gw.metadata.generation,
+        last_transition_time: Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+        ),
+    };
+    let st = gw.status.as_mut().unwrap();
+    st.conditions.get_or_insert_default().push(foreign.clone());
+    st.listeners
+        .as_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|l| l.name == "tcp")
+        .unwrap()
+        .conditions
+        .push(foreign.clone());
+    let seeded = gws
+        .replace_status("gw", &PostParams::default(), &gw)
+        .await
+        .expect("status update");
+    let first_generation = seeded.metadata.generation.unwrap();
+
+    // Bump the generation: Blixt rewrites its conditions for the new one.
+    apply_yaml(&client, &gateway("All")).await;
+    let gw = eventually("conditions of the new generation", || async {
+        let gw = gws.get("gw").await.ok()?;
+        let generation = gw.metadata.generation?;
+        let st = gw.status.as_ref()?;
+        let ours = |conds: &[Condition]| {
+            conds
+                .iter()
+                .filter(|c| c.type_ != FOREIGN)
+                .all(|c| c.observed_generation == Some(generation))
+        };
+        (generation > first_generation
+            && ours(st.conditions.as_deref()?)
+            && st.listeners.as_ref()?.iter().all(|l| ours(&l.conditions)))
+        .then_some(gw)
+    })
+    .await;
+    let st = gw.status.unwrap();
+    let find = |conds: &[Condition]| conds.iter().find(|c| c.type_ == FOREIGN).cloned();
+    assert_eq!(
+        find(st.conditions.as_deref().unwrap()),
+        Some(foreign.clone()),
+        "Gateway condition kept as seeded"
+    );
+    let tcp = st
+        .listeners
+        .unwrap()
+        .into_iter()
+        .find(|l| l.name == "tcp")
+        .unwrap();
+    assert_eq!(
+        find(&tcp.conditions),
+        Some(foreign),
+        "listener condition kept as seeded"
+    );
+    assert_eq!(
+        cond(&tcp.conditions, "Accepted"),
+        Some(("True", "Accepted"))
+    );
+    Api::<GatewayClass>::all(client)
+        .delete(&class, &DeleteParams::default())
+        .await
+        .unwrap();
+}

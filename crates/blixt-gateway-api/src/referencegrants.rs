@@ -1,4 +1,4 @@
-// Generated from sigs.k8s.io/gateway-api@v1.6.1 config/crd/standard/gateway.networking.k8s.io_referencegrants.yaml (version v1)
+// Generated from sigs.k8s.io/gateway-api@v1.7.0 config/crd/standard/gateway.networking.k8s.io_referencegrants.yaml (version v1)
 // by hack/gen-gateway-api.sh: kopium 0.24.1 --api-version v1 --docs --schema=disabled --derive Default --derive PartialEq --smart-derive-elision
 // Do not edit by hand: change the script and regenerate.
 

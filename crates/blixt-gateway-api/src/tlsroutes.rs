@@ -1,4 +1,4 @@
-// Generated from sigs.k8s.io/gateway-api@v1.6.1 config/crd/standard/gateway.networking.k8s.io_tlsroutes.yaml (version v1)
+// Generated from sigs.k8s.io/gateway-api@v1.7.0 config/crd/standard/gateway.networking.k8s.io_tlsroutes.yaml (version v1)
 // by hack/gen-gateway-api.sh: kopium 0.24.1 --api-version v1 --docs --schema=disabled --derive Default --derive PartialEq --smart-derive-elision
 // Do not edit by hand: change the script and regenerate.
 
@@ -33,6 +33,25 @@ pub struct TlsRouteSpec {
     /// 1. IPs are not allowed in SNI hostnames per RFC 6066.
     /// 2. A hostname may be prefixed with a wildcard label (`*.`). The wildcard
     ///    label must appear by itself as the first label.
+    ///
+    ///
+    /// In the event that multiple TLSRoutes specify intersecting hostnames (e.g.
+    /// overlapping wildcard matching and exact matching hostnames), precedence must
+    /// be given to rules from the TLSRoute with the largest number of:
+    ///
+    /// * Characters in a matching non-wildcard hostname.
+    /// * Characters in a matching hostname.
+    ///
+    /// When multiple TLSRoutes attach to the same Listener and yield identical
+    /// Listener/Route intersected hostnames, implementations SHOULD evaluate
+    /// precedence using the original hostnames configured on the Route, not the
+    /// calculated Listener/Route hostname intersection.
+    ///
+    /// Resolving Route precedence using original Route hostname specificity is an
+    /// Extended feature. Implementations that support this behavior SHOULD claim
+    /// support for the `GatewayRouteHostnameIntersectionPrecedence` feature.
+    /// Implementations that do not support this feature MAY evaluate precedence
+    /// using the calculated Listener/Route hostname intersection.
     pub hostnames: Vec<String>,
     /// ParentRefs references the resources (usually Gateways) that a Route wants
     /// to be attached to. Note that the referenced parent resource needs to

@@ -200,6 +200,7 @@ items:
     supportedFeatures:
     - name: Gateway
     - name: GatewayAddressEmpty
+    - name: GatewayRouteHostnameIntersectionPrecedence
     - name: GatewayStaticAddresses
     - name: ReferenceGrant
     - name: TCPRoute

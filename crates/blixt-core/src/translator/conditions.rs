@@ -1,6 +1,6 @@
 //! Condition types, reasons and the merge rule that keeps `lastTransitionTime` stable.
 //!
-//! The strings are Gateway API's (`apis/v1/*_types.go` of v1.6.1); one reason string can serve
+//! The strings are Gateway API's (`apis/v1/*_types.go` of v1.7.0); one reason string can serve
 //! several condition types (e.g. `Accepted`), so reasons live in one flat namespace.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

@@ -24,10 +24,13 @@ pub const GATEWAY_EXISTS_FINALIZER: &str = "gateway-exists-finalizer.gateway.net
 
 /// Features Blixt claims in `GatewayClass.status.supportedFeatures` (Gateway API feature names,
 /// kept sorted). TLS listeners in Terminate mode are not supported, so neither is
-/// `TLSRouteModeTerminate`; HTTP and gRPC are out of scope for an L4 load balancer.
+/// `TLSRouteModeTerminate` (nor `TLSRouteModeMixed`); HTTP and gRPC are out of scope for an L4
+/// load balancer. `GatewayRouteHostnameIntersectionPrecedence`: TLSRoutes competing for one
+/// name are ranked by their own hostnames, not the listener/route intersection.
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "Gateway",
     "GatewayAddressEmpty",
+    "GatewayRouteHostnameIntersectionPrecedence",
     "GatewayStaticAddresses",
     "ReferenceGrant",
     "TCPRoute",

@@ -50,7 +50,7 @@ use self::backends::ResolvedRef;
 use self::conditions::{condition_type as ct, reason, stamp, Cond};
 use self::listeners::{ListenerEval, ListenerProtocol};
 use self::objects::{age_key, refs, Lookup, RouteKind, RouteView};
-use self::routes::{FullParentRef, ParentOutcome};
+use self::routes::{FullParentRef, ParentOutcome, SniHostname};
 
 pub use self::config::{
     IpNet, TranslatorConfig, ADDRESS_POOL_KIND, CONTROLLER_NAME, GATEWAY_EXISTS_FINALIZER,
@@ -663,7 +663,9 @@ fn gateway_programmed(g: &GatewayEval<'_>, config: &TranslatorConfig, used: &mut
 /// route entry of a listener is dropped when a more specific listener's hostname covers it,
 /// and every listener hostname gets an entry (rejecting, when no route provides one) so its
 /// names cannot fall through to a less specific listener. For one hostname on one listener,
-/// the oldest route wins.
+/// the route whose own hostname is the most specific wins (exact before wildcard, longer
+/// wildcard before shorter; not the listener/route intersection, which is the same for all of
+/// them), then the oldest.
 fn tls_frontend(
     g: &GatewayEval<'_>,
     gi: usize,
@@ -680,29 +682,35 @@ fn tls_frontend(
     let mut entries: Vec<SniRoute> = Vec::new();
     for &li in lis {
         let l = &g.listeners[li];
-        for &(r, hostnames) in routes_on(routes, gi, li) {
+        // (route, hostname) candidates, oldest route first; the stable sort ranks them by the
+        // route's own hostname, so among equally specific ones the oldest stays first.
+        let mut candidates: Vec<(&RouteEval<'_>, &SniHostname)> = routes_on(routes, gi, li)
+            .iter()
+            .flat_map(|&(r, hostnames)| hostnames.iter().map(move |h| (r, h)))
+            .collect();
+        candidates.sort_by(|(_, a), (_, b)| precedence(&a.own, &b.own));
+        for (r, h) in candidates {
             let Some(refs) = r.rules.first() else {
                 continue;
             };
-            for h in hostnames {
-                let stolen = lis.iter().any(|&m| {
-                    let hm = g.listeners[m].hostname.as_deref();
-                    m != li
-                        && more_specific(hm, l.hostname.as_deref())
-                        && hm.is_some_and(|hm| hostname::covers(hm, h))
-                });
-                if stolen || entries.iter().any(|e| e.hostname == *h) {
-                    continue;
-                }
-                let (backends, reject_weight) = backends::weigh(refs, vip.is_ipv4());
-                entries.push(SniRoute {
-                    hostname: h.clone(),
-                    listener: l.name.clone(),
-                    route: Some(r.view.key.to_string()),
-                    backends,
-                    reject_weight,
-                });
+            let h = &h.effective;
+            let stolen = lis.iter().any(|&m| {
+                let hm = g.listeners[m].hostname.as_deref();
+                m != li
+                    && more_specific(hm, l.hostname.as_deref())
+                    && hm.is_some_and(|hm| hostname::covers(hm, h))
+            });
+            if stolen || entries.iter().any(|e| e.hostname == *h) {
+                continue;
             }
+            let (backends, reject_weight) = backends::weigh(refs, vip.is_ipv4());
+            entries.push(SniRoute {
+                hostname: h.clone(),
+                listener: l.name.clone(),
+                route: Some(r.view.key.to_string()),
+                backends,
+                reject_weight,
+            });
         }
     }
     for &li in lis {
@@ -737,7 +745,7 @@ fn tls_frontend(
 
 /// The routes attached to each listener, keyed by (Gateway index, listener index), oldest
 /// first, with their hostnames there.
-type ByListener<'r, 'a> = BTreeMap<(usize, usize), Vec<(&'r RouteEval<'a>, &'r [String])>>;
+type ByListener<'r, 'a> = BTreeMap<(usize, usize), Vec<(&'r RouteEval<'a>, &'r [SniHostname])>>;
 
 /// Indexes the routes by listener once. (Scanning every route for each listener made the
 /// translation quadratic: 10,000 single-route listeners took 1.5 s.)
@@ -764,7 +772,7 @@ fn routes_on<'m, 'r, 'a>(
     by: &'m ByListener<'r, 'a>,
     gi: usize,
     li: usize,
-) -> &'m [(&'r RouteEval<'a>, &'r [String])] {
+) -> &'m [(&'r RouteEval<'a>, &'r [SniHostname])] {
     by.get(&(gi, li)).map_or(&[], Vec::as_slice)
 }
 

@@ -6,6 +6,7 @@ use super::conditions::{condition_type as ct, reason, Cond};
 use super::hostname;
 use super::listeners::ListenerEval;
 use super::objects::{Lookup, ParentRefView, RouteKind, RouteView};
+use crate::tls::precedence;
 
 /// Most backendRefs a rule may hold (Gateway API v1).
 pub(crate) const MAX_BACKEND_REFS: usize = 16;
@@ -45,7 +46,20 @@ impl FullParentRef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Attachment {
     pub listener: usize,
-    pub hostnames: Vec<String>,
+    /// One entry per distinct effective hostname, sorted by it.
+    pub hostnames: Vec<SniHostname>,
+}
+
+/// A hostname a TLSRoute serves on one listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SniHostname {
+    /// The listener/route intersection: the names this entry takes.
+    pub effective: String,
+    /// The route's own hostname that produced it (the most specific one, when several
+    /// intersect to the same name). Routes competing for one effective hostname are ranked by
+    /// this, not by the intersection (Gateway API v1.7 `TLSRouteSpec.hostnames`,
+    /// `GatewayRouteHostnameIntersectionPrecedence`).
+    pub own: String,
 }
 
 /// Verdict for one parentRef that names a Blixt Gateway.
@@ -191,13 +205,22 @@ pub(crate) fn attach(
     for i in allowed {
         let l = &listeners[i];
         let hostnames = if route.kind == RouteKind::Tls {
-            let mut hs: Vec<String> = route
+            let mut hs: Vec<SniHostname> = route
                 .hostnames
                 .iter()
-                .filter_map(|h| hostname::intersect(l.hostname.as_deref(), &h.to_ascii_lowercase()))
+                .filter_map(|h| {
+                    let own = h.to_ascii_lowercase();
+                    hostname::intersect(l.hostname.as_deref(), &own)
+                        .map(|effective| SniHostname { effective, own })
+                })
                 .collect();
-            hs.sort();
-            hs.dedup();
+            // Per effective hostname, the most specific own hostname first; keep that one.
+            hs.sort_by(|a, b| {
+                a.effective
+                    .cmp(&b.effective)
+                    .then_with(|| precedence(&a.own, &b.own))
+            });
+            hs.dedup_by(|later, first| later.effective == first.effective);
             if hs.is_empty() {
                 continue;
             }

@@ -482,3 +482,98 @@ fn udp_route_reference_grant_uses_the_udp_kind() {
         vec![be("10.1.0.53", 53, 1)]
     );
 }
+
+#[test]
+fn udp_echo_backend_and_invalid_udp_backend_refs() {
+    // v1.7.0 UDPRoute conformance, no longer provisional: udproute-simple (an echo-basic
+    // backend on UDP 8080 instead of CoreDNS on 53), udproute-invalid-backendref-nonexistent and
+    // udproute-invalid-cross-namespace-backend-ref, one Gateway each with a UDP listener on 5300.
+    let udp_gateway = |name: &str| {
+        gateway(
+            "infra",
+            name,
+            "  - {name: udp, protocol: UDP, port: 5300, allowedRoutes: {kinds: [{kind: UDPRoute}]}}",
+        )
+    };
+    let yaml = [
+        CLASS.to_string(),
+        udp_gateway("udp-gateway"),
+        udp_gateway("udp-gateway-invalid-backend"),
+        udp_gateway("udp-gateway-invalid-cross-namespace-backend-ref"),
+        service("infra", "udp-echo", 8080, "UDP", 8080, &["10.0.0.8"]),
+        service(
+            "app",
+            "udp-echo-no-reference-grant",
+            8080,
+            "UDP",
+            8080,
+            &["10.2.0.8"],
+        ),
+        route(
+            "UDPRoute",
+            "infra",
+            "udp-route",
+            "{name: udp-gateway, sectionName: udp}",
+            &["{name: udp-echo, port: 8080}"],
+        ),
+        route(
+            "UDPRoute",
+            "infra",
+            "udp-route-invalid-backend-ref-nonexistent",
+            "{name: udp-gateway-invalid-backend, sectionName: udp}",
+            &["{name: nonexistent-service, port: 8080}"],
+        ),
+        route(
+            "UDPRoute",
+            "infra",
+            "udp-route-invalid-cross-namespace-backend-ref",
+            "{name: udp-gateway-invalid-cross-namespace-backend-ref, sectionName: udp}",
+            &["{name: udp-echo-no-reference-grant, namespace: app, port: 8080}"],
+        ),
+    ]
+    .concat();
+    let t = run(&yaml);
+    for (r, resolved) in [
+        ("udp-route", RESOLVED_TRUE),
+        (
+            "udp-route-invalid-backend-ref-nonexistent",
+            ("ResolvedRefs", "False", "BackendNotFound"),
+        ),
+        (
+            "udp-route-invalid-cross-namespace-backend-ref",
+            ("ResolvedRefs", "False", "RefNotPermitted"),
+        ),
+    ] {
+        assert_eq!(
+            route_conds(&t, "UDPRoute", "infra", r),
+            expect(&[ACCEPTED_TRUE, resolved]),
+            "{r}"
+        );
+    }
+    let udp = |gw: &str| {
+        t.snapshot
+            .frontends
+            .iter()
+            .find(|f| f.name == format!("infra/{gw}/udp"))
+            .unwrap_or_else(|| panic!("no frontend for {gw}: {:?}", t.snapshot.frontends))
+    };
+    let echo = udp("udp-gateway");
+    assert_eq!(
+        (
+            echo.key.port,
+            echo.key.protocol,
+            &echo.backends,
+            echo.reject_weight
+        ),
+        (5300, Protocol::Udp, &vec![be("10.0.0.8", 8080, 1)], 0)
+    );
+    // Every flow of the invalid routes is dropped.
+    for gw in [
+        "udp-gateway-invalid-backend",
+        "udp-gateway-invalid-cross-namespace-backend-ref",
+    ] {
+        let f = udp(gw);
+        assert_eq!((f.backends.len(), f.reject_weight), (0, 1), "{gw}");
+        assert_eq!(attached(&t, "infra", gw, "udp"), 1, "{gw}");
+    }
+}

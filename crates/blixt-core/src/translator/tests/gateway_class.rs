@@ -54,6 +54,7 @@ fn default_supported_features() {
         [
             "Gateway",
             "GatewayAddressEmpty",
+            "GatewayRouteHostnameIntersectionPrecedence",
             "GatewayStaticAddresses",
             "ReferenceGrant",
             "TCPRoute",

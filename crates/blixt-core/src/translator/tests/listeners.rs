@@ -412,3 +412,62 @@ fn gateway_and_listener_transition_times_are_kept() {
         ]
     );
 }
+
+#[test]
+fn gateway_name_of_maximum_length_is_reconciled() {
+    // gateway-name-maximum-length (v1.7.0): a 253-character Gateway name gets conditions of
+    // the latest generation. The test's HTTP listener is refused; an L4 listener on a Gateway
+    // of that name (and a route naming it) works as any other.
+    let prefix = "gateway-name-maximum-length-";
+    let name = format!("{prefix}{}", "a".repeat(253 - prefix.len()));
+    assert_eq!(name.len(), 253);
+    let yaml = [
+        CLASS.to_string(),
+        gateway("infra", &name, "  - {name: http, protocol: HTTP, port: 80}"),
+        gateway("web", &name, "  - {name: tcp, protocol: TCP, port: 9000}"),
+        route(
+            "TCPRoute",
+            "web",
+            "r",
+            &format!("{{name: {name}}}"),
+            &["{name: svc, port: 80}"],
+        ),
+        service("web", "svc", 80, "TCP", 8080, &["10.0.0.1"]),
+    ]
+    .concat();
+    let t = run(&yaml);
+    for ns in ["infra", "web"] {
+        let s = &t.statuses.gateways[&ObjectKey::new(ns, &name)];
+        let listener_conds = s.listeners.iter().flatten().flat_map(|l| &l.conditions);
+        for c in s.conditions.iter().flatten().chain(listener_conds) {
+            assert_eq!(c.observed_generation, Some(3), "{ns}: {c:?}");
+        }
+    }
+    assert_eq!(
+        gateway_conds(&t, "infra", &name),
+        expect(&[
+            ("Accepted", "False", "ListenersNotValid"),
+            ("Programmed", "False", "Invalid")
+        ])
+    );
+    assert_eq!(
+        gateway_conds(&t, "web", &name),
+        expect(&[ACCEPTED_TRUE, PROGRAMMED_TRUE])
+    );
+    assert_eq!(
+        route_conds(&t, "TCPRoute", "web", "r"),
+        expect(&[ACCEPTED_TRUE, RESOLVED_TRUE])
+    );
+    assert_eq!(attached(&t, "web", &name, "tcp"), 1);
+    assert_eq!(
+        t.snapshot.frontends,
+        vec![fe(
+            &format!("web/{name}/tcp"),
+            "192.0.2.10",
+            9000,
+            Protocol::Tcp,
+            vec![be("10.0.0.1", 8080, 1)],
+            0
+        )]
+    );
+}

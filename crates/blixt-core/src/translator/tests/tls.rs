@@ -346,6 +346,190 @@ fn exact_beats_wildcard_across_routes_and_oldest_wins_a_tie() {
     );
 }
 
+/// A TLSRoute created at `created` (RFC 3339).
+fn tls_route_at(
+    name: &str,
+    parent: &str,
+    hostnames: &[&str],
+    backend: &str,
+    created: &str,
+) -> String {
+    tls_route(
+        "infra",
+        name,
+        parent,
+        hostnames,
+        &[&format!("{{name: {backend}, port: 443}}")],
+    )
+    .replace(
+        "generation: 2}",
+        &format!("generation: 2, creationTimestamp: \"{created}\"}}"),
+    )
+}
+
+#[test]
+fn same_intersection_goes_to_the_more_specific_route_hostname_not_the_oldest() {
+    // tlsroute-multiple-routes-attachment-same-hostname-intersection (v1.7.0): two routes
+    // whose hostnames intersect the listener's to the same name; the route with the more
+    // specific hostname of its own wins although it is newer.
+    let yaml = [
+        CLASS.to_string(),
+        gateway(
+            "infra",
+            "gw-tlsroute-exact-hostname-x",
+            &tls_listener("listener-exact-hostname", Some("abc.example.com")),
+        ),
+        gateway(
+            "infra",
+            "gw-tlsroute-wc-hostname-x",
+            &tls_listener("listener-wc-hostname", Some("*.example.com")),
+        ),
+        backends(),
+        // Exact listener: `*.example.com` (older) and `abc.example.com` (newer) both give
+        // `abc.example.com`; the exact route hostname wins.
+        tls_route_at(
+            "tlsroute-wc-hostname-x-older",
+            "{name: gw-tlsroute-exact-hostname-x, namespace: infra}",
+            &["*.example.com"],
+            "tls-backend",
+            "2024-01-01T00:00:00Z",
+        ),
+        tls_route_at(
+            "tlsroute-exact-hostname-x-newer",
+            "{name: gw-tlsroute-exact-hostname-x}",
+            &["abc.example.com"],
+            "tls-backend-2",
+            "2024-01-01T00:00:01Z",
+        ),
+        // Wildcard listener: `*.com` (older) and `*.example.com` (newer) both give
+        // `*.example.com`; the longer wildcard wins.
+        tls_route_at(
+            "tlsroute-less-specific-wc-hostname-x-older",
+            "{name: gw-tlsroute-wc-hostname-x, namespace: infra}",
+            &["*.com"],
+            "tls-backend",
+            "2024-01-01T00:00:00Z",
+        ),
+        tls_route_at(
+            "tlsroute-more-specific-wc-hostname-x-newer",
+            "{name: gw-tlsroute-wc-hostname-x}",
+            &["*.example.com"],
+            "tls-backend-2",
+            "2024-01-01T00:00:01Z",
+        ),
+    ]
+    .concat();
+    let t = run(&yaml);
+    for r in [
+        "tlsroute-wc-hostname-x-older",
+        "tlsroute-exact-hostname-x-newer",
+        "tlsroute-less-specific-wc-hostname-x-older",
+        "tlsroute-more-specific-wc-hostname-x-newer",
+    ] {
+        assert_eq!(
+            route_conds(&t, "TLSRoute", "infra", r),
+            expect(&[ACCEPTED_TRUE, RESOLVED_TRUE]),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        attached(
+            &t,
+            "infra",
+            "gw-tlsroute-exact-hostname-x",
+            "listener-exact-hostname"
+        ),
+        2
+    );
+    assert_eq!(
+        attached(
+            &t,
+            "infra",
+            "gw-tlsroute-wc-hostname-x",
+            "listener-wc-hostname"
+        ),
+        2
+    );
+    let by_name = |n: &str| {
+        t.tls
+            .iter()
+            .find(|f| f.name == n)
+            .unwrap_or_else(|| panic!("no TLS frontend {n}: {:?}", t.tls))
+    };
+    let exact = by_name("infra/gw-tlsroute-exact-hostname-x/listener-exact-hostname");
+    assert_eq!(
+        table(exact),
+        vec![row(
+            "abc.example.com",
+            Some("infra/tlsroute-exact-hostname-x-newer"),
+            &["10.0.0.2:8443"]
+        )]
+    );
+    let wild = by_name("infra/gw-tlsroute-wc-hostname-x/listener-wc-hostname");
+    assert_eq!(
+        table(wild),
+        vec![row(
+            "*.example.com",
+            Some("infra/tlsroute-more-specific-wc-hostname-x-newer"),
+            &["10.0.0.2:8443"]
+        )]
+    );
+    // The test's probe: SNI abc.example.com reaches tls-backend-2 on both Gateways.
+    for fe in [exact, wild] {
+        let got = fe
+            .lookup("abc.example.com")
+            .and_then(|r| r.backends.first())
+            .map(|b| b.addr.to_string());
+        assert_eq!(got.as_deref(), Some("10.0.0.2:8443"), "{}", fe.name);
+    }
+}
+
+#[test]
+fn own_hostname_rank_is_the_routes_best_and_age_breaks_ties() {
+    // A route with several hostnames giving one name competes with its most specific one;
+    // equally specific own hostnames fall back to the oldest route.
+    let yaml = [
+        CLASS.to_string(),
+        gateway("infra", "gw", &tls_listener("l", Some("abc.example.com"))),
+        backends(),
+        // Oldest, but only a wildcard of its own.
+        tls_route_at(
+            "a-wild",
+            "{name: gw}",
+            &["*.com"],
+            "tls-backend",
+            "2024-01-01T00:00:00Z",
+        ),
+        // `*.com` and `abc.example.com` both give `abc.example.com`: ranks as exact.
+        tls_route_at(
+            "b-both",
+            "{name: gw}",
+            &["*.com", "abc.example.com"],
+            "tls-backend-2",
+            "2024-01-01T00:00:01Z",
+        ),
+        // Also exact, but newer than b-both.
+        tls_route_at(
+            "c-exact-newer",
+            "{name: gw}",
+            &["abc.example.com"],
+            "tls-backend",
+            "2024-01-01T00:00:02Z",
+        ),
+    ]
+    .concat();
+    let t = run(&yaml);
+    assert_eq!(attached(&t, "infra", "gw", "l"), 3);
+    assert_eq!(
+        table(only_tls(&t)),
+        vec![row(
+            "abc.example.com",
+            Some("infra/b-both"),
+            &["10.0.0.2:8443"]
+        )]
+    );
+}
+
 #[test]
 fn listener_isolation_on_one_port() {
     // Names under `foo.example.com` belong to that listener even when it has no route for them.
