@@ -2,8 +2,9 @@
 # Builds the test control plane from the Go module proxy and caches it:
 #
 #   ${BLIXT_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/blixt/k8s}/<kubernetes version>/
-#     kube-apiserver  kube-controller-manager  etcd
+#     kube-apiserver  kube-controller-manager  kube-scheduler  etcd
 #     gateway-api-<version>/*.yaml      (Gateway API standard-channel CRDs)
+#     echo-basic                        (the conformance suite's backend, for pods that run)
 #     BUILD-INFO                        (what was built, from what, when)
 #
 # Idempotent: an artifact already in the cache is not built again, so only the first run pays.
@@ -32,7 +33,12 @@ if ! flock -n 9; then
     flock 9
 fi
 
-binaries=(kube-apiserver kube-controller-manager etcd)
+# The image the Gateway API conformance manifests run as backends
+# (registry.k8s.io/gateway-api/conformance/echo-basic:v0.1.0 in v1.7.0) is built from this
+# module; blixt-k8s-harness maps the image to the binary when pods really run.
+ECHO_BASIC_MODULE=sigs.k8s.io/gateway-api-conformance-images@v0.1.0
+
+binaries=(kube-apiserver kube-controller-manager kube-scheduler etcd)
 missing=()
 for b in "${binaries[@]}"; do
     [[ -x "$out/$b" ]] || missing+=("$b")
@@ -41,13 +47,21 @@ crds_present=false
 if [[ -f "$crd_dir/.complete" ]]; then
     crds_present=true
 fi
-if [[ ${#missing[@]} -eq 0 && $crds_present == true ]]; then
+# echo-basic.source names the module version the binary was built from; another version rebuilds.
+echo_present=false
+if [[ -x "$out/echo-basic" && "$(cat "$out/echo-basic.source" 2>/dev/null)" == "$ECHO_BASIC_MODULE" ]]; then
+    echo_present=true
+fi
+if [[ ${#missing[@]} -eq 0 && $crds_present == true && $echo_present == true ]]; then
     log "cached: $out (kubernetes $KUBERNETES_VERSION, gateway-api $GATEWAY_API_VERSION)"
     exit 0
 fi
 
 cd "$here"
 export GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false"
+# echo-basic's module may name a newer Go than the local one: unless told otherwise, let go
+# fetch that toolchain (the module proxy serves it) for that build only.
+echo_toolchain="${GOTOOLCHAIN:-auto}"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
 mod_version() { go list -m -f '{{.Version}}' "$1"; }
@@ -59,7 +73,7 @@ pinned="$(mod_version k8s.io/kubernetes)"
 etcd_version="$(mod_version go.etcd.io/etcd/server/v3)"
 
 if [[ ${#missing[@]} -gt 0 ]]; then
-    # go build downloads only the modules the three binaries need (a `go mod download` would
+    # go build downloads only the modules the binaries need (a `go mod download` would
     # fetch the whole graph, test-only modules included).
     log "building from kubernetes $KUBERNETES_VERSION and etcd $etcd_version (modules download on first use)"
 
@@ -110,10 +124,26 @@ if [[ $crds_present != true ]]; then
     log "installed $(find "$crd_dir" -name '*.yaml' | wc -l) manifests into $crd_dir"
 fi
 
+if [[ $echo_present != true ]]; then
+    log "building echo-basic from $ECHO_BASIC_MODULE"
+    # Built inside the downloaded module with its own go.mod/go.sum: `go install module@version`
+    # would also ask the proxy for the module's version list, which it does not serve.
+    echo_dir="$(GOTOOLCHAIN="$echo_toolchain" go mod download -json "$ECHO_BASIC_MODULE" |
+        sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+    [[ -d "$echo_dir/echo-basic" ]] || die "no echo-basic package in $ECHO_BASIC_MODULE ($echo_dir)"
+    start=$SECONDS
+    (cd "$echo_dir" && GOTOOLCHAIN="$echo_toolchain" CGO_ENABLED=0 \
+        go build -trimpath -ldflags "-s -w" -o "$out/.echo-basic.tmp" ./echo-basic)
+    mv -f "$out/.echo-basic.tmp" "$out/echo-basic"
+    echo "$ECHO_BASIC_MODULE" >"$out/echo-basic.source"
+    log "built echo-basic in $((SECONDS - start))s"
+fi
+
 {
     echo "kubernetes $KUBERNETES_VERSION"
     echo "etcd $(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)"
     echo "gateway-api $GATEWAY_API_VERSION"
+    echo "echo-basic $ECHO_BASIC_MODULE"
     echo "go $(go env GOVERSION)"
     echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 } >"$out/BUILD-INFO"

@@ -35,23 +35,39 @@ pub(crate) struct Artifacts {
     pub(crate) etcd: PathBuf,
     pub(crate) kube_apiserver: PathBuf,
     pub(crate) kube_controller_manager: PathBuf,
+    /// Only needed when pods really run (checked by [`Artifacts::kube_scheduler`]).
+    kube_scheduler: PathBuf,
     pub(crate) gateway_api_crds: PathBuf,
 }
 
+/// The conformance suite's echo-basic backend built by build.sh.
+pub(crate) fn echo_basic() -> Result<PathBuf> {
+    let path = cache_dir()?.join("echo-basic");
+    if !path.is_file() {
+        bail!("{} is missing: {BUILD_HINT}", path.display());
+    }
+    Ok(path)
+}
+
+/// `$BLIXT_K8S_CACHE`, else `$XDG_CACHE_HOME/blixt/k8s`, else `$HOME/.cache/blixt/k8s`, then
+/// the Kubernetes version: where build.sh puts everything.
+fn cache_dir() -> Result<PathBuf> {
+    let root = if let Some(dir) = std::env::var_os("BLIXT_K8S_CACHE") {
+        PathBuf::from(dir)
+    } else if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        PathBuf::from(dir).join("blixt/k8s")
+    } else if let Some(home) = std::env::var_os("HOME") {
+        PathBuf::from(home).join(".cache/blixt/k8s")
+    } else {
+        bail!("cannot find the k8s test binaries: neither BLIXT_K8S_CACHE, XDG_CACHE_HOME nor HOME is set; {BUILD_HINT}")
+    };
+    Ok(root.join(kubernetes_version()))
+}
+
 impl Artifacts {
-    /// Finds the cache directory the way build.sh computes it: `$BLIXT_K8S_CACHE`, else
-    /// `$XDG_CACHE_HOME/blixt/k8s`, else `$HOME/.cache/blixt/k8s`, then the Kubernetes version.
+    /// Finds the cache directory the way build.sh computes it (see `cache_dir`).
     pub(crate) fn locate() -> Result<Self> {
-        let root = if let Some(dir) = std::env::var_os("BLIXT_K8S_CACHE") {
-            PathBuf::from(dir)
-        } else if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-            PathBuf::from(dir).join("blixt/k8s")
-        } else if let Some(home) = std::env::var_os("HOME") {
-            PathBuf::from(home).join(".cache/blixt/k8s")
-        } else {
-            bail!("cannot find the k8s test binaries: neither BLIXT_K8S_CACHE, XDG_CACHE_HOME nor HOME is set; {BUILD_HINT}")
-        };
-        Self::in_dir(&root.join(kubernetes_version()))
+        Self::in_dir(&cache_dir()?)
     }
 
     fn in_dir(dir: &Path) -> Result<Self> {
@@ -59,6 +75,7 @@ impl Artifacts {
             etcd: dir.join("etcd"),
             kube_apiserver: dir.join("kube-apiserver"),
             kube_controller_manager: dir.join("kube-controller-manager"),
+            kube_scheduler: dir.join("kube-scheduler"),
             gateway_api_crds: dir.join(format!("gateway-api-{}", gateway_api_version())),
         };
         for binary in [
@@ -78,6 +95,14 @@ impl Artifacts {
             );
         }
         Ok(artifacts)
+    }
+
+    /// kube-scheduler, which only clusters whose pods run need.
+    pub(crate) fn kube_scheduler(&self) -> Result<&Path> {
+        if !self.kube_scheduler.is_file() {
+            bail!("{} is missing: {BUILD_HINT}", self.kube_scheduler.display());
+        }
+        Ok(&self.kube_scheduler)
     }
 
     /// The Gateway API manifests, sorted so installation order is stable.

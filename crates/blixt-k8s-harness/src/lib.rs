@@ -1,7 +1,8 @@
 //! A real Kubernetes control plane for tests: etcd, kube-apiserver and kube-controller-manager
 //! built from source by `tests/k8s/build.sh`, with the Gateway API standard-channel CRDs
-//! installed. There is no kubelet and no scheduler: Pods are API objects whose status tests set
-//! themselves (see [`mark_pod_ready`]), which is all the EndpointSlice controller needs.
+//! installed. By default (and in [`shared`]) there is no kubelet and no scheduler: Pods are API
+//! objects whose status tests set themselves (see [`mark_pod_ready`]), which is all the
+//! EndpointSlice controller needs.
 //!
 //! ```no_run
 //! # async fn example() {
@@ -12,9 +13,45 @@
 //! # }
 //! ```
 //!
+//! # Pods that really run (opt-in, root)
+//!
+//! [`ClusterOptions::running_pods`] starts a cluster of its own with kube-scheduler, the
+//! workload controllers, and a [`NodeAgent`] that runs the Pods bound to its Node as processes,
+//! each in a network namespace of its own with IPv4 and IPv6 addresses the test process reaches
+//! directly (the root namespace routes the pod CIDRs through a veth to a "node" namespace).
+//! Images map to programs of this machine through an [`ImageTable`].
+//!
+//! ```no_run
+//! # fn example() -> anyhow::Result<()> {
+//! use blixt_k8s_harness::{Cluster, ClusterOptions, ImageTable, Program};
+//! let images = ImageTable::new()
+//!     .echo_basic()? // registry.k8s.io/gateway-api/conformance/echo-basic:* and older names
+//!     .map("busybox", Program::host_commands());
+//! let cluster = Cluster::try_start_with(ClusterOptions::default().running_pods(images))?;
+//! let agent = cluster.node_agent().expect("running pods");
+//! println!("pods of {} get {:?}", agent.node_name(), agent.pod_cidrs());
+//! # Ok(()) }
+//! ```
+//!
+//! What the node agent emulates: the Node (capacity, pod CIDRs, addresses, Ready kept fresh with
+//! a Lease), a pod sandbox (a network namespace on a bridge, or the node namespace for
+//! `hostNetwork`), environment variables (values, downward-API `fieldRef`s, Secret and ConfigMap
+//! keys, `envFrom`, `$(VAR)` expansion), volumes (Secret, ConfigMap, downwardAPI, projected with
+//! service-account tokens, emptyDir, hostPath) bind-mounted in a private mount namespace,
+//! `command`/`args`, init containers, restarts per `restartPolicy`, readiness, liveness and
+//! startup probes (TCP, HTTP, exec), the pod status a kubelet writes, graceful deletion. What it
+//! does not: images and container isolation (no pulls or root file systems, no cgroups or
+//! resource limits, no user namespaces, seccomp or capabilities: processes run as root unless
+//! `runAsUser` says otherwise), Service networking (no kube-proxy: ClusterIPs do not route) and
+//! DNS, the kubelet API (no exec, logs or port-forward: see [`NodeAgent::pod_log`]), hostPorts,
+//! volume updates after start, the node-lifecycle controller. `tests/k8s/README.md` has the
+//! details. Pods made by hand with [`test_pod`] and [`mark_pod_ready`] belong on API-only Nodes
+//! ([`create_node`]) there: on the agent's Node they would be run (and their status rewritten).
+//!
 //! Layout of a running cluster (a temporary directory on tmpfs, `/dev/shm` by default):
 //! `etcd/` (data), `pki/` (CA, serving and client certificates, service-account keys),
-//! `logs/<component>.log`, and `kubeconfig` (admin, for child processes).
+//! `logs/<component>.log`, `kubeconfig` (admin, for child processes), and with running pods
+//! `pods/<namespace>_<pod>_<uid>/` (`volumes/`, `logs/<container>.log`, overlay layers).
 //!
 //! Environment: `BLIXT_K8S_CACHE` (where build.sh put the binaries), `BLIXT_K8S_TMPDIR`
 //! (instead of `/dev/shm`), `BLIXT_K8S_KEEP=1` (keep the directory and temporary namespaces
@@ -22,11 +59,24 @@
 
 #![deny(unsafe_code)]
 
+mod agent;
 mod artifacts;
+mod env;
+mod images;
 mod manifests;
+mod network;
+mod node;
 mod pki;
+mod pods;
+mod probes;
 #[allow(unsafe_code)] // pre_exec with prctl(PR_SET_PDEATHSIG), atexit
 mod process;
+#[allow(
+    unsafe_code,
+    reason = "setns, unshare and mount between fork and exec; kill; flock"
+)]
+mod sys;
+mod volumes;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -40,12 +90,16 @@ use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 
+pub use agent::NodeAgent;
 pub use artifacts::{gateway_api_version, kubernetes_version};
+pub use images::{ImageTable, Program, ECHO_BASIC_IMAGES};
 pub use manifests::{apply, parse_documents, FIELD_MANAGER};
 use process::Component;
 
 /// The Service CIDR; the `kubernetes` Service gets its first address.
 const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// With running pods the Service range is dual-stack, as the pods are.
+const SERVICE_CIDRS_DUAL: &str = "10.96.0.0/12,fd00:10:96::/112";
 const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// Controllers that matter without nodes. serviceaccount-controller creates each namespace's
@@ -53,9 +107,15 @@ const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const CONTROLLERS: &str = "endpointslice-controller,garbage-collector-controller,\
 namespace-controller,serviceaccount-controller,serviceaccount-token-controller,\
 root-ca-certificate-publisher-controller";
+/// Added when pods run: the controllers that make Pods out of workloads and clean them up.
+const WORKLOAD_CONTROLLERS: &str = "deployment-controller,replicaset-controller,\
+daemonset-controller,statefulset-controller,job-controller,pod-garbage-collector-controller,\
+disruption-controller";
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// The Node created at start (see [`Cluster::node_name`]).
 const NODE_NAME: &str = "blixt-test-node";
+/// The node agent's Node when pods run.
+const AGENT_NODE_NAME: &str = "blixt-node";
 const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 
 /// A running control plane. Dropping it kills the processes and deletes its directory; the
@@ -63,6 +123,8 @@ const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 #[derive(Debug)]
 pub struct Cluster {
     // Stopped in this order by `shutdown`.
+    agent: Option<NodeAgent>,
+    scheduler: Option<Component>,
     controller_manager: Component,
     apiserver: Component,
     etcd: Component,
@@ -73,6 +135,25 @@ pub struct Cluster {
     admin: kube::Config,
     ca_pem: String,
     crds: Vec<String>,
+    node_name: String,
+}
+
+/// How to start a [`Cluster`]. The default is what [`shared`] runs: no scheduler, no kubelet,
+/// Pods are API objects only.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    running_pods: Option<ImageTable>,
+}
+
+impl ClusterOptions {
+    /// Pods really run: kube-scheduler, the workload controllers (Deployment, ReplicaSet,
+    /// DaemonSet, StatefulSet, Job, PodDisruptionBudget, pod garbage collection), a dual-stack
+    /// Service range, and a [`NodeAgent`] whose Node (`blixt-node`) replaces the API-only one.
+    /// Containers run the programs `images` maps their images to. Needs root.
+    pub fn running_pods(mut self, images: ImageTable) -> Self {
+        self.running_pods = Some(images);
+        self
+    }
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, and returns that value; panics with
@@ -139,9 +220,20 @@ impl Cluster {
     /// Starts a cluster of its own. Works inside or outside a Tokio runtime: the start runs on
     /// a thread of its own.
     pub fn try_start() -> Result<Self> {
+        Self::try_start_with(ClusterOptions::default())
+    }
+
+    /// Starts a cluster of its own as `options` say. Panics with the reason.
+    pub fn start_with(options: ClusterOptions) -> Self {
+        Self::try_start_with(options)
+            .unwrap_or_else(|e| panic!("starting the test control plane: {e:#}"))
+    }
+
+    /// Starts a cluster of its own as `options` say. Works inside or outside a Tokio runtime.
+    pub fn try_start_with(options: ClusterOptions) -> Result<Self> {
         std::thread::Builder::new()
             .name("k8s-harness-start".into())
-            .spawn(start_blocking)
+            .spawn(move || start_blocking(&options))
             .context("spawning the start thread")?
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -238,9 +330,14 @@ impl Cluster {
 
     /// A Node object created at start, for Pods' `spec.nodeName`. Nothing runs on it, but the
     /// EndpointSlice controller skips Pods whose Node does not exist. More nodes:
-    /// [`create_node`].
+    /// [`create_node`]. With running pods, the node agent's Node.
     pub fn node_name(&self) -> &str {
-        NODE_NAME
+        &self.node_name
+    }
+
+    /// The node agent, when the cluster was started with [`ClusterOptions::running_pods`].
+    pub fn node_agent(&self) -> Option<&NodeAgent> {
+        self.agent.as_ref()
     }
 
     /// `https://127.0.0.1:<port>`.
@@ -258,7 +355,8 @@ impl Cluster {
         &self.crds
     }
 
-    /// The directory holding `etcd.log`, `kube-apiserver.log` and `kube-controller-manager.log`.
+    /// The directory holding `etcd.log`, `kube-apiserver.log`, `kube-controller-manager.log`
+    /// (and `kube-scheduler.log`).
     pub fn log_dir(&self) -> PathBuf {
         self.path.join("logs")
     }
@@ -300,6 +398,12 @@ impl Cluster {
     /// Stops every process and removes the directory (or keeps it with `BLIXT_K8S_KEEP`, and
     /// keeps the logs if the calling thread is panicking). Idempotent; called by `Drop`.
     fn shutdown(&self) {
+        if let Some(agent) = &self.agent {
+            agent.stop();
+        }
+        if let Some(scheduler) = &self.scheduler {
+            scheduler.stop();
+        }
         self.controller_manager.stop();
         self.apiserver.stop();
         self.etcd.stop();
@@ -476,7 +580,7 @@ fn service_account_identity(namespace: &str, name: &str) -> (String, Vec<String>
     )
 }
 
-fn keep_requested() -> bool {
+pub(crate) fn keep_requested() -> bool {
     std::env::var_os("BLIXT_K8S_KEEP").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
@@ -552,13 +656,20 @@ pub fn check_artifacts() -> Result<()> {
     artifacts::Artifacts::locate().map(|_| ())
 }
 
-fn start_blocking() -> Result<Cluster> {
+fn start_blocking(options: &ClusterOptions) -> Result<Cluster> {
     let base = tmp_base();
     sweep_stale_dirs(&base);
     let artifacts = artifacts::Artifacts::locate()?;
+    if options.running_pods.is_some() {
+        artifacts.kube_scheduler()?;
+        anyhow::ensure!(
+            blixt_lab::is_root(),
+            "a cluster whose pods run needs root: its node agent creates network namespaces, veths and mounts"
+        );
+    }
     let mut attempt = 1;
     loop {
-        match start_once(&artifacts, &base) {
+        match start_once(&artifacts, &base, options) {
             Ok(cluster) => return Ok(cluster),
             // The ports were free when picked; another process may have taken one since.
             Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
@@ -570,7 +681,11 @@ fn start_blocking() -> Result<Cluster> {
     }
 }
 
-fn start_once(artifacts: &artifacts::Artifacts, base: &Path) -> Result<Cluster> {
+fn start_once(
+    artifacts: &artifacts::Artifacts,
+    base: &Path,
+    options: &ClusterOptions,
+) -> Result<Cluster> {
     let started = Instant::now();
     let dir = tempfile::Builder::new()
         .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
@@ -579,7 +694,7 @@ fn start_once(artifacts: &artifacts::Artifacts, base: &Path) -> Result<Cluster> 
     let path = dir.path().to_owned();
     let logs = path.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let result = start_components(artifacts, dir, &path, &logs);
+    let result = start_components(artifacts, dir, &path, &logs, options);
     match &result {
         Ok(_) => {
             tracing::info!(elapsed = ?started.elapsed(), dir = %path.display(), "test cluster up")
@@ -598,7 +713,9 @@ fn start_components(
     dir: tempfile::TempDir,
     path: &Path,
     logs: &Path,
+    options: &ClusterOptions,
 ) -> Result<Cluster> {
+    let running_pods = options.running_pods.is_some();
     let pki = pki::Pki::generate(&path.join("pki"), SERVICE_IP)?;
     let [etcd_client, etcd_peer, api_port] = free_ports::<3>()?;
     let arg = |k: &str, v: &dyn std::fmt::Display| format!("--{k}={v}");
@@ -643,7 +760,14 @@ fn start_components(
                 "service-account-signing-key-file",
                 &show(&pki.sa_private_key),
             ),
-            arg("service-cluster-ip-range", &SERVICE_CIDR),
+            arg(
+                "service-cluster-ip-range",
+                &if running_pods {
+                    SERVICE_CIDRS_DUAL
+                } else {
+                    SERVICE_CIDR
+                },
+            ),
             // Endpoints may not hold loopback addresses, so the reconciler of the `kubernetes`
             // Service's endpoints could only log errors.
             arg("endpoint-reconciler-type", &"none"),
@@ -696,18 +820,35 @@ fn start_components(
         let crds = manifests::install_crds(&client, &artifacts.crd_manifests()?, START_TIMEOUT)
             .await
             .context("installing the Gateway API CRDs")?;
-        create_node(&client, NODE_NAME, Ipv4Addr::LOCALHOST)
-            .await
-            .with_context(|| format!("creating Node {NODE_NAME}"))?;
+        if !running_pods {
+            create_node(&client, NODE_NAME, Ipv4Addr::LOCALHOST)
+                .await
+                .with_context(|| format!("creating Node {NODE_NAME}"))?;
+        }
         anyhow::Ok((admin, crds))
     })?;
+    // Before the controllers, so the Node exists when the first Pods are scheduled.
+    let agent = match &options.running_pods {
+        Some(images) => Some(NodeAgent::start(
+            admin.clone(),
+            AGENT_NODE_NAME,
+            images.clone(),
+            path.join("pods"),
+        )?),
+        None => None,
+    };
+    let controllers = if running_pods {
+        format!("{CONTROLLERS},{WORKLOAD_CONTROLLERS}")
+    } else {
+        CONTROLLERS.to_owned()
+    };
 
     let controller_manager = Component::start(
         "kube-controller-manager",
         &artifacts.kube_controller_manager,
         &[
             arg("kubeconfig", &show(&kcm_kubeconfig)),
-            arg("controllers", &CONTROLLERS),
+            arg("controllers", &controllers),
             arg("use-service-account-credentials", &"true"),
             arg(
                 "service-account-private-key-file",
@@ -733,7 +874,36 @@ fn start_components(
         .await
     })?;
 
+    let scheduler = if running_pods {
+        let scheduler_kubeconfig = path.join("scheduler.kubeconfig");
+        write_kubeconfig(
+            &scheduler_kubeconfig,
+            &server_url,
+            &pki.ca_cert,
+            &pki.scheduler.cert,
+            &pki.scheduler.key,
+            None,
+        )?;
+        let scheduler = Component::start(
+            "kube-scheduler",
+            artifacts.kube_scheduler()?,
+            &[
+                arg("kubeconfig", &show(&scheduler_kubeconfig)),
+                arg("leader-elect", &"false"),
+                arg("secure-port", &0),
+            ],
+            logs,
+        )?;
+        std::thread::sleep(Duration::from_millis(200));
+        scheduler.check_running()?;
+        Some(scheduler)
+    } else {
+        None
+    };
+
     Ok(Cluster {
+        agent,
+        scheduler,
         controller_manager,
         apiserver,
         etcd,
@@ -744,6 +914,12 @@ fn start_components(
         admin,
         ca_pem: pki.ca_pem,
         crds,
+        node_name: if running_pods {
+            AGENT_NODE_NAME
+        } else {
+            NODE_NAME
+        }
+        .to_owned(),
     })
 }
 

@@ -1,5 +1,5 @@
 //! The cluster's throwaway PKI, generated at every start: one CA, the API server's serving
-//! certificate, client certificates for the admin user and the controller manager, and the
+//! certificate, client certificates for the admin user, the controller manager and the scheduler, and the
 //! service-account signing key pair. ECDSA P-256 everywhere (fast to generate; the API server
 //! accepts ES256 service-account keys).
 
@@ -21,6 +21,7 @@ pub(crate) struct Pki {
     pub(crate) serving_key: PathBuf,
     pub(crate) admin: ClientCert,
     pub(crate) controller_manager: ClientCert,
+    pub(crate) scheduler: ClientCert,
     pub(crate) sa_private_key: PathBuf,
     pub(crate) sa_public_key: PathBuf,
 }
@@ -135,6 +136,14 @@ impl Pki {
             ExtendedKeyUsagePurpose::ClientAuth,
         )?;
 
+        // Bound to system:kube-scheduler (and system:volume-scheduler) by the bootstrap policy.
+        let scheduler = leaf(
+            "scheduler",
+            name("system:kube-scheduler", None),
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+
         let sa_key = KeyPair::generate().context("generating the service-account key")?;
         Ok(Self {
             ca_cert: write(dir, "ca.crt", &ca_pem)?,
@@ -143,6 +152,7 @@ impl Pki {
             serving_key: serving.key,
             admin,
             controller_manager,
+            scheduler,
             sa_private_key: write(dir, "sa.key", &sa_key.serialize_pem())?,
             sa_public_key: write(dir, "sa.pub", &sa_key.public_key_pem())?,
         })

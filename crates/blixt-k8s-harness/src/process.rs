@@ -36,7 +36,7 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
     })
 }
 
-fn spawn_tied_to_process(mut command: Command) -> std::io::Result<Child> {
+pub(crate) fn spawn_tied_to_process(mut command: Command) -> std::io::Result<Child> {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions
     // (prctl, getppid) and builds an io::Error without allocating.
