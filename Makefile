@@ -9,7 +9,7 @@ APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool
 # as the HTTP load generator
 APT_PACKAGES += nftables iptables conntrack haproxy wrk
 
-.PHONY: demo test deps k8s-bins deploy-tools build lint unit fixtures lab bench clean help
+.PHONY: demo test deps k8s-bins deploy-tools build lint unit fixtures lab bench conformance clean help
 
 help:
 	@echo "make demo   - build and run the demo lab (root)"
@@ -56,6 +56,12 @@ lab: deps
 
 bench: deps k8s-bins
 	@QUICK=$(QUICK) bash bench/run.sh
+
+## conformance: the upstream Gateway API conformance suite (v1.7.0; GATEWAY-TCP, -UDP, -TLS) against
+## the cluster of KUBECONFIG, which must run Blixt and real pods; report and summary in
+## target/conformance/. CONFORMANCE_ARGS go to the runner. See docs/conformance.md.
+conformance:
+	@bash hack/conformance.sh $(CONFORMANCE_ARGS)
 
 clean:
 	$(CARGO) clean
