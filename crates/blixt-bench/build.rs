@@ -12,7 +12,13 @@ fn main() {
     println!("cargo:rerun-if-changed=../blixt-bpf/bpf");
     println!("cargo:rerun-if-env-changed=BLIXT_CLANG");
     let multiarch = format!("/usr/include/{}-linux-gnu", env::consts::ARCH);
-    for prog in ["bench_empty", "bench_floor", "bench_wrap", "bench_maps"] {
+    for prog in [
+        "bench_empty",
+        "bench_floor",
+        "bench_wrap",
+        "bench_maps",
+        "bench_gen_loop",
+    ] {
         let src = dir.join(format!("{prog}.bpf.c"));
         let obj = out.join(format!("{prog}.o"));
         let status = Command::new(&clang)

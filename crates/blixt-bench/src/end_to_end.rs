@@ -1,6 +1,6 @@
 //! Suite 3, end to end (issue 6): the namespace lab with real clients and servers, and only
 //! the load-balancer node's mechanism changing between Blixt, kube-proxy's iptables and
-//! nftables modes and HAProxy in TCP mode.
+//! nftables modes and HAProxy in TCP mode; Blixt twice, at XDP and in TC mode.
 //!
 //! Reusable pieces (suite 6 uses them too):
 //! - [`backend_http`]: the backends' HTTP/1.1 server and byte sink;
@@ -385,7 +385,7 @@ fn findings(rounds: &[Round]) -> Vec<String> {
     out
 }
 
-const PEERS: [&str; 3] = ["iptables", "nftables", "haproxy"];
+const PEERS: [&str; 4] = ["blixt_tc", "iptables", "nftables", "haproxy"];
 
 fn sys_label(id: &str) -> &'static str {
     System::ALL
@@ -441,9 +441,10 @@ fn metric_table(w: &mut String, m: &Metric, decimals: usize) {
     let _ = writeln!(w);
 }
 
-fn colors() -> [(&'static str, plotters::style::RGBColor); 4] {
+fn colors() -> [(&'static str, plotters::style::RGBColor); 5] {
     [
         (BLIXT, plot::BLUE),
+        ("blixt_tc", plot::RED),
         ("iptables", plot::GREY),
         ("nftables", plot::GREEN),
         ("haproxy", plot::ORANGE),
@@ -579,7 +580,8 @@ fn profile_table(w: &mut String, r: &Results) {
          system; share of the non-idle CPU samples of the whole machine; a sample counts for \
          the load balancer when its stack holds Blixt's XDP program or a netfilter function, or \
          it is HAProxy's):\n\n\
-         | bucket | Blixt | iptables | nftables | HAProxy |\n|---|---:|---:|---:|---:|"
+         | bucket | Blixt | Blixt (TC) | iptables | nftables | HAProxy |\n\
+         |---|---:|---:|---:|---:|---:|"
     );
     for (what, m) in &ms {
         let cell = |id: &str| {
@@ -588,8 +590,9 @@ fn profile_table(w: &mut String, r: &Results) {
         };
         let _ = writeln!(
             w,
-            "| {what} | {} | {} | {} | {} |",
+            "| {what} | {} | {} | {} | {} | {} |",
             cell(BLIXT),
+            cell("blixt_tc"),
             cell("iptables"),
             cell("nftables"),
             cell("haproxy")
@@ -598,14 +601,15 @@ fn profile_table(w: &mut String, r: &Results) {
     let lb = |id: &str| lb_share(r, id).map_or(0.0, |(program, machinery)| program + machinery);
     let _ = writeln!(
         w,
-        "\nThe load balancer's own share of the machine's busy time: Blixt {:.1}%, iptables \
-         {:.1}%, nftables {:.1}%, HAProxy {:.1}%. The rest — wrk opening and closing \
+        "\nThe load balancer's own share of the machine's busy time: Blixt {:.1}% (in TC mode \
+         {:.1}%), iptables {:.1}%, nftables {:.1}%, HAProxy {:.1}%. The rest — wrk opening and closing \
          connections and the backends' TCP stacks and servers — is the same work whatever the \
          lb runs, so on this 2-core machine that shares its CPUs between client, lb and \
          backends, the connection rate can only move by about the load balancer's share: a \
          system that costs nothing could at most turn the lb's share into more connections \
          for the others.\n",
         lb(BLIXT) * 100.0,
+        lb("blixt_tc") * 100.0,
         lb("iptables") * 100.0,
         lb("nftables") * 100.0,
         lb("haproxy") * 100.0,
@@ -656,6 +660,52 @@ fn profile_table(w: &mut String, r: &Results) {
             },
         );
     }
+}
+
+/// TC mode against XDP mode, from this run's medians: what each costs and achieves end to end.
+fn tc_paragraph(w: &mut String, r: &Results) {
+    let pair = |name: &str| -> Option<(f64, f64)> {
+        let m = r.metric(name)?;
+        Some((m.median, m.system("blixt_tc")?.median))
+    };
+    let mut parts = Vec::new();
+    for (name, what, decimals) in [
+        ("e2e.short.conn_per_s", "short connections/s", 0),
+        ("e2e.keepalive.req_per_s", "keep-alive requests/s", 0),
+        ("e2e.udp.rr_per_s", "UDP requests/s", 0),
+        ("e2e.bulk.gbit_per_s", "bulk Gbit/s", 2),
+        (
+            "e2e.short.cpu_s_per_10k.total",
+            "CPU s per 10k short connections",
+            2,
+        ),
+    ] {
+        if let Some((xdp, tc)) = pair(name) {
+            parts.push(format!(
+                "{what} {} in TC mode against {} at XDP ({:.2}x)",
+                fmt_value(tc, decimals),
+                fmt_value(xdp, decimals),
+                tc / xdp
+            ));
+        }
+    }
+    if parts.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "**TC mode against XDP mode** (the same dataplane, `attach: tc`; medians): {}.{}\n",
+        parts.join("; "),
+        match (lb_share(r, BLIXT), lb_share(r, "blixt_tc")) {
+            (Some((xp, _)), Some((tp, _))) => format!(
+                " In the profiled runs Blixt's own program took {:.1}% of the machine's busy \
+                 samples at XDP and {:.1}% in TC mode.",
+                xp * 100.0,
+                tp * 100.0
+            ),
+            _ => String::new(),
+        }
+    );
 }
 
 /// System `id`'s load-balancer share of the profiled run's busy samples: (its own program or
@@ -756,6 +806,8 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
         "- **Blixt**: the agent's own loop (the code `blixt run` runs), XDP attached natively \
          on every lb veth, full-NAT (source rewritten to the lb's address), conntrack swept \
          every 10 s.\n\
+         - **Blixt, TC mode**: the same with `attach: tc` (`blixt agent --attach tc`): \
+         `blixt_lb_tc` at TC ingress (tcx) of every lb veth, no XDP on the lb.\n\
          - **kube-proxy iptables mode**: the rules kube-proxy writes for a ClusterIP service — \
          `KUBE-SERVICES` → `KUBE-SVC` with `statistic --mode random --probability` → \
          `KUBE-SEP` DNAT, mark-and-`MASQUERADE --random-fully` so replies return through the lb, \
@@ -799,8 +851,9 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
          client's own address (the lb NATed); the system's own counters (Blixt's per-backend \
          new flows, the DNAT rules' packet counters, HAProxy's per-server sessions) saw every \
          connection the client completed; XDP is attached on all lb veths for Blixt and on none \
-         for the others; the lb kernel's `Ip: ForwDatagrams` grew for iptables/nftables and \
-         stayed flat for Blixt (XDP redirects bypass the stack) and HAProxy (local sockets). \
+         for the others, Blixt in TC mode reporting TC on every lb veth; the lb kernel's \
+         `Ip: ForwDatagrams` grew for iptables/nftables and stayed flat for Blixt (XDP and TC \
+         redirects bypass the stack's forwarding) and HAProxy (local sockets). \
          A round that fails a check stops the run.\n"
     );
 
@@ -857,6 +910,8 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
             unstable.join(", ")
         );
     }
+
+    tc_paragraph(&mut w, r);
 
     let tables: [(&str, &str, usize); 10] = [
         ("e2e.short.conn_per_s", "Short connections per second", 0),

@@ -1,11 +1,16 @@
 //! The benchmark's test bed: a network namespace in which `bpf_fib_lookup` resolves, the
 //! dataplane loaded and programmed by the agent's reconciler, and beside it the benchmark's
-//! own programs, the restoring wrappers sharing the dataplane's maps.
+//! own programs, the restoring wrappers sharing the dataplane's maps, at both hooks (XDP and
+//! TC).
 //!
 //! Network (inside the namespace): `bn0` faces clients (10.0.0.0/24, fd00::/64), `bn1` faces
 //! backends (10.1.0.0/24, fd01::/64); client and backends have permanent neighbour entries so
 //! that a rewritten packet's FIB lookup succeeds inside BPF_PROG_TEST_RUN (the ctx's
-//! `ingress_ifindex` names the interface the packet "arrived" on).
+//! `ingress_ifindex`, or the skb's `ifindex` at TC, names the interface the packet "arrived"
+//! on). One more frontend ([`vip4_unresolved`]) has its backends in 10.1.1.0/24, routed via
+//! a gateway on `bn1` ([`GATEWAY_UNRESOLVED`]) that has *no* neighbour entry: its packets take
+//! the unresolved-next-hop path (the FIB lookup answers `BPF_FIB_LKUP_RET_NO_NEIGH`; nothing in
+//! a test run resolves it, since a test run never transmits).
 //!
 //! Map sharing: the dataplane is loaded with a pin directory of its own under /sys/fs/bpf;
 //! bench_wrap.o is then loaded with every one of those pins as its map, so the wrapped load
@@ -18,11 +23,11 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{Array, MapData};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use blixt_agent::{NodeConfig, Reconciler};
 use blixt_bpf::shared::FlowKey;
-use blixt_bpf::{Dataplane, DataplaneOptions};
+use blixt_bpf::{Capability, Dataplane, DataplaneOptions};
 use blixt_core::snapshot::{
     Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot,
 };
@@ -35,11 +40,17 @@ static WRAP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 static FLOOR_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_floor.o"));
 static EMPTY_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_empty.o"));
 
+pub use blixt_bpf::Hook;
+
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
 
 /// Name of an XDP verdict, for messages.
 pub fn verdict_name(v: u32) -> &'static str {
@@ -50,6 +61,27 @@ pub fn verdict_name(v: u32) -> &'static str {
         XDP_TX => "XDP_TX",
         XDP_REDIRECT => "XDP_REDIRECT",
         _ => "unknown verdict",
+    }
+}
+
+/// Name of a verdict of a program at `hook`, for messages.
+pub fn hook_verdict_name(hook: Hook, v: u32) -> &'static str {
+    match (hook, v) {
+        (Hook::Xdp, v) => verdict_name(v),
+        (Hook::Tc, TC_ACT_OK) => "TC_ACT_OK",
+        (Hook::Tc, TC_ACT_SHOT) => "TC_ACT_SHOT",
+        (Hook::Tc, TC_ACT_REDIRECT) => "TC_ACT_REDIRECT",
+        (Hook::Tc, _) => "unknown TC verdict",
+    }
+}
+
+/// What the TC entry point returns where the XDP one returns `xdp` (include/hook.h,
+/// `tc_verdict()`: XDP_TX becomes a redirect to the same device).
+pub fn tc_verdict(xdp: u32) -> u32 {
+    match xdp {
+        XDP_PASS => TC_ACT_OK,
+        XDP_TX | XDP_REDIRECT => TC_ACT_REDIRECT,
+        _ => TC_ACT_SHOT,
     }
 }
 
@@ -100,6 +132,17 @@ pub fn be4(i: u8) -> Ipv4Addr {
 pub fn be6(i: u8) -> Ipv6Addr {
     Ipv6Addr::new(0xfd01, 0, 0, 0, 0, 0, 0, u16::from(i))
 }
+/// A VIP (TCP port [`TCP_PORT`]) whose backends ([`be4_unresolved`]) sit behind a next hop
+/// without a neighbour entry.
+pub fn vip4_unresolved() -> Ipv4Addr {
+    Ipv4Addr::new(10, 200, 0, 20)
+}
+/// The unresolved frontend's backend `i`, in 10.1.1.0/24, routed via [`GATEWAY_UNRESOLVED`].
+pub fn be4_unresolved(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 1, 1, i)
+}
+/// The gateway to 10.1.1.0/24, on `bn1`'s subnet, with no neighbour entry.
+pub const GATEWAY_UNRESOLVED: &str = "10.1.0.253";
 
 /// Sizes of the test bed.
 #[derive(Debug, Clone, Copy)]
@@ -119,18 +162,61 @@ pub enum Target {
     Empty = 0,
     /// Parses like the load balancer and returns XDP_TX.
     Floor = 1,
-    /// The load balancer.
+    /// The load balancer at XDP (`blixt_lb`).
     Lb = 2,
+    /// A TC classifier that does nothing (returns TC_ACT_OK): the fixed cost of a run at TC.
+    TcEmpty = 3,
+    /// The load balancer at TC ingress (`blixt_lb_tc`).
+    TcLb = 4,
 }
 
 impl Target {
-    pub const ALL: [Target; 3] = [Target::Empty, Target::Floor, Target::Lb];
+    pub const ALL: [Target; 5] = [
+        Target::Empty,
+        Target::Floor,
+        Target::Lb,
+        Target::TcEmpty,
+        Target::TcLb,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Target::Empty => "empty",
             Target::Floor => "floor",
             Target::Lb => "blixt",
+            Target::TcEmpty => "tc_empty",
+            Target::TcLb => "tc_blixt",
+        }
+    }
+
+    pub fn hook(self) -> Hook {
+        match self {
+            Target::Empty | Target::Floor | Target::Lb => Hook::Xdp,
+            Target::TcEmpty | Target::TcLb => Hook::Tc,
+        }
+    }
+
+    /// One of the two load balancers (they share conntrack and the counters).
+    pub fn is_lb(self) -> bool {
+        matches!(self, Target::Lb | Target::TcLb)
+    }
+
+    /// The empty program of the same hook, whose time is subtracted from this one's.
+    pub fn baseline(self) -> Target {
+        match self.hook() {
+            Hook::Xdp => Target::Empty,
+            Hook::Tc => Target::TcEmpty,
+        }
+    }
+
+    /// Name of the wrapper (bench_wrap.bpf.c) that runs this target in a hot loop.
+    pub fn wrapper_name(self) -> &'static str {
+        match self {
+            Target::Lb => "bench_wrap_lb",
+            Target::Floor => "bench_wrap_floor",
+            Target::Empty => "bench_wrap_empty",
+            Target::TcLb => "bench_wrap_tc_lb",
+            Target::TcEmpty => "bench_wrap_tc_empty",
         }
     }
 }
@@ -223,6 +309,43 @@ fn xdp_ctx(len: usize, ifindex: u32) -> [u8; 24] {
     b
 }
 
+/// `struct __sk_buff` as a test run's context: only `ifindex` (offset 40) set, which puts the
+/// skb on that device, as if it arrived there (TC ingress).
+const SKB_CTX_SIZE: usize = 192;
+
+fn skb_ctx(ifindex: u32) -> [u8; SKB_CTX_SIZE] {
+    let mut b = [0u8; SKB_CTX_SIZE];
+    b[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    b
+}
+
+/// The test-run context of a packet of `len` bytes arriving on `ifindex` at `hook`.
+fn ctx_for(hook: Hook, len: usize, ifindex: u32) -> Vec<u8> {
+    match hook {
+        Hook::Xdp => xdp_ctx(len, ifindex).to_vec(),
+        Hook::Tc => skb_ctx(ifindex).to_vec(),
+    }
+}
+
+/// A loaded program of either hook, for BPF_PROG_TEST_RUN.
+#[derive(Clone, Copy)]
+enum Prog<'a> {
+    Xdp(&'a Xdp),
+    Tc(&'a SchedClassifier),
+}
+
+impl Prog<'_> {
+    fn test_run(
+        self,
+        opts: TestRunOptions<'_>,
+    ) -> std::result::Result<TestRunResult, aya::programs::ProgramError> {
+        match self {
+            Prog::Xdp(p) => p.test_run(opts),
+            Prog::Tc(p) => p.test_run(opts),
+        }
+    }
+}
+
 fn ifindex(ns: &NetNs, dev: &str) -> Result<u32> {
     let out = ns.ip(&["-j", "link", "show", "dev", dev])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("ip -j link show")?;
@@ -259,8 +382,19 @@ fn frontend(name: &str, vip: IpAddr, port: u16, protocol: Protocol, backends: u8
 }
 
 /// The benchmark's snapshot: TCP and UDP frontends on an IPv4 and an IPv6 VIP, each with
-/// `backends` equal-weight backends.
+/// `backends` equal-weight backends, and a TCP frontend on [`vip4_unresolved`] with as many
+/// backends behind an unresolved next hop.
 pub fn snapshot(backends: u8) -> Snapshot {
+    let mut unresolved = frontend(
+        "t4u",
+        vip4_unresolved().into(),
+        TCP_PORT,
+        Protocol::Tcp,
+        backends,
+    );
+    for (i, b) in unresolved.backends.iter_mut().enumerate() {
+        b.addr.addr = be4_unresolved(i as u8 + 1).into();
+    }
     Snapshot {
         generation: 1,
         frontends: vec![
@@ -268,6 +402,7 @@ pub fn snapshot(backends: u8) -> Snapshot {
             frontend("u4", vip4().into(), UDP_PORT, Protocol::Udp, backends),
             frontend("t6", vip6().into(), TCP_PORT, Protocol::Tcp, backends),
             frontend("u6", vip6().into(), UDP_PORT, Protocol::Udp, backends),
+            unresolved,
         ],
     }
 }
@@ -305,6 +440,7 @@ pub fn with_env<R: Send>(
         "addr add fd01::fe/64 dev bn1 nodad".into(),
         "neigh add 10.0.0.2 lladdr 02:00:00:00:00:02 dev bn0 nud permanent".into(),
         "neigh add fd00::2 lladdr 02:00:00:00:00:02 dev bn0 nud permanent".into(),
+        format!("route add 10.1.1.0/24 via {GATEWAY_UNRESOLVED} dev bn1"),
     ];
     for i in 1..=opts.backends {
         let mac = backend_mac(i)
@@ -339,6 +475,9 @@ pub struct Env {
     wrap: Ebpf,
     floor: Ebpf,
     empty: Ebpf,
+    /// lb.o loaded a second time on the dataplane's pinned maps, for its `blixt_lb_tc` (the
+    /// dataplane keeps its own TC program private): the real TC entry point, per call.
+    tc_lb: Ebpf,
     state: Array<MapData, [u8; STATE_SIZE]>,
     /// ifindex of the client-facing interface (ingress of client → VIP packets).
     pub client_if: u32,
@@ -373,15 +512,68 @@ fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> &'a Xdp {
         .unwrap_or_else(|_| panic!("{name} is XDP"))
 }
 
+fn load_tc(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} not in its object"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a TC classifier"))?;
+    prog.load().with_context(|| format!("loading {name}"))
+}
+
+fn tc<'a>(ebpf: &'a Ebpf, name: &str) -> &'a SchedClassifier {
+    ebpf.program(name)
+        .unwrap_or_else(|| panic!("program {name} loaded"))
+        .try_into()
+        .unwrap_or_else(|_| panic!("{name} is a TC classifier"))
+}
+
+/// Loads `obj` with every map the dataplane pinned (`pinned`) taken from its pin, and checks
+/// that no other map of it but per-object scratch ([`PRIVATE_MAPS`]) is left private: such a
+/// map would silently be a copy, and the program would run on state nobody programmed.
+fn load_on_pins(
+    obj: &[u8],
+    what: &str,
+    pinned: &[(String, PathBuf)],
+    ring_size: u32,
+    neigh_via_meta: u8,
+) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for (name, path) in pinned {
+        loader.map_pin_path(name.as_str(), path.as_path());
+    }
+    loader
+        .override_global("ring_size", &ring_size, true)
+        .override_global("neigh_via_meta", &neigh_via_meta, true);
+    let ebpf = loader
+        .load(obj)
+        .with_context(|| format!("loading {what}"))?;
+    for (name, _) in ebpf.maps() {
+        let shared = pinned.iter().any(|(n, _)| n == name);
+        if !shared && !PRIVATE_MAPS.contains(&name) && !name.starts_with('.') {
+            bail!(
+                "map {name} of {what} is not pinned by the dataplane: the load balancer in it \
+                 would not share it (add it to PRIVATE_MAPS if it is per-object scratch)"
+            );
+        }
+    }
+    Ok(ebpf)
+}
+
 impl Env {
     fn load(opts: EnvOptions, client_if: u32, backend_if: u32) -> Result<Env> {
         let pins = PinDir::create()?;
         let dp = Dataplane::load(DataplaneOptions {
             max_frontends: 16,
-            max_backends: 4 * u32::from(opts.backends) + 16,
+            max_backends: 5 * u32::from(opts.backends) + 16,
             ring_size: opts.ring_size,
             conntrack_entries: opts.conntrack_entries,
             pin_dir: Some(pins.0.clone()),
+            // neigh_via_meta = 0 on every kernel: XDP passes packets to unresolved next hops up
+            // untouched and blixt_lb_tc forwards them, the path the unresolved-neighbour
+            // figures measure (with metadata, a run would leave a pushed header the wrapper
+            // cannot undo); no other path looks at it
+            force_off: vec![Capability::XdpAdjustMeta],
             ..DataplaneOptions::default()
         })
         .context("loading the dataplane")?;
@@ -395,42 +587,46 @@ impl Env {
             .map(|e| e.map(|e| (e.file_name().to_string_lossy().into_owned(), e.path())))
             .collect::<std::io::Result<_>>()?;
         ensure!(!pinned.is_empty(), "the dataplane pinned no map");
-        let mut loader = EbpfLoader::new();
-        for (name, path) in &pinned {
-            loader.map_pin_path(name.as_str(), path.as_path());
-        }
         let neigh_via_meta = u8::from(rec.dataplane().plan().neigh_via_meta());
-        loader
-            .override_global("ring_size", &opts.ring_size, true)
-            .override_global("neigh_via_meta", &neigh_via_meta, true);
-        let mut wrap = loader.load(WRAP_OBJ).context("loading bench_wrap.o")?;
-        // A map of lb.bpf.c that the dataplane does not pin would silently be a private
-        // copy here, and the wrapped program would run on state nobody programmed.
-        for (name, _) in wrap.maps() {
-            let shared = pinned.iter().any(|(n, _)| n == name);
-            if !shared && !PRIVATE_MAPS.contains(&name) && !name.starts_with('.') {
-                bail!(
-                    "map {name} of bench_wrap.o is not pinned by the dataplane: the wrapped load \
-                     balancer would not share it (add it to PRIVATE_MAPS if it is per-object \
-                     scratch)"
-                );
+        ensure!(
+            neigh_via_meta == 0,
+            "the dataplane hands unresolved next hops over in metadata"
+        );
+        let mut wrap = load_on_pins(
+            WRAP_OBJ,
+            "bench_wrap.o",
+            &pinned,
+            opts.ring_size,
+            neigh_via_meta,
+        )?;
+        for t in Target::ALL {
+            match t.hook() {
+                Hook::Xdp => load_xdp(&mut wrap, t.wrapper_name())?,
+                Hook::Tc => load_tc(&mut wrap, t.wrapper_name())?,
             }
-        }
-        for p in ["bench_wrap_lb", "bench_wrap_floor", "bench_wrap_empty"] {
-            load_xdp(&mut wrap, p)?;
         }
         let state = Array::try_from(wrap.take_map("bench_state").context("bench_state map")?)
             .context("bench_state: value size differs from wrap::STATE_SIZE")?;
+        let mut tc_lb = load_on_pins(
+            blixt_bpf::loader::LB_OBJ,
+            "lb.o",
+            &pinned,
+            opts.ring_size,
+            neigh_via_meta,
+        )?;
+        load_tc(&mut tc_lb, blixt_bpf::loader::LB_TC_PROGRAM)?;
         let mut floor = Ebpf::load(FLOOR_OBJ).context("loading bench_floor.o")?;
         load_xdp(&mut floor, "bench_floor")?;
         let mut empty = Ebpf::load(EMPTY_OBJ).context("loading bench_empty.o")?;
         load_xdp(&mut empty, "bench_empty")?;
+        load_tc(&mut empty, "bench_empty_tc")?;
         Ok(Env {
             rec,
             opts,
             wrap,
             floor,
             empty,
+            tc_lb,
             state,
             client_if,
             backend_if,
@@ -439,27 +635,28 @@ impl Env {
     }
 
     /// The program of `t` as the per-call method runs it: the real `blixt_lb` of the
-    /// dataplane, `bench_floor`, `bench_empty`.
-    fn program(&mut self, t: Target) -> &Xdp {
+    /// dataplane, `blixt_lb_tc` (lb.o on the dataplane's maps), `bench_floor`, `bench_empty`,
+    /// `bench_empty_tc`.
+    fn program(&mut self, t: Target) -> Prog<'_> {
         match t {
-            Target::Lb => self.rec.dataplane().lb_program(),
-            Target::Floor => xdp(&self.floor, "bench_floor"),
-            Target::Empty => xdp(&self.empty, "bench_empty"),
+            Target::Lb => Prog::Xdp(self.rec.dataplane().lb_program()),
+            Target::Floor => Prog::Xdp(xdp(&self.floor, "bench_floor")),
+            Target::Empty => Prog::Xdp(xdp(&self.empty, "bench_empty")),
+            Target::TcLb => Prog::Tc(tc(&self.tc_lb, blixt_bpf::loader::LB_TC_PROGRAM)),
+            Target::TcEmpty => Prog::Tc(tc(&self.empty, "bench_empty_tc")),
         }
     }
 
-    fn wrapper(&self, t: Target) -> &Xdp {
-        let name = match t {
-            Target::Lb => "bench_wrap_lb",
-            Target::Floor => "bench_wrap_floor",
-            Target::Empty => "bench_wrap_empty",
-        };
-        xdp(&self.wrap, name)
+    fn wrapper(&self, t: Target) -> Prog<'_> {
+        match t.hook() {
+            Hook::Xdp => Prog::Xdp(xdp(&self.wrap, t.wrapper_name())),
+            Hook::Tc => Prog::Tc(tc(&self.wrap, t.wrapper_name())),
+        }
     }
 
     /// One run of `t` on `pkt` arriving on `ifindex`: verdict and output bytes.
     pub fn call(&mut self, t: Target, pkt: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)> {
-        let ctx = xdp_ctx(pkt.len(), ifindex);
+        let ctx = ctx_for(t.hook(), pkt.len(), ifindex);
         let mut out = vec![0u8; pkt.len() + 512];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(pkt);
@@ -476,7 +673,10 @@ impl Env {
     /// Runs `t` once per packet (repeat = 1), timing the whole batch from user space.
     pub fn call_batch(&mut self, t: Target, pkts: &[Vec<u8>], ifindex: u32) -> Result<CallBatch> {
         ensure!(!pkts.is_empty(), "empty batch");
-        let ctxs: Vec<[u8; 24]> = pkts.iter().map(|p| xdp_ctx(p.len(), ifindex)).collect();
+        let ctxs: Vec<Vec<u8>> = pkts
+            .iter()
+            .map(|p| ctx_for(t.hook(), p.len(), ifindex))
+            .collect();
         let prog = self.program(t);
         let mut verdicts = [0u64; 8];
         let mut kernel = std::time::Duration::ZERO;
@@ -515,7 +715,7 @@ impl Env {
         self.state
             .set(0, st.encode(), 0)
             .context("writing bench_state")?;
-        let ctx = xdp_ctx(pkt.len(), ifindex);
+        let ctx = ctx_for(t.hook(), pkt.len(), ifindex);
         let mut out = vec![0u8; pkt.len() + 512];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(pkt);
@@ -576,10 +776,12 @@ impl Env {
     /// What the verifier and the kernel say about each program measured.
     pub fn program_stats(&mut self) -> Result<Vec<ProgramStats>> {
         let mut out = Vec::new();
-        let mut add = |name: &str, role: &str, prog: &Xdp| -> Result<()> {
-            let info = prog
-                .info()
-                .with_context(|| format!("program info of {name}"))?;
+        let mut add = |name: &str, role: &str, prog: Prog<'_>| -> Result<()> {
+            let info = match prog {
+                Prog::Xdp(p) => p.info(),
+                Prog::Tc(p) => p.info(),
+            }
+            .with_context(|| format!("program info of {name}"))?;
             out.push(ProgramStats {
                 name: name.into(),
                 role: role.into(),
@@ -591,25 +793,43 @@ impl Env {
         };
         add(
             blixt_bpf::loader::LB_PROGRAM,
-            "the load balancer (lb.bpf.c), as attached to interfaces",
-            self.rec.dataplane().lb_program(),
+            "the load balancer (lb.bpf.c) at XDP, as attached to interfaces",
+            Prog::Xdp(self.rec.dataplane().lb_program()),
+        )?;
+        add(
+            blixt_bpf::loader::LB_TC_PROGRAM,
+            "the load balancer (lb.bpf.c) at TC ingress, as attached in TC mode",
+            Prog::Tc(tc(&self.tc_lb, blixt_bpf::loader::LB_TC_PROGRAM)),
         )?;
         add(
             "bench_floor",
             "floor: parse_packet() then XDP_TX",
-            xdp(&self.floor, "bench_floor"),
+            Prog::Xdp(xdp(&self.floor, "bench_floor")),
         )?;
         add(
             "bench_empty",
             "empty program (XDP_PASS)",
-            xdp(&self.empty, "bench_empty"),
+            Prog::Xdp(xdp(&self.empty, "bench_empty")),
         )?;
-        for (name, role) in [
-            ("bench_wrap_lb", "hot-loop wrapper around the load balancer"),
-            ("bench_wrap_floor", "hot-loop wrapper around the floor"),
-            ("bench_wrap_empty", "hot-loop wrapper around nothing"),
+        add(
+            "bench_empty_tc",
+            "empty TC classifier (TC_ACT_OK)",
+            Prog::Tc(tc(&self.empty, "bench_empty_tc")),
+        )?;
+        for (t, role) in [
+            (
+                Target::Lb,
+                "hot-loop wrapper around the load balancer (XDP)",
+            ),
+            (Target::Floor, "hot-loop wrapper around the floor"),
+            (Target::Empty, "hot-loop wrapper around nothing (XDP)"),
+            (
+                Target::TcLb,
+                "hot-loop wrapper around the load balancer (TC)",
+            ),
+            (Target::TcEmpty, "hot-loop wrapper around nothing (TC)"),
         ] {
-            add(name, role, xdp(&self.wrap, name))?;
+            add(t.wrapper_name(), role, self.wrapper(t))?;
         }
         Ok(out)
     }

@@ -117,6 +117,26 @@ pub const EXTRA_SUITES: [suite::Suite; 4] = [
     },
 ];
 
+/// The suite a finding belongs to, by how each suite words its findings (`None`: unknown).
+pub fn finding_suite(f: &str) -> Option<u32> {
+    if f.starts_with(forwarding::FINDING) {
+        Some(2)
+    } else if f.starts_with(end_to_end::FINDING) {
+        Some(3)
+    } else if f.starts_with("Suite 4") {
+        Some(4)
+    } else if f.starts_with("TLS passthrough") {
+        Some(6)
+    } else if f
+        .split_once(':')
+        .is_some_and(|(id, _)| packet_cost::Path::from_id(id).is_some())
+    {
+        Some(1)
+    } else {
+        None
+    }
+}
+
 /// Logs how long `suite` took since `since` and records it in the run's sizes.
 fn took(
     sizes: &mut std::collections::BTreeMap<String, u64>,
@@ -229,5 +249,6 @@ pub fn run(
         programs,
         profiles,
         findings,
+        earlier: Vec::new(),
     })
 }

@@ -34,9 +34,13 @@ struct Cli {
     /// Do not measure: regenerate the report and plots from an existing results.json.
     #[arg(long)]
     report_only: bool,
-    /// Run only these suites (comma-separated numbers; default: all of 1-6).
+    /// Run only these suites (comma-separated numbers; default: all of 1-6). The other suites'
+    /// figures are kept from the results.json already there, so the report stays whole.
     #[arg(long, value_delimiter = ',')]
     suites: Vec<u32>,
+    /// With --suites: write only this run's suites, dropping the others' earlier figures.
+    #[arg(long)]
+    no_merge: bool,
     /// Run only these per-packet paths (comma-separated ids, e.g. tcp_established).
     #[arg(long, value_delimiter = ',')]
     paths: Vec<String>,
@@ -74,7 +78,25 @@ fn main() -> Result<()> {
             Mode::Full
         };
         blixt_bench::require_root();
-        let r = blixt_bench::run(mode, &cli.suites, &paths)?;
+        let mut r = blixt_bench::run(mode, &cli.suites, &paths)?;
+        if !cli.suites.is_empty() && !cli.no_merge && results_path.exists() {
+            match Results::read(&results_path) {
+                Ok(old) => {
+                    let kept = r.merge(old, &cli.suites);
+                    if !kept.is_empty() {
+                        eprintln!(
+                            "blixt-bench: kept suites {kept:?} from the earlier {} (--no-merge \
+                             drops them)",
+                            results_path.display()
+                        );
+                    }
+                }
+                Err(e) => eprintln!(
+                    "blixt-bench: not merging with {}: {e:#}",
+                    results_path.display()
+                ),
+            }
+        }
         r.write(&results_path)?;
         eprintln!("blixt-bench: wrote {}", results_path.display());
         r

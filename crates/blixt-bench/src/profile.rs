@@ -21,7 +21,7 @@ const FREQ: &str = "4999";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     pub path: String,
-    /// Which wrapper ran: "blixt" or "empty".
+    /// Which wrapper ran: "blixt", "empty", "tc_blixt" or "tc_empty" (`Target::name`).
     pub target: String,
     /// Samples inside the wrapper.
     pub samples: u64,
@@ -49,16 +49,19 @@ pub const CAT_FIB: &str = "bpf_fib_lookup (route + neighbour)";
 pub const CAT_MAPS: &str = "hash maps (conntrack, frontends): hash, lookup, insert, evict";
 pub const CAT_CLOCK: &str = "bpf_ktime_get_coarse_ns";
 pub const CAT_REDIRECT: &str = "bpf_redirect";
-pub const CAT_WRAPPER: &str = "wrapper's packet restore (bpf_xdp_store_bytes)";
+/// TC only: XDP updates checksums in the program's own instructions.
+pub const CAT_CSUM: &str = "bpf_l4_csum_replace (TC)";
+pub const CAT_WRAPPER: &str = "wrapper's packet restore (bpf_xdp_store_bytes, bpf_skb_store_bytes)";
 pub const CAT_OTHER: &str = "other helpers";
 
 /// Order in which categories are shown.
-pub const CATEGORIES: [&str; 7] = [
+pub const CATEGORIES: [&str; 8] = [
     CAT_SELF,
     CAT_FIB,
     CAT_MAPS,
     CAT_CLOCK,
     CAT_REDIRECT,
+    CAT_CSUM,
     CAT_WRAPPER,
     CAT_OTHER,
 ];
@@ -72,6 +75,8 @@ fn classify(callees: &[&str]) -> &'static str {
         CAT_FIB
     } else if has("store_bytes") || has("xdp_pointer") || has("adjust_tail") {
         CAT_WRAPPER
+    } else if has("csum_replace") {
+        CAT_CSUM
     } else if has("htab") || has("lru") || has("lookup_nulls") || has("pcpu_freelist") {
         CAT_MAPS
     } else if has("ktime") {

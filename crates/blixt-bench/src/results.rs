@@ -158,11 +158,116 @@ pub struct Results {
     /// Observations of the run worth reading next to the numbers (e.g. a path much slower
     /// than expected and why).
     pub findings: Vec<String>,
+    /// Suites kept from earlier runs when this run measured only some ([`Results::merge`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<EarlierRun>,
+}
+
+/// Suites whose figures come from an earlier run than the file's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarlierRun {
+    pub suites: Vec<u32>,
+    pub mode: String,
+    pub finished_unix: u64,
+    pub kernel: String,
+}
+
+/// The suite a metric belongs to: the number its `suite` field starts with.
+fn metric_suite(m: &Metric) -> Option<u32> {
+    m.suite.split_whitespace().next()?.parse().ok()
+}
+
+/// The suite a size belongs to, by its name's prefix.
+fn size_suite(name: &str) -> Option<u32> {
+    if let Some(n) = name.strip_prefix("took_s.suite") {
+        return n.parse().ok();
+    }
+    let prefix = name.split('.').next()?;
+    match prefix {
+        "packet_cost" => Some(1),
+        "maglev" => Some(5),
+        p => crate::EXTRA_SUITES
+            .iter()
+            .find(|s| s.prefix == p)
+            .map(|s| s.number),
+    }
 }
 
 impl Results {
     pub fn metric(&self, name: &str) -> Option<&Metric> {
         self.metrics.iter().find(|m| m.name == name)
+    }
+
+    /// Suites this file has figures of.
+    pub fn suites(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.metrics.iter().filter_map(metric_suite).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Keeps from `old` every suite this run did not measure (`ran`): its metrics, sizes,
+    /// findings, and for suite 1 its programs and profiles, so that a run of some suites
+    /// regenerates the whole report. What came from where is recorded in
+    /// [`Results::earlier`]. Returns the suites kept.
+    pub fn merge(&mut self, old: Results, ran: &[u32]) -> Vec<u32> {
+        let keep = |s: Option<u32>| s.is_some_and(|s| !ran.contains(&s));
+        let kept: Vec<u32> = old
+            .suites()
+            .into_iter()
+            .filter(|s| !ran.contains(s))
+            .collect();
+        if kept.is_empty() {
+            return kept;
+        }
+        self.metrics.extend(
+            old.metrics
+                .iter()
+                .filter(|m| keep(metric_suite(m)))
+                .cloned(),
+        );
+        self.metrics.sort_by_key(|m| metric_suite(m).unwrap_or(0));
+        for (k, v) in &old.sizes {
+            if keep(size_suite(k)) {
+                self.sizes.entry(k.clone()).or_insert(*v);
+            }
+        }
+        self.findings.extend(
+            old.findings
+                .iter()
+                .filter(|f| keep(crate::finding_suite(f)))
+                .cloned(),
+        );
+        if !ran.contains(&1) {
+            self.programs = old.programs.clone();
+            self.profiles = old.profiles.clone();
+        }
+        // suites the old file itself had kept from still older runs stay attributed to those
+        let mut own = kept.clone();
+        for e in &old.earlier {
+            let suites: Vec<u32> = e
+                .suites
+                .iter()
+                .copied()
+                .filter(|s| kept.contains(s))
+                .collect();
+            own.retain(|s| !suites.contains(s));
+            if !suites.is_empty() {
+                self.earlier.push(EarlierRun {
+                    suites,
+                    ..e.clone()
+                });
+            }
+        }
+        if !own.is_empty() {
+            self.earlier.push(EarlierRun {
+                suites: own,
+                mode: old.mode.clone(),
+                finished_unix: old.finished_unix,
+                kernel: old.machine.kernel.clone(),
+            });
+        }
+        kept
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
@@ -177,5 +282,76 @@ impl Results {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(mode: &str, t: u64, suites: &[(u32, &str)]) -> Results {
+        let machine = Machine {
+            cores: 2,
+            kernel: format!("k{t}"),
+            cpu: "c".into(),
+        };
+        let v = Summary::exact(1.0);
+        Results {
+            schema: SCHEMA,
+            mode: mode.into(),
+            finished_unix: t,
+            elapsed_s: 1.0,
+            machine: machine.clone(),
+            sizes: suites
+                .iter()
+                .map(|(n, p)| (format!("{p}.x"), u64::from(*n)))
+                .chain(suites.iter().map(|(n, _)| (format!("took_s.suite{n}"), t)))
+                .collect(),
+            metrics: suites
+                .iter()
+                .map(|(n, p)| {
+                    Metric::new(
+                        &format!("{n} s"),
+                        &format!("{p}.m"),
+                        "u",
+                        v,
+                        &[],
+                        "",
+                        &machine,
+                    )
+                })
+                .collect(),
+            programs: Vec::new(),
+            profiles: Vec::new(),
+            findings: vec!["forwarding: f".into(), "e2e: g".into()],
+            earlier: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn merge_keeps_the_suites_not_run() {
+        let old = run("full", 1, &[(2, "forwarding"), (3, "e2e"), (5, "maglev")]);
+        let mut new = run("quick", 2, &[(3, "e2e")]);
+        new.findings = vec!["e2e: new".into()];
+        let kept = new.merge(old, &[3]);
+        assert_eq!(kept, vec![2, 5]);
+        assert_eq!(new.suites(), vec![2, 3, 5]);
+        assert_eq!(new.sizes.get("took_s.suite3"), Some(&2));
+        assert_eq!(new.sizes.get("took_s.suite2"), Some(&1));
+        assert_eq!(new.sizes.get("maglev.x"), Some(&5));
+        assert_eq!(new.findings, vec!["e2e: new", "forwarding: f"]);
+        assert_eq!(new.earlier.len(), 1);
+        assert_eq!(new.earlier[0].suites, vec![2, 5]);
+        assert_eq!(new.earlier[0].mode, "full");
+        // merged again: what came from the first run stays attributed to it
+        let mut third = run("quick", 3, &[(5, "maglev")]);
+        third.findings.clear();
+        assert_eq!(third.merge(new, &[5]), vec![2, 3]);
+        let by: Vec<(Vec<u32>, u64)> = third
+            .earlier
+            .iter()
+            .map(|e| (e.suites.clone(), e.finished_unix))
+            .collect();
+        assert_eq!(by, vec![(vec![2], 1), (vec![3], 2)]);
     }
 }

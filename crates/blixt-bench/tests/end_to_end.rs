@@ -8,7 +8,7 @@ use blixt_bench::results::{Machine, Results};
 use blixt_bench::suite::PlotDir;
 use blixt_bench::Mode;
 
-const SYSTEMS: [&str; 4] = ["blixt", "iptables", "nftables", "haproxy"];
+const SYSTEMS: [&str; 5] = ["blixt", "blixt_tc", "iptables", "nftables", "haproxy"];
 
 #[test]
 fn every_system_serves_through_its_own_path() {
@@ -60,6 +60,7 @@ fn every_system_serves_through_its_own_path() {
         programs: Vec::new(),
         profiles: Vec::new(),
         findings: out.findings,
+        earlier: Vec::new(),
     };
     let plots = PlotDir {
         dir: &dir,

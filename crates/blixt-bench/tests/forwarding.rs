@@ -19,7 +19,7 @@ fn tiny_run_forwards_through_every_system() {
             .iter()
             .find(|m| m.name == name)
             .unwrap_or_else(|| panic!("no metric {name}"));
-        for sys in ["blixt", "nftables", "iptables"] {
+        for sys in ["blixt", "blixt_tc", "nftables", "iptables"] {
             let v = m
                 .system(sys)
                 .unwrap_or_else(|| panic!("{name}: no value for {sys}"));
@@ -33,7 +33,7 @@ fn tiny_run_forwards_through_every_system() {
         .expect("generator metric");
     assert!(g.median > 0.0 && g.system("rx_xdp_drop").is_some_and(|v| v.median > 0.0));
     // the counters of every system were read back and reported
-    for sys in ["blixt", "nftables", "iptables"] {
+    for sys in ["blixt", "blixt_tc", "nftables", "iptables"] {
         let prefix = format!("forwarding: {sys}: ");
         assert!(
             out.findings

@@ -24,6 +24,22 @@ fn tiny_run_checks_every_path_and_writes_the_report() {
             assert!(m.systems.contains_key("blixt"), "{}", m.name);
         }
     }
+    // TC mode beside XDP mode on every path, and XDP's two passes where the next hop is
+    // unresolved (each run checked by the harness: verdicts, counters, output)
+    for p in Path::ALL {
+        for name in [
+            "tc.hot_loop.ns_per_packet",
+            "tc.per_call.above_empty",
+            "tc.hot_loop.wrapped",
+        ] {
+            let m = r
+                .metric(&format!("{}.{name}", p.id()))
+                .unwrap_or_else(|| panic!("no metric {}.{name}", p.id()));
+            assert!(m.systems.contains_key("blixt"), "{}", m.name);
+        }
+        let two = r.metric(&format!("{}.xdp_then_tc.hot_loop.ns_per_packet", p.id()));
+        assert_eq!(two.is_some(), p.is_unresolved(), "{}", p.id());
+    }
     for n in [3, 10, 100] {
         let m = r
             .metric(&format!("maglev.leave.n{n}"))
@@ -56,6 +72,17 @@ fn tiny_run_checks_every_path_and_writes_the_report() {
         .find(|p| p.name == "blixt_lb")
         .expect("blixt_lb program stats");
     assert!(lb.verified_insns.is_some_and(|n| n > 0));
+    for name in ["blixt_lb_tc", "bench_wrap_tc_lb", "bench_wrap_tc_empty"] {
+        assert!(
+            r.programs.iter().any(|p| p.name == name),
+            "no program stats of {name}"
+        );
+    }
+    // suite 2 measured Blixt in TC mode beside XDP
+    let fwd = r
+        .metric("forwarding.udp.flows10k.pps")
+        .expect("forwarding metric");
+    assert!(fwd.system("blixt_tc").is_some_and(|v| v.median > 0.0));
 
     let dir = std::env::temp_dir().join(format!("blixt-bench-smoke-{}", std::process::id()));
     let doc = dir.join("benchmarks.md");
@@ -65,9 +92,11 @@ fn tiny_run_checks_every_path_and_writes_the_report() {
     assert!(
         md.contains("## Suite 1") && md.contains("## Suite 5") && md.contains("## Not measured")
     );
+    assert!(md.contains("### TC mode beside XDP mode"));
     for png in [
         "packet_cost_hot_loop.png",
         "packet_cost_above_floor.png",
+        "packet_cost_tc_vs_xdp.png",
         "maglev_disruption.png",
     ] {
         let len = std::fs::metadata(dir.join("bench").join(png)).map_or(0, |m| m.len());

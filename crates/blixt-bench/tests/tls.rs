@@ -73,6 +73,7 @@ fn tiny_tls_run_reaches_the_right_backends_through_both_systems() {
         programs: Vec::new(),
         profiles: Vec::new(),
         findings,
+        earlier: Vec::new(),
     };
     let plots = PlotDir {
         dir: &dir,

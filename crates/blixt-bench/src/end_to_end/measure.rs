@@ -271,7 +271,7 @@ fn check(lab: &E2eLab, r: &Round, deltas: &[super::backend_http::HttpStats]) -> 
             "the lb's kernel forwarded only {} packets for {conns} connections",
             r.short_kernel_forwarded
         ),
-        System::Blixt | System::Haproxy => ensure!(
+        System::Blixt | System::BlixtTc | System::Haproxy => ensure!(
             r.short_kernel_forwarded * 10 < conns,
             "the lb's kernel forwarded {} packets for {conns} connections: traffic bypassed {}",
             r.short_kernel_forwarded,

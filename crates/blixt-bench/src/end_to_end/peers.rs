@@ -7,6 +7,8 @@
 //!   natively on every lb-side veth, the snapshot applied, conntrack swept every 10 s as the
 //!   agent does by default. Full-NAT to the lb's client-link address. Dropping it detaches
 //!   XDP (nothing is pinned).
+//! - [`System::BlixtTc`]: the same in TC mode (`attach: tc`, as `blixt agent --attach tc`):
+//!   `blixt_lb_tc` at TC ingress of every lb-side veth, no XDP on the lb.
 //! - [`System::Iptables`]: the NAT rules kube-proxy's iptables mode writes for a ClusterIP
 //!   service (`KUBE-SERVICES` → `KUBE-SVC-*` with `statistic --mode random --probability`
 //!   → `KUBE-SEP-*` DNAT; `KUBE-MARK-MASQ` and `KUBE-POSTROUTING` masquerade with
@@ -23,8 +25,9 @@
 //!   skipped for it. Its sessions per server come from the stats socket.
 //!
 //! For the netfilter peers the packets are routed by the lb's kernel (ip_forward); [`Installed`]
-//! checks that no XDP program is on the lb's interfaces then, and that Blixt's is on all of
-//! them when Blixt runs. [`Installed::evidence`] reads the mechanism's own counters.
+//! checks that no XDP program is on the lb's interfaces then (nor in TC mode, where the
+//! dataplane must report TC on every one), and that Blixt's is on all of them when Blixt runs
+//! at XDP. [`Installed::evidence`] reads the mechanism's own counters.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -40,7 +43,7 @@ use anyhow::{bail, ensure, Context, Result};
 use blixt_agent::metrics::AgentMetrics;
 use blixt_agent::runner::{self, AgentOptions, SnapshotSource};
 use blixt_agent::{NodeConfig, Reconciler};
-use blixt_bpf::DataplaneOptions;
+use blixt_bpf::{AttachMode, AttachedMode, DataplaneOptions};
 use blixt_core::snapshot::{
     Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot,
 };
@@ -75,14 +78,17 @@ impl Service {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum System {
     Blixt,
+    /// Blixt with `attach: tc`.
+    BlixtTc,
     Iptables,
     Nftables,
     Haproxy,
 }
 
 impl System {
-    pub const ALL: [System; 4] = [
+    pub const ALL: [System; 5] = [
         System::Blixt,
+        System::BlixtTc,
         System::Iptables,
         System::Nftables,
         System::Haproxy,
@@ -92,6 +98,7 @@ impl System {
     pub fn id(self) -> &'static str {
         match self {
             System::Blixt => crate::results::BLIXT,
+            System::BlixtTc => "blixt_tc",
             System::Iptables => "iptables",
             System::Nftables => "nftables",
             System::Haproxy => "haproxy",
@@ -102,6 +109,7 @@ impl System {
     pub fn label(self) -> &'static str {
         match self {
             System::Blixt => "Blixt (XDP, full-NAT)",
+            System::BlixtTc => "Blixt (TC mode, full-NAT)",
             System::Iptables => "kube-proxy iptables mode",
             System::Nftables => "kube-proxy nftables mode",
             System::Haproxy => "HAProxy 2.6, mode tcp",
@@ -116,7 +124,7 @@ impl System {
     /// What [`Evidence::per_backend`] counts for it.
     pub fn counter_meaning(self) -> &'static str {
         match self {
-            System::Blixt => "new flows in Blixt's per-backend counters",
+            System::Blixt | System::BlixtTc => "new flows in Blixt's per-backend counters",
             System::Iptables => {
                 "packets through the KUBE-SEP DNAT rules (first packet of each connection)"
             }
@@ -195,7 +203,8 @@ pub fn install(system: System, lab: &Lab, services: &[Service]) -> Result<Instal
         system.id()
     );
     let inner = match system {
-        System::Blixt => Inner::Blixt(BlixtLb::start(lab, services)?),
+        System::Blixt => Inner::Blixt(BlixtLb::start(lab, services, AttachMode::Xdp)?),
+        System::BlixtTc => Inner::Blixt(BlixtLb::start(lab, services, AttachMode::Tc)?),
         System::Iptables => Inner::Netfilter(Netfilter::iptables(&lab.lb, services)?),
         System::Nftables => Inner::Netfilter(Netfilter::nftables(&lab.lb, services)?),
         System::Haproxy => Inner::Haproxy(Haproxy::start(&lab.lb, services)?),
@@ -205,6 +214,18 @@ pub fn install(system: System, lab: &Lab, services: &[Service]) -> Result<Instal
         ensure!(
             attached.len() == ifaces.len(),
             "Blixt's XDP is on {attached:?}, not on every lb interface {ifaces:?}"
+        );
+    } else if let Inner::Blixt(b) = &inner {
+        ensure!(
+            attached.is_empty(),
+            "XDP attached on {attached:?} while Blixt runs in TC mode"
+        );
+        let modes = b.attached_modes()?;
+        ensure!(
+            ifaces
+                .iter()
+                .all(|i| modes.get(i.as_str()) == Some(&AttachedMode::Tc)),
+            "Blixt in TC mode attached as {modes:?}, not at TC on every lb interface {ifaces:?}"
         );
     } else {
         ensure!(
@@ -366,11 +387,14 @@ impl std::fmt::Debug for BlixtLb {
 }
 
 impl BlixtLb {
-    /// Loads, attaches to every lb interface and applies `services`; SNAT to the lb's
-    /// address on the client link.
-    pub fn start(lab: &Lab, services: &[Service]) -> Result<BlixtLb> {
+    /// Loads, attaches (`attach`: XDP or TC mode) to every lb interface and applies
+    /// `services`; SNAT to the lb's address on the client link.
+    pub fn start(lab: &Lab, services: &[Service], attach: AttachMode) -> Result<BlixtLb> {
         let opts = AgentOptions {
-            dataplane: DataplaneOptions::default(),
+            dataplane: DataplaneOptions {
+                attach,
+                ..DataplaneOptions::default()
+            },
             interfaces: lab.lb_interfaces().into_iter().map(|(n, _)| n).collect(),
             node: NodeConfig {
                 snat_v4: Some(lab.client.link.lb_v4.into()),
@@ -434,6 +458,11 @@ impl BlixtLb {
     /// The reconciler, for readers of its counters.
     pub fn reconciler(&self) -> &Arc<Mutex<Reconciler>> {
         &self.rec
+    }
+
+    /// How the dataplane attached to each interface.
+    pub fn attached_modes(&self) -> Result<BTreeMap<String, AttachedMode>> {
+        Ok(self.lock()?.dataplane().attached().clone())
     }
 
     /// New flows per backend address, and the global counters that are not zero.

@@ -16,7 +16,10 @@ const FREQ: &str = "999";
 /// Buckets, in the order the report shows them: (id, description). A sample goes to the first
 /// that matches.
 pub const BUCKETS: [(&str, &str); 9] = [
-    ("blixt_xdp", "lb: Blixt's XDP program (with its helpers)"),
+    (
+        "blixt_xdp",
+        "lb: Blixt's program, XDP or TC (with its helpers)",
+    ),
     (
         "veth_xdp",
         "lb: veth's XDP machinery (skb copied into a page for XDP, redirect, frame → skb)",
@@ -157,7 +160,9 @@ fn bucket(comm: &str, stack: &[&str]) -> usize {
             .position(|(b, _)| *b == id)
             .unwrap_or(BUCKETS.len() - 1)
     };
-    if any(&|s| s.starts_with("bpf_prog_") && s.ends_with("blixt_lb")) {
+    if any(&|s| {
+        s.starts_with("bpf_prog_") && (s.ends_with("blixt_lb") || s.ends_with("blixt_lb_tc"))
+    }) {
         idx("blixt_xdp")
     } else if in_veth_xdp(stack) {
         idx("veth_xdp")

@@ -3,6 +3,8 @@
 //!
 //! - Blixt: the real dataplane (XDP on every lb-side veth), programmed by the agent's
 //!   reconciler with a UDP and a TCP frontend on one VIP and three backends, full NAT.
+//! - Blixt in TC mode (`attach: tc`): the same, the load balancer (`blixt_lb_tc`) at TC ingress
+//!   of every lb-side veth, behind an XDP_PASS program like the netfilter peers.
 //! - nftables: kube-proxy's nftables mode in miniature: a `vmap` of services, `numgen random
 //!   mod 3` to endpoint chains that DNAT, masquerade of marked packets (full NAT like Blixt),
 //!   and a filter forward chain dropping conntrack-invalid packets.
@@ -20,14 +22,14 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{MapData, MapError, PerCpuArray};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use blixt_agent::{NodeConfig, Reconciler};
 use blixt_bpf::live::BENCH_SINK_OBJ;
 use blixt_bpf::shared::{FlowKey, STAT_CT_INSERT_FAILED};
-use blixt_bpf::{Dataplane, DataplaneOptions};
+use blixt_bpf::{AttachMode, Dataplane, DataplaneOptions};
 use blixt_core::snapshot::{
     Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot,
 };
@@ -48,6 +50,8 @@ const CONNTRACK_ENTRIES: u32 = 262_144;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum System {
     Blixt,
+    /// Blixt with `attach: tc`.
+    BlixtTc,
     Nftables,
     Iptables,
     IptablesLegacy,
@@ -59,6 +63,7 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::Blixt => "blixt",
+            System::BlixtTc => "blixt_tc",
             System::Nftables => "nftables",
             System::Iptables => "iptables",
             System::IptablesLegacy => "iptables_legacy",
@@ -69,6 +74,11 @@ impl System {
     /// Whether it forwards to the backends (rx-drop does not).
     pub fn forwards(self) -> bool {
         self != System::RxDrop
+    }
+
+    /// Blixt, in either mode.
+    pub fn is_blixt(self) -> bool {
+        matches!(self, System::Blixt | System::BlixtTc)
     }
 }
 
@@ -196,7 +206,13 @@ impl Bed {
             Vec::new()
         };
         let installed = match system {
-            System::Blixt => Installed::Blixt(Box::new(install_blixt(&lab)?)),
+            System::Blixt => Installed::Blixt(Box::new(install_blixt(&lab, AttachMode::Xdp)?)),
+            System::BlixtTc => {
+                // the XDP_PASS program first, as for the netfilter peers (see the module docs);
+                // the TC attach leaves an XDP program it did not pin alone
+                attach_pass(&lab)?;
+                Installed::Blixt(Box::new(install_blixt(&lab, AttachMode::Tc)?))
+            }
             System::Nftables => {
                 attach_pass(&lab)?;
                 let rules = nft_rules(&lab);
@@ -341,7 +357,7 @@ impl Bed {
     pub fn own_counters(&mut self) -> Result<String> {
         let c = self.flow_counters()?;
         Ok(match self.system {
-            System::Blixt => {
+            System::Blixt | System::BlixtTc => {
                 let nonzero: Vec<String> = blixt_bpf::shared::STAT_NAMES
                     .iter()
                     .zip(&c.stats)
@@ -437,7 +453,7 @@ fn counter_packets(line: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn install_blixt(lab: &Lab) -> Result<Reconciler> {
+fn install_blixt(lab: &Lab, attach: AttachMode) -> Result<Reconciler> {
     let vip = lab.vip4(1);
     let frontend = |name: &str, port, protocol| Frontend {
         name: name.into(),
@@ -478,6 +494,7 @@ fn install_blixt(lab: &Lab) -> Result<Reconciler> {
             max_frontends: 16,
             max_backends: 64,
             conntrack_entries: CONNTRACK_ENTRIES,
+            attach,
             ..DataplaneOptions::default()
         })
         .context("loading the dataplane")?;
@@ -485,9 +502,20 @@ fn install_blixt(lab: &Lab) -> Result<Reconciler> {
         rec.set_node_config(&node).context("node config")?;
         rec.apply(&snapshot).context("applying the snapshot")?;
         for (name, _) in &ifaces {
-            rec.dataplane()
+            let mode = rec
+                .dataplane()
                 .attach(name)
                 .with_context(|| format!("attaching Blixt to {name}"))?;
+            let want = match attach {
+                AttachMode::Tc => blixt_bpf::AttachedMode::Tc,
+                _ => blixt_bpf::AttachedMode::Native,
+            };
+            ensure!(
+                mode == want,
+                "Blixt attached to {name} as {}, not {}",
+                mode.as_str(),
+                want.as_str()
+            );
         }
         Ok(rec)
     })
@@ -634,7 +662,7 @@ pub fn iptables_legacy_works() -> bool {
 }
 
 /// Turns on threaded NAPI for `dev` in `ns` and returns the pid of its new kthread.
-fn thread_napi(ns: &NetNs, dev: &str) -> Result<String> {
+pub fn thread_napi(ns: &NetNs, dev: &str) -> Result<String> {
     let before = napi_threads();
     ns.exec(&[
         "sh",
