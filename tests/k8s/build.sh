@@ -2,7 +2,7 @@
 # Builds the test control plane from the Go module proxy and caches it:
 #
 #   ${BLIXT_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/blixt/k8s}/<kubernetes version>/
-#     kube-apiserver  kube-controller-manager  kube-scheduler  etcd
+#     kube-apiserver  kube-controller-manager  kube-scheduler  kube-proxy  etcd
 #     gateway-api-<version>/*.yaml      (Gateway API standard-channel CRDs)
 #     echo-basic                        (the conformance suite's backend, for pods that run)
 #     BUILD-INFO                        (what was built, from what, when)
@@ -38,7 +38,7 @@ fi
 # module; blixt-k8s-harness maps the image to the binary when pods really run.
 ECHO_BASIC_MODULE=sigs.k8s.io/gateway-api-conformance-images@v0.1.0
 
-binaries=(kube-apiserver kube-controller-manager kube-scheduler etcd)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd)
 missing=()
 for b in "${binaries[@]}"; do
     [[ -x "$out/$b" ]] || missing+=("$b")

@@ -1,8 +1,9 @@
 //! The node agent: a kubelet stand-in on a thread of its own. It registers a Node, keeps it
-//! fresh, watches the Pods bound to it and runs a worker per Pod (`pods.rs`).
+//! fresh, serves the cluster DNS (`dns.rs`), watches the Pods bound to it and runs a worker per
+//! Pod (`pods.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -17,6 +18,7 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::dns::{ClusterView, DnsServer};
 use crate::images::ImageTable;
 use crate::network::NodeNetwork;
 use crate::node::{self, NodeInfo};
@@ -31,7 +33,17 @@ pub(crate) struct AgentContext {
     pub(crate) dir: PathBuf,
     pub(crate) registry: Registry,
     pub(crate) cancel: CancellationToken,
+    /// Services and EndpointSlices: DNS answers and Service environment variables.
+    pub(crate) view: ClusterView,
+    /// The cluster DNS server's address, the `nameserver` of pods' `resolv.conf`.
+    pub(crate) dns: IpAddr,
+    /// The host's `/etc/resolv.conf` (for `dnsPolicy: Default` with `dnsConfig`, and its
+    /// search domains).
+    pub(crate) host_resolv_conf: String,
 }
+
+/// How long the first list of Services and EndpointSlices may take.
+const START_WATCHES: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The pods that have a sandbox, by (namespace, name).
 pub(crate) type Registry = Arc<Mutex<BTreeMap<(String, String), PodRecord>>>;
@@ -52,6 +64,8 @@ pub struct NodeAgent {
     node: NodeInfo,
     node_netns: String,
     root_link: String,
+    dns: SocketAddr,
+    bridge_netfilter: bool,
     network: Mutex<Option<Arc<NodeNetwork>>>,
     registry: Registry,
     cancel: CancellationToken,
@@ -59,15 +73,20 @@ pub struct NodeAgent {
 }
 
 impl NodeAgent {
-    /// Builds the node network, registers the Node and starts watching its Pods.
+    /// Registers the Node of `network` (made before the API server, which listens on its root
+    /// end), starts the cluster DNS server there, and starts watching the Node's Pods.
     pub(crate) fn start(
         config: kube::Config,
         name: &str,
         images: ImageTable,
         dir: PathBuf,
+        network: NodeNetwork,
     ) -> Result<Self> {
-        let network = Arc::new(NodeNetwork::create().context("building the node network")?);
+        let network = Arc::new(network);
         let node = NodeInfo::new(name, network.pod_cidrs(), network.host_ips());
+        let dns_server = DnsServer::bind(network.root_ips().0.into())?;
+        let dns = dns_server.address();
+        let host_resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let registry = Registry::default();
         let cancel = CancellationToken::new();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -106,6 +125,13 @@ impl NodeAgent {
                             let _ = ready_tx.send(Err(e));
                             return;
                         }
+                        // Pods start with their Service variables, and resolve from the start.
+                        let view = ClusterView::start(&client, &cancel);
+                        if let Err(e) = view.wait_until_ready(START_WATCHES).await {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                        let dns_task = tokio::spawn(dns_server.serve(view.clone(), cancel.clone()));
                         let _ = ready_tx.send(Ok(()));
                         let heartbeat = tokio::spawn(node::heartbeat(
                             client.clone(),
@@ -120,9 +146,17 @@ impl NodeAgent {
                             dir,
                             registry,
                             cancel,
+                            view,
+                            dns: dns.ip(),
+                            host_resolv_conf,
                         });
                         watch_pods(ctx).await;
                         let _ = heartbeat.await;
+                        match dns_task.await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => eprintln!("blixt-k8s-harness: cluster DNS server: {e:#}"),
+                            Err(e) => eprintln!("blixt-k8s-harness: cluster DNS server: {e}"),
+                        }
                     });
                 })
                 .context("spawning the node agent thread")?
@@ -130,6 +164,8 @@ impl NodeAgent {
         let agent = Self {
             node_netns: network.ns().name().to_owned(),
             root_link: network.root_link().to_owned(),
+            dns,
+            bridge_netfilter: network.bridge_netfilter(),
             node,
             network: Mutex::new(Some(network)),
             registry,
@@ -156,6 +192,17 @@ impl NodeAgent {
     /// through it.
     pub fn root_link(&self) -> &str {
         &self.root_link
+    }
+
+    /// The cluster DNS server (`<root end of the node veth>:53`, UDP and TCP): the `nameserver`
+    /// of pods with `dnsPolicy: ClusterFirst` (or `ClusterFirstWithHostNet`). It answers
+    /// `cluster.local` names only (see the crate docs).
+    pub fn dns_server(&self) -> SocketAddr {
+        self.dns
+    }
+
+    pub(crate) fn bridge_netfilter(&self) -> bool {
+        self.bridge_netfilter
     }
 
     /// `[IPv4, IPv6]` pod CIDRs (the Node's `spec.podCIDRs`).

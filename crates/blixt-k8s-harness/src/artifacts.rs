@@ -35,8 +35,10 @@ pub(crate) struct Artifacts {
     pub(crate) etcd: PathBuf,
     pub(crate) kube_apiserver: PathBuf,
     pub(crate) kube_controller_manager: PathBuf,
-    /// Only needed when pods really run (checked by [`Artifacts::kube_scheduler`]).
+    /// Only needed when pods really run (checked by [`Artifacts::kube_scheduler`] and
+    /// [`Artifacts::kube_proxy`]).
     kube_scheduler: PathBuf,
+    kube_proxy: PathBuf,
     pub(crate) gateway_api_crds: PathBuf,
 }
 
@@ -76,6 +78,7 @@ impl Artifacts {
             kube_apiserver: dir.join("kube-apiserver"),
             kube_controller_manager: dir.join("kube-controller-manager"),
             kube_scheduler: dir.join("kube-scheduler"),
+            kube_proxy: dir.join("kube-proxy"),
             gateway_api_crds: dir.join(format!("gateway-api-{}", gateway_api_version())),
         };
         for binary in [
@@ -83,9 +86,7 @@ impl Artifacts {
             &artifacts.kube_apiserver,
             &artifacts.kube_controller_manager,
         ] {
-            if !binary.is_file() {
-                bail!("{} is missing: {BUILD_HINT}", binary.display());
-            }
+            present(binary)?;
         }
         if !artifacts.gateway_api_crds.join(".complete").is_file() {
             bail!(
@@ -99,10 +100,12 @@ impl Artifacts {
 
     /// kube-scheduler, which only clusters whose pods run need.
     pub(crate) fn kube_scheduler(&self) -> Result<&Path> {
-        if !self.kube_scheduler.is_file() {
-            bail!("{} is missing: {BUILD_HINT}", self.kube_scheduler.display());
-        }
-        Ok(&self.kube_scheduler)
+        present(&self.kube_scheduler)
+    }
+
+    /// kube-proxy, which only clusters whose pods run need.
+    pub(crate) fn kube_proxy(&self) -> Result<&Path> {
+        present(&self.kube_proxy)
     }
 
     /// The Gateway API manifests, sorted so installation order is stable.
@@ -120,6 +123,13 @@ impl Artifacts {
         }
         Ok(files)
     }
+}
+
+fn present(binary: &Path) -> Result<&Path> {
+    if !binary.is_file() {
+        bail!("{} is missing: {BUILD_HINT}", binary.display());
+    }
+    Ok(binary)
 }
 
 #[cfg(test)]

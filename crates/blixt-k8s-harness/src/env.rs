@@ -1,9 +1,11 @@
-//! What a container sees of the API: the downward API (`fieldRef`s), environment variables
-//! from values, Secrets and ConfigMaps, and `$(VAR)` expansion, as the kubelet computes them.
+//! What a container sees of the API: the downward API (`fieldRef`s), Service variables,
+//! environment variables from values, Secrets and ConfigMaps, and `$(VAR)` expansion, as the
+//! kubelet computes them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use kube::api::Api;
 use kube::Client;
 
@@ -168,13 +170,89 @@ impl Sources {
     }
 }
 
-/// The environment of `container`: the image's variables, `HOSTNAME`, then `envFrom` and `env`
-/// in order, later entries overriding earlier ones, `$(VAR)` expanded from earlier entries.
+/// The Service variables the kubelet gives every container of a pod in `namespace`: those of
+/// the `kubernetes` Service of `default` (`KUBERNETES_SERVICE_HOST`, ...), and with `links`
+/// (`enableServiceLinks`, true by default) those of every Service of the pod's namespace that
+/// has a ClusterIP. Sorted by name.
+pub(crate) fn service_environment(
+    services: &[Arc<Service>],
+    namespace: &str,
+    links: bool,
+) -> Vec<(String, String)> {
+    let mut chosen: BTreeMap<&str, &Service> = BTreeMap::new();
+    for service in services {
+        let (Some(name), Some(ns)) = (
+            service.metadata.name.as_deref(),
+            service.metadata.namespace.as_deref(),
+        ) else {
+            continue;
+        };
+        let ip = service.spec.as_ref().and_then(|s| s.cluster_ip.as_deref());
+        if matches!(ip, None | Some("" | "None")) {
+            continue;
+        }
+        if ns == "default" && name == "kubernetes" {
+            chosen.entry(name).or_insert(service);
+        } else if ns == namespace && links {
+            chosen.insert(name, service);
+        }
+    }
+    let mut env = Vec::new();
+    for (name, service) in chosen {
+        let spec = service.spec.clone().unwrap_or_default();
+        let ip = spec.cluster_ip.unwrap_or_default();
+        let ports = spec.ports.unwrap_or_default();
+        let Some(first) = ports.first() else {
+            continue;
+        };
+        let prefix = name.to_ascii_uppercase().replace('-', "_");
+        env.push((format!("{prefix}_SERVICE_HOST"), ip.clone()));
+        env.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
+        for port in &ports {
+            if let Some(port_name) = port.name.as_deref().filter(|n| !n.is_empty()) {
+                let port_name = port_name.to_ascii_uppercase().replace('-', "_");
+                env.push((
+                    format!("{prefix}_SERVICE_PORT_{port_name}"),
+                    port.port.to_string(),
+                ));
+            }
+        }
+        // Docker's link variables.
+        for (i, port) in ports.iter().enumerate() {
+            let protocol = port.protocol.as_deref().unwrap_or("TCP");
+            let lower = protocol.to_ascii_lowercase();
+            // Go's net.JoinHostPort.
+            let url = if ip.contains(':') {
+                format!("{lower}://[{ip}]:{}", port.port)
+            } else {
+                format!("{lower}://{ip}:{}", port.port)
+            };
+            if i == 0 {
+                env.push((format!("{prefix}_PORT"), url.clone()));
+            }
+            let port_prefix = format!(
+                "{prefix}_PORT_{}_{}",
+                port.port,
+                protocol.to_ascii_uppercase()
+            );
+            env.push((format!("{port_prefix}_PROTO"), lower));
+            env.push((format!("{port_prefix}_PORT"), port.port.to_string()));
+            env.push((format!("{port_prefix}_ADDR"), ip.clone()));
+            env.push((port_prefix, url));
+        }
+    }
+    env
+}
+
+/// The environment of `container`: the image's variables, `HOSTNAME`, the Service variables
+/// (`service_env`), then `envFrom` and `env` in order, later entries overriding earlier ones,
+/// `$(VAR)` expanded from earlier entries.
 pub(crate) async fn environment(
     sources: &mut Sources,
     facts: &PodFacts,
     container: &Container,
     image_env: &[(String, String)],
+    service_env: &[(String, String)],
 ) -> Result<Vec<(String, String)>, String> {
     let mut env: Vec<(String, String)> = vec![(
         "PATH".to_owned(),
@@ -193,6 +271,9 @@ pub(crate) async fn environment(
         facts.name().to_owned()
     };
     set(&mut env, "HOSTNAME".to_owned(), hostname);
+    for (k, v) in service_env {
+        set(&mut env, k.clone(), v.clone());
+    }
 
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
@@ -300,6 +381,74 @@ mod tests {
         assert_eq!(expand("$(MISSING)", &env), "$(MISSING)");
         assert_eq!(expand("$$(A) $5", &env), "$(A) $5");
         assert_eq!(expand("--n=$(A", &env), "--n=$(A");
+    }
+
+    #[test]
+    fn service_variables_as_the_kubelet_sets_them() {
+        let service = |ns: &str, name: &str, ip: &str, ports: serde_json::Value| {
+            Arc::new(
+                serde_json::from_value::<Service>(serde_json::json!({
+                    "metadata": { "name": name, "namespace": ns },
+                    "spec": { "clusterIP": ip, "ports": ports },
+                }))
+                .unwrap(),
+            )
+        };
+        let services = vec![
+            service(
+                "default",
+                "kubernetes",
+                "10.96.0.1",
+                serde_json::json!([{ "name": "https", "port": 443, "protocol": "TCP" }]),
+            ),
+            service(
+                "ns",
+                "my-svc",
+                "fd00:10:96::5",
+                serde_json::json!([{ "port": 53, "protocol": "UDP" }]),
+            ),
+            service(
+                "ns",
+                "headless",
+                "None",
+                serde_json::json!([{ "port": 80 }]),
+            ),
+            service(
+                "other",
+                "elsewhere",
+                "10.96.0.9",
+                serde_json::json!([{ "port": 80 }]),
+            ),
+        ];
+        let env: BTreeMap<String, String> = service_environment(&services, "ns", true)
+            .into_iter()
+            .collect();
+        let expected: BTreeMap<String, String> = [
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
+            ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
+            ("KUBERNETES_PORT_443_TCP", "tcp://10.96.0.1:443"),
+            ("KUBERNETES_PORT_443_TCP_PROTO", "tcp"),
+            ("KUBERNETES_PORT_443_TCP_PORT", "443"),
+            ("KUBERNETES_PORT_443_TCP_ADDR", "10.96.0.1"),
+            ("MY_SVC_SERVICE_HOST", "fd00:10:96::5"),
+            ("MY_SVC_SERVICE_PORT", "53"),
+            ("MY_SVC_PORT", "udp://[fd00:10:96::5]:53"),
+            ("MY_SVC_PORT_53_UDP", "udp://[fd00:10:96::5]:53"),
+            ("MY_SVC_PORT_53_UDP_PROTO", "udp"),
+            ("MY_SVC_PORT_53_UDP_PORT", "53"),
+            ("MY_SVC_PORT_53_UDP_ADDR", "fd00:10:96::5"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(env, expected);
+        let without_links = service_environment(&services, "ns", false);
+        assert!(without_links
+            .iter()
+            .all(|(k, _)| k.starts_with("KUBERNETES_")));
+        assert_eq!(without_links.len(), 8);
     }
 
     #[test]

@@ -16,10 +16,13 @@
 //! # Pods that really run (opt-in, root)
 //!
 //! [`ClusterOptions::running_pods`] starts a cluster of its own with kube-scheduler, the
-//! workload controllers, and a [`NodeAgent`] that runs the Pods bound to its Node as processes,
-//! each in a network namespace of its own with IPv4 and IPv6 addresses the test process reaches
-//! directly (the root namespace routes the pod CIDRs through a veth to a "node" namespace).
-//! Images map to programs of this machine through an [`ImageTable`].
+//! workload controllers, kube-proxy, and a [`NodeAgent`] that runs the Pods bound to its Node as
+//! processes, each in a network namespace of its own with IPv4 and IPv6 addresses the test
+//! process reaches directly (the root namespace routes the pod CIDRs through a veth to a "node"
+//! namespace). Images map to programs of this machine through an [`ImageTable`]. The API server
+//! then listens on the root end of that veth (`10.243.N.1`, [`Cluster::server_url`]), which pods
+//! reach, and the `kubernetes` Service's endpoint is that address: in-cluster clients
+//! (`KUBERNETES_SERVICE_HOST`, the projected service-account token) work from pods.
 //!
 //! ```no_run
 //! # fn example() -> anyhow::Result<()> {
@@ -35,23 +38,40 @@
 //!
 //! What the node agent emulates: the Node (capacity, pod CIDRs, addresses, Ready kept fresh with
 //! a Lease), a pod sandbox (a network namespace on a bridge, or the node namespace for
-//! `hostNetwork`), environment variables (values, downward-API `fieldRef`s, Secret and ConfigMap
-//! keys, `envFrom`, `$(VAR)` expansion), volumes (Secret, ConfigMap, downwardAPI, projected with
-//! service-account tokens, emptyDir, hostPath) bind-mounted in a private mount namespace,
-//! `command`/`args`, init containers, restarts per `restartPolicy`, readiness, liveness and
-//! startup probes (TCP, HTTP, exec), the pod status a kubelet writes, graceful deletion. What it
-//! does not: images and container isolation (no pulls or root file systems, no cgroups or
-//! resource limits, no user namespaces, seccomp or capabilities: processes run as root unless
-//! `runAsUser` says otherwise), Service networking (no kube-proxy: ClusterIPs do not route) and
-//! DNS, the kubelet API (no exec, logs or port-forward: see [`NodeAgent::pod_log`]), hostPorts,
-//! volume updates after start, the node-lifecycle controller. `tests/k8s/README.md` has the
-//! details. Pods made by hand with [`test_pod`] and [`mark_pod_ready`] belong on API-only Nodes
-//! ([`create_node`]) there: on the agent's Node they would be run (and their status rewritten).
+//! `hostNetwork`), environment variables (the kubelet's Service variables
+//! `KUBERNETES_SERVICE_HOST`, ... and those of the namespace's Services with
+//! `enableServiceLinks`, values, downward-API `fieldRef`s, Secret and ConfigMap keys, `envFrom`,
+//! `$(VAR)` expansion), volumes (Secret, ConfigMap, downwardAPI, projected with service-account
+//! tokens, emptyDir, hostPath) bind-mounted in a private mount namespace, a `resolv.conf` per
+//! `dnsPolicy` (and `dnsConfig`) bind-mounted at `/etc/resolv.conf`, capabilities as containerd
+//! sets them (its default set, `capabilities.add`/`drop`, `privileged`, applied as the bounding
+//! set; `allowPrivilegeEscalation: false` as `no_new_privs`), `command`/`args`, init containers,
+//! restarts per `restartPolicy`, readiness, liveness and startup probes (TCP, HTTP, exec), the
+//! pod status a kubelet writes, graceful deletion.
+//!
+//! Service networking is real: kube-proxy (iptables mode, built by `tests/k8s/build.sh`) runs in
+//! the node namespace as `system:kube-proxy`, so ClusterIPs (both families) route from pods and
+//! from hostNetwork pods. Cluster DNS is emulated by the agent ([`NodeAgent::dns_server`],
+//! `10.243.N.1:53`, UDP and TCP): `<svc>.<ns>.svc.cluster.local` A/AAAA records from a watch of
+//! Services (ClusterIPs by family; headless Services: ready endpoint addresses; ExternalName: a
+//! CNAME), `<hostname>.<svc>.<ns>.svc` and `<a-b-c-d>.<ns>.pod` names, NXDOMAIN for other
+//! `cluster.local` names, REFUSED for everything else (nothing is forwarded upstream); no SRV or
+//! PTR records, no `kube-dns` Service.
+//!
+//! What it does not emulate: images and container isolation (no pulls or root file systems, no
+//! cgroups or resource limits, no user namespaces, seccomp, AppArmor or `readOnlyRootFilesystem`;
+//! processes run as root unless `runAsUser` says otherwise, with the capabilities above), the
+//! kubelet API (no exec, logs or port-forward: see [`NodeAgent::pod_log`]), `/etc/hosts`,
+//! hostPorts, volume updates after start, the node-lifecycle controller. `tests/k8s/README.md`
+//! has the details. Pods made by hand with [`test_pod`] and [`mark_pod_ready`] belong on
+//! API-only Nodes ([`create_node`]) there: on the agent's Node they would be run (and their
+//! status rewritten).
 //!
 //! Layout of a running cluster (a temporary directory on tmpfs, `/dev/shm` by default):
 //! `etcd/` (data), `pki/` (CA, serving and client certificates, service-account keys),
 //! `logs/<component>.log`, `kubeconfig` (admin, for child processes), and with running pods
-//! `pods/<namespace>_<pod>_<uid>/` (`volumes/`, `logs/<container>.log`, overlay layers).
+//! `kube-proxy.kubeconfig` and `pods/<namespace>_<pod>_<uid>/` (`volumes/`,
+//! `logs/<container>.log`, `resolv.conf`, overlay layers).
 //!
 //! Environment: `BLIXT_K8S_CACHE` (where build.sh put the binaries), `BLIXT_K8S_TMPDIR`
 //! (instead of `/dev/shm`), `BLIXT_K8S_KEEP=1` (keep the directory and temporary namespaces
@@ -61,6 +81,8 @@
 
 mod agent;
 mod artifacts;
+mod caps;
+mod dns;
 mod env;
 mod images;
 mod manifests;
@@ -73,12 +95,12 @@ mod probes;
 mod process;
 #[allow(
     unsafe_code,
-    reason = "setns, unshare and mount between fork and exec; kill; flock"
+    reason = "setns, unshare, mount and prctl (capability bounding set, no_new_privs) between fork and exec; kill; flock"
 )]
 mod sys;
 mod volumes;
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -122,7 +144,9 @@ const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// processes also die with the test binary whatever happens (see `process.rs`).
 #[derive(Debug)]
 pub struct Cluster {
-    // Stopped in this order by `shutdown`.
+    // Stopped in this order by `shutdown`. kube-proxy before the agent: the node namespace (and
+    // kube-proxy's rules in it) goes away with the last process inside.
+    proxy: Option<Component>,
     agent: Option<NodeAgent>,
     scheduler: Option<Component>,
     controller_manager: Component,
@@ -148,8 +172,10 @@ pub struct ClusterOptions {
 impl ClusterOptions {
     /// Pods really run: kube-scheduler, the workload controllers (Deployment, ReplicaSet,
     /// DaemonSet, StatefulSet, Job, PodDisruptionBudget, pod garbage collection), a dual-stack
-    /// Service range, and a [`NodeAgent`] whose Node (`blixt-node`) replaces the API-only one.
-    /// Containers run the programs `images` maps their images to. Needs root.
+    /// Service range, kube-proxy in the node namespace, and a [`NodeAgent`] (with the cluster
+    /// DNS server) whose Node (`blixt-node`) replaces the API-only one; the API server listens
+    /// where pods reach it. Containers run the programs `images` maps their images to. Needs
+    /// root and iptables.
     pub fn running_pods(mut self, images: ImageTable) -> Self {
         self.running_pods = Some(images);
         self
@@ -340,7 +366,8 @@ impl Cluster {
         self.agent.as_ref()
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// `https://127.0.0.1:<port>`; with running pods `https://10.243.N.1:<port>`, the root
+    /// namespace's end of the node veth, which pods and the node namespace reach too.
     pub fn server_url(&self) -> &str {
         &self.server_url
     }
@@ -398,6 +425,9 @@ impl Cluster {
     /// Stops every process and removes the directory (or keeps it with `BLIXT_K8S_KEEP`, and
     /// keeps the logs if the calling thread is panicking). Idempotent; called by `Drop`.
     fn shutdown(&self) {
+        if let Some(proxy) = &self.proxy {
+            proxy.stop();
+        }
         if let Some(agent) = &self.agent {
             agent.stop();
         }
@@ -662,6 +692,7 @@ fn start_blocking(options: &ClusterOptions) -> Result<Cluster> {
     let artifacts = artifacts::Artifacts::locate()?;
     if options.running_pods.is_some() {
         artifacts.kube_scheduler()?;
+        artifacts.kube_proxy()?;
         anyhow::ensure!(
             blixt_lab::is_root(),
             "a cluster whose pods run needs root: its node agent creates network namespaces, veths and mounts"
@@ -716,7 +747,19 @@ fn start_components(
     options: &ClusterOptions,
 ) -> Result<Cluster> {
     let running_pods = options.running_pods.is_some();
-    let pki = pki::Pki::generate(&path.join("pki"), SERVICE_IP)?;
+    // With running pods the node network comes first: the API server listens on its root end,
+    // which pods reach (through the `kubernetes` Service and kube-proxy, or directly).
+    let network = if running_pods {
+        Some(network::NodeNetwork::create().context("building the node network")?)
+    } else {
+        None
+    };
+    let api_host: IpAddr = network
+        .as_ref()
+        .map_or(Ipv4Addr::LOCALHOST, |n| n.root_ips().0)
+        .into();
+    let extra_sans: Vec<IpAddr> = network.iter().map(|_| api_host).collect();
+    let pki = pki::Pki::generate(&path.join("pki"), SERVICE_IP, &extra_sans)?;
     let [etcd_client, etcd_peer, api_port] = free_ports::<3>()?;
     let arg = |k: &str, v: &dyn std::fmt::Display| format!("--{k}={v}");
     let show = |p: &Path| p.display().to_string();
@@ -739,15 +782,15 @@ fn start_components(
         ],
         logs,
     )?;
-    wait_blocking("etcd /health", &etcd, || etcd_healthy(etcd_client))?;
+    wait_blocking("etcd /health", &[&etcd], || etcd_healthy(etcd_client))?;
 
     let apiserver = Component::start(
         "kube-apiserver",
         &artifacts.kube_apiserver,
         &[
             arg("etcd-servers", &etcd_url),
-            arg("bind-address", &"127.0.0.1"),
-            arg("advertise-address", &"127.0.0.1"),
+            arg("bind-address", &api_host),
+            arg("advertise-address", &api_host),
             arg("secure-port", &api_port),
             arg("cert-dir", &show(&path.join("apiserver"))),
             arg("tls-cert-file", &show(&pki.serving_cert)),
@@ -768,9 +811,14 @@ fn start_components(
                     SERVICE_CIDR
                 },
             ),
-            // Endpoints may not hold loopback addresses, so the reconciler of the `kubernetes`
-            // Service's endpoints could only log errors.
-            arg("endpoint-reconciler-type", &"none"),
+            // Endpoints may not hold loopback addresses, so without running pods the reconciler
+            // of the `kubernetes` Service's endpoints could only log errors. With them, the
+            // lease reconciler publishes <root end of the node veth>:<port>, where kube-proxy
+            // sends 10.96.0.1:443.
+            arg(
+                "endpoint-reconciler-type",
+                &if running_pods { "lease" } else { "none" },
+            ),
             // As real clusters (kubeadm) run: the agent DaemonSet may ask for privileges.
             arg("allow-privileged", &"true"),
             arg("profiling", &"false"),
@@ -778,7 +826,7 @@ fn start_components(
         logs,
     )?;
 
-    let server_url = format!("https://127.0.0.1:{api_port}");
+    let server_url = format!("https://{api_host}:{api_port}");
     let kubeconfig = path.join("kubeconfig");
     write_kubeconfig(
         &kubeconfig,
@@ -828,12 +876,26 @@ fn start_components(
         anyhow::Ok((admin, crds))
     })?;
     // Before the controllers, so the Node exists when the first Pods are scheduled.
-    let agent = match &options.running_pods {
-        Some(images) => Some(NodeAgent::start(
+    let agent = match (&options.running_pods, network) {
+        (Some(images), Some(network)) => Some(NodeAgent::start(
             admin.clone(),
             AGENT_NODE_NAME,
             images.clone(),
             path.join("pods"),
+            network,
+        )?),
+        _ => None,
+    };
+    // Once the Node exists (kube-proxy reads its addresses), and before any pod runs.
+    let proxy = match &agent {
+        Some(agent) => Some(start_kube_proxy(
+            artifacts,
+            agent,
+            &pki,
+            &server_url,
+            path,
+            logs,
+            &apiserver,
         )?),
         None => None,
     };
@@ -902,6 +964,7 @@ fn start_components(
     };
 
     Ok(Cluster {
+        proxy,
         agent,
         scheduler,
         controller_manager,
@@ -923,6 +986,88 @@ fn start_components(
     })
 }
 
+/// kube-proxy in iptables mode inside the node namespace (`ip netns exec`, which execs it in
+/// place, so the Component's pid is kube-proxy's), as `system:kube-proxy`, leaving global
+/// sysctls alone; returns once it has programmed the `kubernetes` Service.
+fn start_kube_proxy(
+    artifacts: &artifacts::Artifacts,
+    agent: &NodeAgent,
+    pki: &pki::Pki,
+    server_url: &str,
+    path: &Path,
+    logs: &Path,
+    apiserver: &Component,
+) -> Result<Component> {
+    let kubeconfig = path.join("kube-proxy.kubeconfig");
+    write_kubeconfig(
+        &kubeconfig,
+        server_url,
+        &pki.ca_cert,
+        &pki.kube_proxy.cert,
+        &pki.kube_proxy.key,
+        None,
+    )?;
+    let binary = artifacts.kube_proxy()?;
+    for tool in [
+        "iptables",
+        "iptables-restore",
+        "ip6tables",
+        "ip6tables-restore",
+    ] {
+        let on_path = std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
+        anyhow::ensure!(
+            on_path,
+            "kube-proxy needs {tool}, which is not on PATH (apt-get install iptables; make test installs it)"
+        );
+    }
+    let mut args = vec![
+        "netns".to_owned(),
+        "exec".to_owned(),
+        agent.node_netns().to_owned(),
+        display(binary),
+        format!("--kubeconfig={}", display(&kubeconfig)),
+        format!("--hostname-override={}", agent.node_name()),
+        "--proxy-mode=iptables".to_owned(),
+        format!("--cluster-cidr={}", agent.pod_cidrs().join(",")),
+        "--detect-local-mode=ClusterCIDR".to_owned(),
+        // Leave the machine's conntrack table size and timeouts (global sysctls) alone.
+        "--conntrack-max-per-core=0".to_owned(),
+        "--conntrack-tcp-timeout-established=0".to_owned(),
+        "--conntrack-tcp-timeout-close-wait=0".to_owned(),
+        "--oom-score-adj=0".to_owned(),
+        // NodePorts on the Node's InternalIPs (the node namespace's eth0), not on every local
+        // address.
+        "--nodeport-addresses=primary".to_owned(),
+        // Inside the node namespace, so no port of the machine is taken.
+        "--healthz-bind-address=127.0.0.1:10256".to_owned(),
+        "--metrics-bind-address=".to_owned(),
+        // Services change quickly in tests.
+        "--iptables-min-sync-period=100ms".to_owned(),
+        "--v=2".to_owned(),
+    ];
+    if !agent.bridge_netfilter() {
+        // Without br_netfilter, replies between pods on the bridge bypass iptables.
+        args.push("--masquerade-all".to_owned());
+    }
+    let proxy = Component::start("kube-proxy", Path::new("ip"), &args, logs)?;
+    let node_netns = agent.node_netns();
+    let service_rule = format!("{SERVICE_IP}/32");
+    wait_blocking(
+        &format!("kube-proxy's rule for the `kubernetes` Service ({service_rule}) in {node_netns}"),
+        &[&proxy, apiserver],
+        || {
+            let rules = std::process::Command::new("ip")
+                .args(["netns", "exec", node_netns])
+                .args(["iptables", "-w", "-t", "nat", "-S", "KUBE-SERVICES"])
+                .stdin(std::process::Stdio::null())
+                .output()?;
+            Ok(String::from_utf8_lossy(&rules.stdout).contains(&service_rule))
+        },
+    )?;
+    Ok(proxy)
+}
+
 async fn readyz(client: &Client) -> Result<String> {
     let request = http::Request::get("/readyz").body(Vec::new())?;
     Ok(client.request_text(request).await?)
@@ -941,14 +1086,19 @@ fn etcd_healthy(port: u16) -> Result<bool> {
     Ok(response.contains(r#""health":"true""#))
 }
 
+/// Polls `check` until it says yes, failing early if one of `components` exits; the first one's
+/// log ends the error.
 fn wait_blocking(
     what: &str,
-    component: &Component,
+    components: &[&Component],
     check: impl Fn() -> Result<bool>,
 ) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
+    let component = components.first().context("nothing to wait for")?;
     loop {
-        component.check_running()?;
+        for component in components {
+            component.check_running()?;
+        }
         if check().unwrap_or(false) {
             return Ok(());
         }

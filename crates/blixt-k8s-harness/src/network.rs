@@ -14,8 +14,11 @@
 //!
 //! The root namespace routes both pod CIDRs via the node namespace, which forwards: the test
 //! process reaches every pod IP (and the node's addresses) directly. The node namespace's
-//! default routes point back at the root end, so pods reach the root namespace's 10.243.N.1.
-//! Routes and the root veth vanish with the node namespace.
+//! default routes point back at the root end, so pods reach the root namespace's 10.243.N.1,
+//! where the API server and the cluster DNS server listen when pods run. Bridged traffic on
+//! `cbr0` passes the node namespace's iptables (`bridge-nf-call-ip(6)tables`, a per-namespace
+//! sysctl), so kube-proxy's DNAT is undone for replies between pods on the bridge. Routes, the
+//! root veth and kube-proxy's rules vanish with the node namespace.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -44,6 +47,7 @@ pub(crate) struct NodeNetwork {
     ns: NetNs,
     root_link: String,
     used: Arc<Mutex<BTreeSet<u8>>>,
+    bridge_netfilter: bool,
 }
 
 impl NodeNetwork {
@@ -79,17 +83,18 @@ impl NodeNetwork {
             "netns",
             ns.name(),
         ])?;
-        let network = Self {
+        let mut network = Self {
             index,
             ns,
             root_link,
             used: Arc::default(),
+            bridge_netfilter: false,
         };
         network.configure()?;
         Ok(network)
     }
 
-    fn configure(&self) -> Result<()> {
+    fn configure(&mut self) -> Result<()> {
         let n = self.index;
         let link = self.root_link.as_str();
         for sysctl in [
@@ -104,6 +109,19 @@ impl NodeNetwork {
             };
             self.ns.sysctl_set(sysctl, value)?;
         }
+        // Only where br_netfilter is loaded (the sysctls then exist in every namespace).
+        self.bridge_netfilter = self
+            .ns
+            .sysctl_get("net.bridge.bridge-nf-call-iptables")
+            .is_ok();
+        if self.bridge_netfilter {
+            for sysctl in [
+                "net.bridge.bridge-nf-call-iptables",
+                "net.bridge.bridge-nf-call-ip6tables",
+            ] {
+                self.ns.sysctl_set(sysctl, "1")?;
+            }
+        }
         let (v4, v6) = self.host_ips();
         let lines = [
             format!("addr add {v4}/24 dev eth0"),
@@ -115,9 +133,16 @@ impl NodeNetwork {
             format!("link set {BRIDGE} up"),
         ];
         self.ns.ip_batch(&lines)?;
-        ip(&["addr", "add", &format!("10.243.{n}.1/24"), "dev", link])?;
-        let root_v6 = format!("fd00:10:243:{n:x}::1/64");
-        ip(&["addr", "add", &root_v6, "dev", link, "nodad"])?;
+        let (root_v4, root_v6) = self.root_ips();
+        ip(&["addr", "add", &format!("{root_v4}/24"), "dev", link])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{root_v6}/64"),
+            "dev",
+            link,
+            "nodad",
+        ])?;
         ip(&["link", "set", link, "up"])?;
         ip(&[
             "route",
@@ -138,8 +163,8 @@ impl NodeNetwork {
             link,
         ])?;
         self.ns.ip_batch(&[
-            format!("route add default via 10.243.{n}.1"),
-            format!("route add default via fd00:10:243:{n:x}::1"),
+            format!("route add default via {root_v4}"),
+            format!("route add default via {root_v6}"),
         ])
     }
 
@@ -159,6 +184,23 @@ impl NodeNetwork {
             Ipv4Addr::new(10, 243, n, 2),
             Ipv6Addr::new(0xfd00, 0x10, 0x243, n.into(), 0, 0, 0, 2),
         )
+    }
+
+    /// The root namespace's end of the veth: where pods and the node namespace reach the root
+    /// namespace (the API server, the DNS server).
+    pub(crate) fn root_ips(&self) -> (Ipv4Addr, Ipv6Addr) {
+        let n = self.index;
+        (
+            Ipv4Addr::new(10, 243, n, 1),
+            Ipv6Addr::new(0xfd00, 0x10, 0x243, n.into(), 0, 0, 0, 1),
+        )
+    }
+
+    /// Whether bridged pod traffic passes iptables (`br_netfilter`). Without it, kube-proxy
+    /// must masquerade all Service traffic for replies between pods on the bridge to be
+    /// un-NATed.
+    pub(crate) fn bridge_netfilter(&self) -> bool {
+        self.bridge_netfilter
     }
 
     pub(crate) fn ns(&self) -> &NetNs {

@@ -1,6 +1,6 @@
 //! The cluster's throwaway PKI, generated at every start: one CA, the API server's serving
-//! certificate, client certificates for the admin user, the controller manager and the scheduler, and the
-//! service-account signing key pair. ECDSA P-256 everywhere (fast to generate; the API server
+//! certificate, client certificates for the admin user, the controller manager, the scheduler and
+//! kube-proxy, and the service-account signing key pair. ECDSA P-256 everywhere (fast to generate; the API server
 //! accepts ES256 service-account keys).
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -22,6 +22,7 @@ pub(crate) struct Pki {
     pub(crate) admin: ClientCert,
     pub(crate) controller_manager: ClientCert,
     pub(crate) scheduler: ClientCert,
+    pub(crate) kube_proxy: ClientCert,
     pub(crate) sa_private_key: PathBuf,
     pub(crate) sa_public_key: PathBuf,
 }
@@ -32,14 +33,15 @@ pub(crate) struct ClientCert {
     pub(crate) key: PathBuf,
 }
 
-/// The DNS names and addresses the serving certificate is valid for: loopback (where the server
-/// listens) and the in-cluster names of the `kubernetes` Service, so a client configured the
-/// in-cluster way would verify it too.
-fn serving_names(service_ip: Ipv4Addr) -> Vec<SanType> {
+/// The DNS names and addresses the serving certificate is valid for: loopback, `extra_ips` (where
+/// the server listens when pods run) and the in-cluster names of the `kubernetes` Service, so a
+/// client configured the in-cluster way verifies it too.
+fn serving_names(service_ip: Ipv4Addr, extra_ips: &[IpAddr]) -> Vec<SanType> {
     let mut names = vec![
         SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         SanType::IpAddress(IpAddr::V4(service_ip)),
     ];
+    names.extend(extra_ips.iter().copied().map(SanType::IpAddress));
     for dns in [
         "localhost",
         "kubernetes",
@@ -71,8 +73,9 @@ fn write(dir: &Path, file: &str, contents: &str) -> Result<PathBuf> {
 
 impl Pki {
     /// Generates everything into `dir`. `service_ip` is the first address of the Service range
-    /// (what the API server gives the `kubernetes` Service).
-    pub(crate) fn generate(dir: &Path, service_ip: Ipv4Addr) -> Result<Self> {
+    /// (what the API server gives the `kubernetes` Service); the serving certificate is also
+    /// valid for `extra_ips`.
+    pub(crate) fn generate(dir: &Path, service_ip: Ipv4Addr, extra_ips: &[IpAddr]) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
         let ca_key = KeyPair::generate().context("generating the CA key")?;
@@ -117,7 +120,7 @@ impl Pki {
         let serving = leaf(
             "apiserver",
             name("kube-apiserver", None),
-            serving_names(service_ip),
+            serving_names(service_ip, extra_ips),
             ExtendedKeyUsagePurpose::ServerAuth,
         )?;
         // O=system:masters is bound to cluster-admin by the bootstrap RBAC policy.
@@ -144,6 +147,14 @@ impl Pki {
             ExtendedKeyUsagePurpose::ClientAuth,
         )?;
 
+        // Bound to system:node-proxier by the bootstrap policy.
+        let kube_proxy = leaf(
+            "kube-proxy",
+            name("system:kube-proxy", None),
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+
         let sa_key = KeyPair::generate().context("generating the service-account key")?;
         Ok(Self {
             ca_cert: write(dir, "ca.crt", &ca_pem)?,
@@ -153,6 +164,7 @@ impl Pki {
             admin,
             controller_manager,
             scheduler,
+            kube_proxy,
             sa_private_key: write(dir, "sa.key", &sa_key.serialize_pem())?,
             sa_public_key: write(dir, "sa.pub", &sa_key.public_key_pem())?,
         })

@@ -1,6 +1,6 @@
 //! One worker per Pod bound to the node: it builds the pod's sandbox (network namespace and
-//! addresses, volumes), runs its containers as processes (init containers first, restarts per
-//! `restartPolicy`, probes), reports the status a kubelet would, and on deletion stops the
+//! addresses, `resolv.conf`, volumes), runs its containers as processes (environment with the
+//! Service variables, capabilities, init containers first, restarts per `restartPolicy`, probes), reports the status a kubelet would, and on deletion stops the
 //! processes (SIGTERM, SIGKILL after the grace period), removes the sandbox and finalises the
 //! Pod.
 
@@ -78,6 +78,8 @@ struct Sandbox {
     facts: PodFacts,
     probe_ip: IpAddr,
     volumes: Option<Volumes>,
+    /// The pod's `resolv.conf`, mounted at `/etc/resolv.conf`; `None`: the host's is used.
+    resolv_conf: Option<PathBuf>,
 }
 
 struct ContainerRun {
@@ -263,6 +265,20 @@ impl Worker {
             let spec = self.pod.spec.clone().unwrap_or_default();
             let (host_v4, host_v6) = self.ctx.node.host_ips;
             let host_ips = vec![host_v4.to_string(), host_v6.to_string()];
+            let resolv_conf = match crate::dns::resolv_conf(
+                &spec,
+                &self.namespace,
+                self.ctx.dns,
+                &self.ctx.host_resolv_conf,
+            ) {
+                Some(text) => {
+                    let path = self.dir.join("resolv.conf");
+                    std::fs::write(&path, text)
+                        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                    Some(path)
+                }
+                None => None,
+            };
             let sandbox = if spec.host_network == Some(true) {
                 Sandbox {
                     network: None,
@@ -274,6 +290,7 @@ impl Worker {
                     },
                     probe_ip: host_v4.into(),
                     volumes: None,
+                    resolv_conf,
                 }
             } else {
                 let network = self.ctx.network.clone();
@@ -292,6 +309,7 @@ impl Worker {
                     probe_ip: pod_network.ipv4.into(),
                     network: Some(pod_network),
                     volumes: None,
+                    resolv_conf,
                 }
             };
             self.ctx
@@ -428,10 +446,22 @@ impl Worker {
                 ),
             )
         })?;
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let service_env = env::service_environment(
+            &self.ctx.view.services(),
+            &self.namespace,
+            spec.enable_service_links != Some(false),
+        );
         let mut sources = Sources::new(&self.ctx.client, &self.namespace);
-        let env = env::environment(&mut sources, &sandbox.facts, &c.spec, program.image_env())
-            .await
-            .map_err(|e| ("CreateContainerConfigError", e))?;
+        let env = env::environment(
+            &mut sources,
+            &sandbox.facts,
+            &c.spec,
+            program.image_env(),
+            &service_env,
+        )
+        .await
+        .map_err(|e| ("CreateContainerConfigError", e))?;
         let expand = |v: &Option<Vec<String>>| -> Vec<String> {
             v.iter().flatten().map(|s| env::expand(s, &env)).collect()
         };
@@ -447,9 +477,15 @@ impl Worker {
             .volumes
             .as_ref()
             .expect("containers start with volumes");
-        let mounts = volumes::mount_plan(volumes, &c.spec, scratch)
+        let files: Vec<(PathBuf, PathBuf)> = sandbox
+            .resolv_conf
+            .iter()
+            .map(|path| (path.clone(), PathBuf::from("/etc/resolv.conf")))
+            .collect();
+        let mounts = volumes::mount_plan(volumes, &c.spec, &files, scratch)
             .map_err(|e| ("CreateContainerConfigError", e))?;
-        let spec = self.pod.spec.clone().unwrap_or_default();
+        let privileges = crate::caps::privileges(c.spec.security_context.as_ref())
+            .map_err(|e| ("CreateContainerConfigError", e))?;
         let pod_security = spec.security_context.unwrap_or_default();
         let security = c.spec.security_context.clone().unwrap_or_default();
         let uid = security.run_as_user.or(pod_security.run_as_user);
@@ -469,6 +505,7 @@ impl Worker {
                 .clone()
                 .map_or_else(|| "/".into(), PathBuf::from),
             user: uid.map(|u| (u as u32, gid.unwrap_or(0) as u32)),
+            privileges,
         };
         Ok((invocation, env, isolation))
     }

@@ -1,5 +1,6 @@
 //! The system calls of the node agent: putting a container's process into its pod (network
-//! namespace, private mount and UTS namespaces, volume mounts, user) between fork and exec,
+//! namespace, private mount and UTS namespaces, volume mounts, capabilities, user) between fork
+//! and exec,
 //! signalling process groups, and a file lock. Everything `unsafe` of the agent is here.
 
 use std::ffi::{CStr, CString};
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, Result};
+
+use crate::caps::Privileges;
 
 /// What a container's mount namespace gets, applied in this order: overlays (so that missing
 /// mount points can be created without touching the host), directories and empty files to
@@ -49,6 +52,8 @@ pub(crate) struct Isolation {
     pub(crate) working_dir: PathBuf,
     /// `(uid, gid)`; root when `None`.
     pub(crate) user: Option<(u32, u32)>,
+    /// The capability bounding set and `no_new_privs`.
+    pub(crate) privileges: Privileges,
 }
 
 enum Step {
@@ -70,7 +75,9 @@ fn c_path(path: &Path) -> Result<CString> {
 
 /// Makes `command` enter the pod between fork and exec: the network namespace, new mount and
 /// UTS namespaces (mounts made there never reach the host: `/` is made private first), the
-/// hostname, the mounts, the working directory and the user. A failing step writes its name to
+/// hostname, the mounts, the working directory, the capability bounding set (every capability
+/// not in `privileges` dropped, the ambient set cleared; `no_new_privs`), then the user. A root
+/// process thus execs with exactly the allowed capabilities. A failing step writes its name to
 /// the process's stderr (the container log) and fails the spawn with its errno.
 pub(crate) fn isolate(command: &mut Command, isolation: Isolation) -> Result<()> {
     let netns = File::open(&isolation.netns)
@@ -130,11 +137,13 @@ pub(crate) fn isolate(command: &mut Command, isolation: Isolation) -> Result<()>
     }
     let working_dir = c_path(&isolation.working_dir)?;
     let user = isolation.user;
+    let privileges = isolation.privileges;
+    let last_cap = last_capability()?;
 
     // SAFETY: the closure runs in the child between fork and exec. It only makes system calls
     // that are async-signal-safe (setns, unshare, mount, mkdir, open, close, sethostname, chdir,
-    // setgroups, setgid, setuid, write) on data prepared before the fork, and builds errors
-    // from errno without allocating.
+    // prctl, setgroups, setgid, setuid, write) on data prepared before the fork, and builds
+    // errors from errno without allocating.
     unsafe {
         command.pre_exec(move || {
             if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
@@ -192,6 +201,41 @@ pub(crate) fn isolate(command: &mut Command, isolation: Isolation) -> Result<()>
             if libc::chdir(working_dir.as_ptr()) != 0 {
                 return Err(failed(b"chdir", Some(&working_dir)));
             }
+            // The bounding set limits what the exec'd program gets; the current (root)
+            // credentials keep CAP_SETPCAP, CAP_SETUID and CAP_SETGID for the steps below.
+            // prctl is variadic: every argument is passed as the unsigned long the kernel reads.
+            const NONE: libc::c_ulong = 0;
+            if let Some(keep) = privileges.bounding {
+                for cap in 0..=last_cap {
+                    let kept = cap < 64 && keep & (1u64 << cap) != 0;
+                    if !kept
+                        && libc::prctl(
+                            libc::PR_CAPBSET_DROP,
+                            libc::c_ulong::from(cap),
+                            NONE,
+                            NONE,
+                            NONE,
+                        ) != 0
+                    {
+                        return Err(failed(b"prctl(PR_CAPBSET_DROP)", None));
+                    }
+                }
+                let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
+                if libc::prctl(libc::PR_CAP_AMBIENT, clear, NONE, NONE, NONE) != 0 {
+                    return Err(failed(b"prctl(PR_CAP_AMBIENT_CLEAR_ALL)", None));
+                }
+            }
+            if privileges.no_new_privs
+                && libc::prctl(
+                    libc::PR_SET_NO_NEW_PRIVS,
+                    1 as libc::c_ulong,
+                    NONE,
+                    NONE,
+                    NONE,
+                ) != 0
+            {
+                return Err(failed(b"prctl(PR_SET_NO_NEW_PRIVS)", None));
+            }
             if let Some((uid, gid)) = user {
                 if libc::setgroups(0, std::ptr::null()) != 0
                     || libc::setgid(gid) != 0
@@ -204,6 +248,15 @@ pub(crate) fn isolate(command: &mut Command, isolation: Isolation) -> Result<()>
         });
     }
     Ok(())
+}
+
+/// The highest capability number the kernel knows (`/proc/sys/kernel/cap_last_cap`).
+fn last_capability() -> Result<u32> {
+    const PATH: &str = "/proc/sys/kernel/cap_last_cap";
+    let text = std::fs::read_to_string(PATH).with_context(|| format!("reading {PATH}"))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{PATH} holds {text:?}, not a number"))
 }
 
 /// Reports a failed setup step on stderr (the container log) and returns errno as an error.

@@ -54,6 +54,9 @@ async fn write_volume(
     target: &Path,
 ) -> Result<(PathBuf, bool)> {
     if volume.empty_dir.is_some() {
+        // World-writable, as the kubelet makes it: containers of any user write there.
+        std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| format!("making {} writable: {e}", target.display()))?;
         return Ok((target.to_owned(), false));
     }
     if let Some(host) = &volume.host_path {
@@ -257,22 +260,27 @@ fn checked_relative(path: &str) -> Result<&Path> {
     }
 }
 
-/// How `container`'s volume mounts are made in its mount namespace, shallowest first. A mount
-/// point that does not exist on the host is created inside an overlay of its nearest existing
-/// ancestor (upper layer under `scratch`), so the host's file system is not written; only a
-/// missing top-level directory (`/config`: `/` cannot be overlaid without hiding /proc, /dev
-/// and /sys) is created on the host, empty. A mount point inside another mount is created in
-/// that mount's source.
+/// How `container`'s volume mounts, and the agent's own `files` (`(source, target)`, such as the
+/// pod's `/etc/resolv.conf`; skipped where a volume is mounted at the same path, as container
+/// runtimes do), are made in its mount namespace, shallowest first. A mount point that does not
+/// exist on the host is created inside an overlay of its nearest existing ancestor (upper layer
+/// under `scratch`), so the host's file system is not written; only a missing top-level
+/// directory (`/config`: `/` cannot be overlaid without hiding /proc, /dev and /sys) is created
+/// on the host, empty. A mount point inside another mount is created in that mount's source.
 pub(crate) fn mount_plan(
     volumes: &Volumes,
     container: &Container,
+    files: &[(PathBuf, PathBuf)],
     scratch: &Path,
 ) -> Result<MountPlan> {
-    let mut mounts: Vec<_> = container.volume_mounts.iter().flatten().collect();
-    mounts.sort_by_key(|m| Path::new(&m.mount_path).components().count());
-    let mut plan = MountPlan::default();
-    let mut overlay_roots = BTreeSet::new();
-    for mount in mounts {
+    struct Wanted {
+        source: PathBuf,
+        mount_path: PathBuf,
+        read_only: bool,
+        what: String,
+    }
+    let mut wanted = Vec::new();
+    for mount in container.volume_mounts.iter().flatten() {
         let (volume_path, volume_read_only) = volumes
             .sources
             .get(&mount.name)
@@ -291,9 +299,42 @@ pub(crate) fn mount_plan(
         if !Path::new(&mount.mount_path).is_absolute() {
             return Err(format!("mountPath {:?} is not absolute", mount.mount_path));
         }
+        wanted.push(Wanted {
+            source,
+            mount_path: PathBuf::from(&mount.mount_path),
+            read_only: *volume_read_only || mount.read_only == Some(true),
+            what: format!("volume {:?}", mount.name),
+        });
+    }
+    for (source, target) in files {
+        if wanted.iter().all(|w| w.mount_path != *target) {
+            wanted.push(Wanted {
+                source: source.clone(),
+                mount_path: target.clone(),
+                read_only: false,
+                what: source.display().to_string(),
+            });
+        }
+    }
+    // Stable: at equal depth, volumes keep their order.
+    wanted.sort_by_key(|w| w.mount_path.components().count());
+    let mut plan = MountPlan::default();
+    let mut overlay_roots = BTreeSet::new();
+    for Wanted {
+        source,
+        mount_path,
+        read_only,
+        what,
+    } in wanted
+    {
         let is_dir = source.is_dir();
-        let (existing, missing) = split_existing(Path::new(&mount.mount_path))?;
-        let target = existing.join(&missing);
+        let (existing, missing) = split_existing(&mount_path)?;
+        // (`join` of an empty path would add a trailing `/`, which a file mount refuses.)
+        let target = if missing.as_os_str().is_empty() {
+            existing.clone()
+        } else {
+            existing.join(&missing)
+        };
         let outer = plan
             .binds
             .iter()
@@ -331,15 +372,14 @@ pub(crate) fn mount_plan(
             }
         } else if target.is_dir() != is_dir {
             return Err(format!(
-                "mountPath {} and volume {:?} are not both directories or both files",
+                "mountPath {} and {what} are not both directories or both files",
                 target.display(),
-                mount.name
             ));
         }
         plan.binds.push(Bind {
             source,
             target,
-            read_only: *volume_read_only || mount.read_only == Some(true),
+            read_only,
         });
     }
     for (i, root) in overlay_roots.into_iter().enumerate() {
@@ -416,7 +456,20 @@ mod tests {
             ],
         }))
         .unwrap();
-        let plan = mount_plan(&volumes, &container, &scratch.path().join("overlay")).unwrap();
+        let resolv = scratch.path().join("resolv.conf");
+        std::fs::write(&resolv, "nameserver 10.243.0.1\n").unwrap();
+        let files = [
+            (resolv.clone(), base.join("x/resolv.conf")),
+            // A volume is mounted there: the volume wins.
+            (resolv.clone(), base.join("a/b")),
+        ];
+        let plan = mount_plan(
+            &volumes,
+            &container,
+            &files,
+            &scratch.path().join("overlay"),
+        )
+        .unwrap();
         assert_eq!(plan.overlays.len(), 1);
         assert_eq!(plan.overlays[0].target, base);
         assert_eq!(
@@ -427,13 +480,25 @@ mod tests {
         let targets: Vec<_> = plan.binds.iter().map(|b| b.target.clone()).collect();
         assert_eq!(
             targets,
-            [base.join("x"), base.join("a/b"), base.join("a/b/c")]
+            [
+                base.join("x"),
+                base.join("a/b"),
+                base.join("x/resolv.conf"),
+                base.join("a/b/c")
+            ]
         );
         assert!(
             volume.join("c").is_dir(),
             "the nested mount point is made in the outer volume"
         );
-        assert!(plan.binds.iter().all(|b| b.read_only));
+        assert!(
+            volume.join("resolv.conf").is_file(),
+            "a file mount point inside a volume is a file"
+        );
+        assert!(plan
+            .binds
+            .iter()
+            .all(|b| b.read_only == (b.source != resolv)));
         assert!(!base.join("a").exists(), "nothing is created on the host");
     }
 

@@ -1,10 +1,13 @@
 //! A cluster whose pods really run (`ClusterOptions::running_pods`): a Deployment of the
-//! conformance suite's echo-basic behind a Service, scaled down, a pod reading its volumes and
-//! environment, a pod with an unknown image. Needs root and the binaries of
-//! `tests/k8s/build.sh` (kube-scheduler, echo-basic); fails saying so otherwise. Whatever
-//! happens, the namespaces, veths and processes the node agent made must be gone afterwards.
+//! conformance suite's echo-basic behind a Service, scaled down; its ClusterIPs reached through
+//! kube-proxy and its name resolved through the cluster DNS from a pod and from a hostNetwork
+//! pod; the API server reached in-cluster with the pod's service-account token; the kubelet's
+//! Service variables; capability sets; a pod reading its volumes and environment; a pod with an
+//! unknown image. Needs root, iptables and curl, and the binaries of `tests/k8s/build.sh`
+//! (kube-scheduler, kube-proxy, echo-basic); fails saying so otherwise. Whatever happens, the
+//! namespaces, veths, processes and iptables rules the cluster made must be gone afterwards.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use blixt_k8s_harness::{Cluster, ClusterOptions, ImageTable, Program};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
@@ -34,8 +37,46 @@ const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount
 struct Seen {
     node_netns: String,
     root_link: String,
+    /// The cluster's directory, which every control-plane process (kube-proxy included) names
+    /// on its command line.
+    cluster_dir: String,
     pod_netns: Vec<String>,
     pids: Vec<u32>,
+}
+
+/// kube-proxy's chains in the root namespace's iptables (IPv4 and IPv6): it runs in the node
+/// namespace and must not add any here.
+fn root_kube_chains() -> usize {
+    ["iptables-save", "ip6tables-save"]
+        .iter()
+        .map(|tool| {
+            let out = std::process::Command::new(tool)
+                .output()
+                .unwrap_or_else(|e| panic!("running {tool} (is iptables installed?): {e}"));
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains("KUBE-"))
+                .count()
+        })
+        .sum()
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_naming(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && entry.file_name() != "self" {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
 }
 
 #[test]
@@ -48,6 +89,7 @@ fn pods_really_run_and_everything_is_cleaned_up() {
         !Path::new("/etc/blixt-harness-test").exists(),
         "/etc/blixt-harness-test exists before the test; remove it"
     );
+    let kube_chains_before = root_kube_chains();
     let mut seen = Seen::default();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let images = ImageTable::new()
@@ -58,6 +100,12 @@ fn pods_really_run_and_everything_is_cleaned_up() {
         let agent = cluster.node_agent().expect("the cluster runs pods");
         seen.node_netns = agent.node_netns().to_owned();
         seen.root_link = agent.root_link().to_owned();
+        seen.cluster_dir = cluster
+            .log_dir()
+            .parent()
+            .expect("the log dir is inside the cluster dir")
+            .display()
+            .to_string();
         let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime");
         runtime.block_on(scenario(&cluster, &mut seen));
         // The cluster drops here (also on panic): agent, scheduler, controllers, API server.
@@ -80,6 +128,17 @@ fn pods_really_run_and_everything_is_cleaned_up() {
     }
     if Path::new("/etc/blixt-harness-test").exists() {
         leftovers.push("/etc/blixt-harness-test on the host".to_owned());
+    }
+    if !seen.cluster_dir.is_empty() {
+        for process in processes_naming(&seen.cluster_dir) {
+            leftovers.push(format!("control-plane process {process}"));
+        }
+    }
+    let kube_chains_after = root_kube_chains();
+    if kube_chains_after != kube_chains_before {
+        leftovers.push(format!(
+            "iptables rules with KUBE- chains in the root namespace: {kube_chains_before} before, {kube_chains_after} after"
+        ));
     }
     if let Err(panic) = outcome {
         if !leftovers.is_empty() {
@@ -266,6 +325,223 @@ async fn scenario(cluster: &Cluster, seen: &mut Seen) {
     )
     .await;
 
+    // --- Service networking (kube-proxy in the node namespace), cluster DNS, the kubelet's
+    // Service variables and the in-cluster API, from a pod and from a hostNetwork pod; the
+    // capability sets of a restricted and of a default container.
+    let node_rules = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            agent.node_netns(),
+            "iptables-save",
+            "-t",
+            "nat",
+        ])
+        .output()
+        .expect("iptables-save in the node namespace");
+    let node_rules = String::from_utf8_lossy(&node_rules.stdout);
+    assert!(
+        node_rules.contains("KUBE-SERVICES") && node_rules.contains(&format!("{ns}/echo")),
+        "kube-proxy's rules for {ns}/echo in the node namespace:\n{node_rules}"
+    );
+    let cluster_ips: Vec<IpAddr> = services
+        .get("echo")
+        .await
+        .expect("the echo Service")
+        .spec
+        .and_then(|s| s.cluster_ips)
+        .unwrap_or_default()
+        .iter()
+        .map(|ip| ip.parse().expect("ClusterIPs parse"))
+        .collect();
+    assert!(
+        cluster_ips.len() == 2 && cluster_ips[0].is_ipv4() && cluster_ips[1].is_ipv6(),
+        "dual-stack ClusterIPs: {cluster_ips:?}"
+    );
+    let dns = agent.dns_server().ip();
+    // -g: no globbing of the brackets of IPv6 URLs. Retries cover kube-proxy's resync delay.
+    let curl = "curl -gsS --max-time 3 --retry 10 --retry-all-errors --retry-delay 1";
+    let echo_env = json!([
+        { "name": "NS", "value": ns },
+        { "name": "V4", "value": cluster_ips[0].to_string() },
+        { "name": "V6", "value": cluster_ips[1].to_string() },
+    ]);
+    let status_lines = [
+        "grep",
+        "-E",
+        "^(CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):",
+        "/proc/self/status",
+    ];
+    let (_, logs) = run_to_completion(cluster, &client, ns, seen, json!({
+        "metadata": { "name": "in-cluster" },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "net",
+                    "image": SHELL_IMAGE,
+                    "command": ["sh", "-c", format!(
+                        "set -e; S={SERVICE_ACCOUNT_DIR}; \
+                         v4=$({curl} http://$V4:8080/ | tr -d '\\n'); echo \"v4 $v4\"; \
+                         v6=$({curl} http://[$V6]:8080/ | tr -d '\\n'); echo \"v6 $v6\"; \
+                         name=$({curl} http://echo.$NS.svc:8080/ | tr -d '\\n'); echo \"dns $name\"; \
+                         api=$({curl} -o /dev/null -w '%{{http_code}}' --cacert $S/ca.crt \
+                           -H \"Authorization: Bearer $(cat $S/token)\" \
+                           https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api); echo \"api $api\"; \
+                         env | grep -E '^(KUBERNETES|ECHO)_' | sort; cat /etc/resolv.conf"
+                    )],
+                    "env": echo_env,
+                },
+                {
+                    "name": "restricted",
+                    "image": SHELL_IMAGE,
+                    "command": status_lines,
+                    "securityContext": {
+                        "allowPrivilegeEscalation": false,
+                        "capabilities": { "drop": ["ALL"], "add": ["NET_ADMIN"] },
+                    },
+                },
+                { "name": "default", "image": SHELL_IMAGE, "command": status_lines },
+                {
+                    // As Blixt's controller runs: not root, no capabilities, an emptyDir.
+                    "name": "non-root",
+                    "image": SHELL_IMAGE,
+                    "command": ["sh", "-c", format!(
+                        "touch {SCRATCH_DIR}/file && test -r {SERVICE_ACCOUNT_DIR}/token && echo ok; \
+                         grep -E '^(Uid|CapEff):' /proc/self/status"
+                    )],
+                    "securityContext": {
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "capabilities": { "drop": ["ALL"] },
+                    },
+                    "volumeMounts": [{ "name": "scratch", "mountPath": SCRATCH_DIR }],
+                },
+            ],
+            "volumes": [{ "name": "scratch", "emptyDir": {} }],
+        },
+    }))
+    .await;
+    let lines = keyed_lines(&logs["net"]);
+    for family in ["v4", "v6", "dns"] {
+        let reply: serde_json::Value = serde_json::from_str(&lines[family])
+            .unwrap_or_else(|e| panic!("{family}: not echo-basic's JSON ({e}): {}", logs["net"]));
+        assert_eq!(reply["pod"], remaining.as_str(), "{family}: {reply}");
+        assert_eq!(reply["namespace"], ns, "{family}: {reply}");
+    }
+    assert_eq!(
+        lines["api"], "200",
+        "GET /api with the pod's token: {}",
+        logs["net"]
+    );
+    let api_v4 = "10.96.0.1";
+    for expected in [
+        format!("KUBERNETES_SERVICE_HOST={api_v4}"),
+        "KUBERNETES_SERVICE_PORT=443".to_owned(),
+        "KUBERNETES_SERVICE_PORT_HTTPS=443".to_owned(),
+        format!("KUBERNETES_PORT=tcp://{api_v4}:443"),
+        format!("KUBERNETES_PORT_443_TCP=tcp://{api_v4}:443"),
+        "KUBERNETES_PORT_443_TCP_PROTO=tcp".to_owned(),
+        "KUBERNETES_PORT_443_TCP_PORT=443".to_owned(),
+        format!("KUBERNETES_PORT_443_TCP_ADDR={api_v4}"),
+        format!("ECHO_SERVICE_HOST={}", cluster_ips[0]),
+        "ECHO_SERVICE_PORT=8080".to_owned(),
+    ] {
+        assert!(
+            logs["net"].lines().any(|l| l == expected),
+            "{expected} missing: {}",
+            logs["net"]
+        );
+    }
+    for expected in [
+        format!("nameserver {dns}"),
+        format!("search {ns}.svc.cluster.local svc.cluster.local cluster.local"),
+        "options ndots:5".to_owned(),
+    ] {
+        assert!(
+            logs["net"].lines().any(|l| l.starts_with(&expected)),
+            "resolv.conf: {expected} missing: {}",
+            logs["net"]
+        );
+    }
+    assert_eq!(
+        logs["restricted"],
+        "CapPrm:\t0000000000001000\nCapEff:\t0000000000001000\nCapBnd:\t0000000000001000\n\
+         CapAmb:\t0000000000000000\nNoNewPrivs:\t1\n",
+        "drop: [ALL], add: [NET_ADMIN], allowPrivilegeEscalation: false"
+    );
+    assert_eq!(
+        logs["default"],
+        "CapPrm:\t00000000a80425fb\nCapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\n\
+         CapAmb:\t0000000000000000\nNoNewPrivs:\t0\n",
+        "containerd's default capabilities"
+    );
+    assert_eq!(
+        logs["non-root"], "ok\nUid:\t65532\t65532\t65532\t65532\nCapEff:\t0000000000000000\n",
+        "a non-root container writes its emptyDir and reads its token, without capabilities"
+    );
+
+    // The node namespace: ClusterFirstWithHostNet resolves through getaddrinfo (getent ahosts),
+    // also the name Blixt's agent dials in another namespace, and ClusterIPs route through
+    // kube-proxy's OUTPUT rules.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let blixt_system: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": "blixt-system" } }))
+            .expect("a valid Namespace");
+    namespaces
+        .create(&PostParams::default(), &blixt_system)
+        .await
+        .expect("creating namespace blixt-system");
+    let controller: Service = serde_json::from_value(json!({
+        "metadata": { "name": "blixt-controller" },
+        "spec": { "ports": [{ "name": "grpc", "port": 9443 }] },
+    }))
+    .expect("a valid Service");
+    let controller_ip = Api::<Service>::namespaced(client.clone(), "blixt-system")
+        .create(&PostParams::default(), &controller)
+        .await
+        .expect("creating Service blixt-system/blixt-controller")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("a ClusterIP");
+    let (_, logs) = run_to_completion(cluster, &client, ns, seen, json!({
+        "metadata": { "name": "host-client" },
+        "spec": {
+            "restartPolicy": "Never",
+            "hostNetwork": true,
+            "dnsPolicy": "ClusterFirstWithHostNet",
+            "containers": [{
+                "name": "net",
+                "image": SHELL_IMAGE,
+                "command": ["sh", "-c", format!(
+                    "set -e; \
+                     a=$(getent ahostsv4 echo.$NS.svc | head -n1 | cut -d' ' -f1); echo \"a $a\"; \
+                     aaaa=$(getent ahostsv6 echo.$NS.svc | head -n1 | cut -d' ' -f1); echo \"aaaa $aaaa\"; \
+                     fqdn=$(getent ahostsv4 echo.$NS.svc.cluster.local | head -n1 | cut -d' ' -f1); echo \"fqdn $fqdn\"; \
+                     blixt=$(getent ahostsv4 blixt-controller.blixt-system.svc | head -n1 | cut -d' ' -f1); echo \"blixt $blixt\"; \
+                     echo \"missing $(getent ahostsv4 missing.$NS.svc >/dev/null && echo found || echo $?)\"; \
+                     echo \"outside $(getent ahostsv4 example.org >/dev/null && echo found || echo $?)\"; \
+                     v4=$({curl} http://$V4:8080/ | tr -d '\\n'); echo \"v4 $v4\"; \
+                     name=$({curl} http://echo.$NS.svc:8080/ | tr -d '\\n'); echo \"dns $name\""
+                )],
+                "env": echo_env,
+            }],
+        },
+    }))
+    .await;
+    let lines = keyed_lines(&logs["net"]);
+    assert_eq!(lines["a"], cluster_ips[0].to_string(), "{}", logs["net"]);
+    assert_eq!(lines["aaaa"], cluster_ips[1].to_string(), "{}", logs["net"]);
+    assert_eq!(lines["fqdn"], cluster_ips[0].to_string(), "{}", logs["net"]);
+    assert_eq!(lines["blixt"], controller_ip, "{}", logs["net"]);
+    assert_eq!(lines["missing"], "2", "NXDOMAIN: {}", logs["net"]);
+    assert_eq!(lines["outside"], "2", "REFUSED: {}", logs["net"]);
+    for key in ["v4", "dns"] {
+        let reply: serde_json::Value = serde_json::from_str(&lines[key])
+            .unwrap_or_else(|e| panic!("{key}: not echo-basic's JSON ({e}): {}", logs["net"]));
+        assert_eq!(reply["pod"], remaining.as_str(), "{key}: {reply}");
+    }
+
     // --- A pod that reads its volumes (Secret, ConfigMap, an emptyDir an init container wrote
     // to, the projected service-account volume) and its environment, then exits.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -366,8 +642,9 @@ async fn scenario(cluster: &Cluster, seen: &mut Seen) {
         "volumes, downward API, hostname and $(VAR) expansion as the pod saw them"
     );
 
-    // --- A hostNetwork pod runs in the node namespace, with the node's addresses.
-    let host: Pod = serde_json::from_value(json!({
+    // --- A hostNetwork pod runs in the node namespace, with the node's addresses and (with
+    // the default dnsPolicy, ClusterFirst) the host's resolv.conf.
+    let (finished, logs) = run_to_completion(cluster, &client, ns, seen, json!({
         "metadata": { "name": "on-host" },
         "spec": {
             "restartPolicy": "Never",
@@ -375,36 +652,24 @@ async fn scenario(cluster: &Cluster, seen: &mut Seen) {
             "containers": [{
                 "name": "shell",
                 "image": SHELL_IMAGE,
-                "command": ["sh", "-c", "echo \"$HOST_IP $(hostname)\"; ip -o -4 addr show dev eth0"],
+                "command": ["sh", "-c", "echo \"$HOST_IP $(hostname)\"; ip -o -4 addr show dev eth0; cat /etc/resolv.conf"],
                 "env": [{ "name": "HOST_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.hostIP" } } }],
             }],
         },
     }))
-    .expect("a valid Pod");
-    pods.create(&PostParams::default(), &host)
-        .await
-        .expect("creating the hostNetwork pod");
-    let finished = wait_for(
-        cluster,
-        &client,
-        ns,
-        "the hostNetwork pod Succeeded",
-        || async {
-            let pod = pods.get("on-host").await.ok()?;
-            (pod.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(pod)
-        },
-    )
     .await;
     let node_ip = agent.host_ips().0.to_string();
     assert_eq!(
         finished.status.and_then(|s| s.pod_ip),
         Some(node_ip.clone())
     );
-    let log = agent.pod_log(ns, "on-host", "shell").expect("the log");
+    let log = &logs["shell"];
+    let host_resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     assert!(
         log.starts_with(&format!("{node_ip} {}\n", agent.node_name()))
-            && log.contains(&format!("inet {node_ip}/24")),
-        "{log}"
+            && log.contains(&format!("inet {node_ip}/24"))
+            && log.ends_with(&host_resolv_conf),
+        "ClusterFirst on the host network keeps the host's resolv.conf: {log}"
     );
 
     // --- Exec probes: ready once a file exists; a failed liveness probe kills the container,
@@ -484,6 +749,67 @@ async fn scenario(cluster: &Cluster, seen: &mut Seen) {
         message.contains("example.invalid/nothing:1") && message.contains("image table"),
         "{message}"
     );
+}
+
+/// Creates the Pod `pod` (restartPolicy Never), waits until it Succeeded (panics with its logs
+/// if it Failed), records its processes for the cleanup checks; the Pod and each container's
+/// log by container name.
+async fn run_to_completion(
+    cluster: &Cluster,
+    client: &Client,
+    ns: &str,
+    seen: &mut Seen,
+    pod: serde_json::Value,
+) -> (Pod, BTreeMap<String, String>) {
+    let agent = cluster.node_agent().expect("the cluster runs pods");
+    let pod: Pod = serde_json::from_value(pod).expect("a valid Pod");
+    let name = pod.metadata.name.clone().expect("named");
+    let containers: Vec<String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .map(|c| c.name.clone())
+        .collect();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("creating pod {name}: {e}"));
+    let logs = || {
+        containers
+            .iter()
+            .map(|c| (c.clone(), agent.pod_log(ns, &name, c).unwrap_or_default()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let finished = wait_for(
+        cluster,
+        client,
+        ns,
+        &format!("pod {name} Succeeded"),
+        || async {
+            let pod = pods.get(&name).await.ok()?;
+            let phase = pod.status.as_ref()?.phase.clone()?;
+            assert_ne!(phase, "Failed", "pod {name} failed: {:#?}", logs());
+            (phase == "Succeeded").then_some(pod)
+        },
+    )
+    .await;
+    for container in finished
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+    {
+        seen.pids
+            .extend(container_pid(container.container_id.as_deref()));
+    }
+    (finished, logs())
+}
+
+/// `key rest-of-line` lines of a log, by key.
+fn keyed_lines(log: &str) -> BTreeMap<String, String> {
+    log.lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 fn is_ready(pod: &Pod) -> bool {
