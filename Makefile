@@ -20,8 +20,9 @@ help:
 deps:
 	@bash hack/deps.sh $(APT_PACKAGES)
 
-## k8s-bins: kube-apiserver, kube-controller-manager and etcd built from the Go module proxy
-## (cached under ~/.cache/blixt/k8s/<version>; the first build takes ~20 minutes on 2 cores).
+## k8s-bins: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy and the
+## conformance suite's echo-basic built from the Go module proxy (cached under
+## ~/.cache/blixt/k8s/<version>; the first build takes ~20 minutes on 2 cores).
 k8s-bins:
 	@bash tests/k8s/build.sh
 
@@ -57,11 +58,19 @@ lab: deps
 bench: deps k8s-bins
 	@QUICK=$(QUICK) bash bench/run.sh
 
-## conformance: the upstream Gateway API conformance suite (v1.7.0; GATEWAY-TCP, -UDP, -TLS) against
-## the cluster of KUBECONFIG, which must run Blixt and real pods; report and summary in
-## target/conformance/. CONFORMANCE_ARGS go to the runner. See docs/conformance.md.
-conformance:
+## conformance: the upstream Gateway API conformance suite (v1.7.0; GATEWAY-TCP, -UDP, -TLS); report
+## and summary in target/conformance/. Without KUBECONFIG (root): a cluster of the test harness
+## whose pods run, Blixt installed from its Helm chart (crates/blixt-deploy-tests/tests/conformance.rs).
+## With KUBECONFIG: that cluster, which must run Blixt and real pods. CONFORMANCE_ARGS go to the
+## runner. See docs/conformance.md.
+conformance: deps k8s-bins deploy-tools
+ifeq ($(KUBECONFIG),)
+	@bash hack/require-root.sh "make conformance"
+	$(CARGO) build -p blixt --bin blixt
+	BLIXT_CONFORMANCE_ARGS="$(CONFORMANCE_ARGS)" $(CARGO) test -p blixt-deploy-tests --test conformance -- --nocapture
+else
 	@bash hack/conformance.sh $(CONFORMANCE_ARGS)
+endif
 
 clean:
 	$(CARGO) clean

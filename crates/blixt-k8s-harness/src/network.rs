@@ -244,6 +244,15 @@ impl NodeNetwork {
             format!("route add default via 10.244.{n}.1"),
             format!("route add default via fd00:10:244:{n:x}::1"),
         ])?;
+        // The address may have belonged to a pod deleted moments ago: the node still maps it to
+        // that pod's MAC (REACHABLE or STALE), and what forwards by the neighbour table
+        // without revalidating it (a BPF FIB lookup) would send to a MAC nobody has. CNI
+        // plugins announce a new pod's addresses (the bridge plugin sends a gratuitous ARP);
+        // forgetting the old entries has the same effect on the node.
+        self.ns.ip_batch(&[
+            format!("neigh flush to {} dev {BRIDGE}", pod.ipv4),
+            format!("neigh flush to {} dev {BRIDGE}", pod.ipv6),
+        ])?;
         Ok(pod)
     }
 }
