@@ -47,10 +47,12 @@ var Profiles = []suite.ConformanceProfileName{
 	suite.GatewayTLSConformanceProfileName,
 }
 
-// SupportedFeatures is what Blixt claims: the core features of its three profiles and nothing
-// extended. Every extended feature of these profiles either needs HTTP listeners in its tests
-// (GatewayStaticAddresses, GatewayAddressEmpty, GatewayInfrastructure, ListenerSet...) or is
-// not implemented (TLSRouteModeTerminate, TLSRouteModeMixed, BackendTLSPolicy); see
+// SupportedFeatures is what Blixt claims: the core features of its three profiles, and the one
+// extended feature it implements whose tests need no HTTP listener
+// (GatewayRouteHostnameIntersectionPrecedence: TLSRoute precedence by the route's own
+// hostname). The other extended features of these profiles either need HTTP listeners in their
+// tests (GatewayStaticAddresses, GatewayAddressEmpty, GatewayInfrastructure, ListenerSet...)
+// or are not implemented (TLSRouteModeTerminate, TLSRouteModeMixed, BackendTLSPolicy); see
 // docs/conformance.md. Adding one here changes which tests run: TestSkipListMatchesSuite then
 // tells which lines skipped.txt must gain or lose.
 var SupportedFeatures = []features.FeatureName{
@@ -59,6 +61,7 @@ var SupportedFeatures = []features.FeatureName{
 	features.SupportTCPRoute,
 	features.SupportUDPRoute,
 	features.SupportTLSRoute,
+	features.SupportGatewayRouteHostnameIntersectionPrecedence,
 }
 
 // profileByName maps the profiles the suite exports to their names (the suite's own map is

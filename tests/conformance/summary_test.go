@@ -45,11 +45,12 @@ func TestSummaryAndReportedSkips(t *testing.T) {
 	}
 
 	md := Summary(report, plan, list, RunInfo{GatewayClass: "blixt", Advertised: []string{
-		"Gateway", "GatewayStaticAddresses", "ReferenceGrant", "TCPRoute", "TLSRoute", "UDPRoute"}})
+		"Gateway", "GatewayRouteHostnameIntersectionPrecedence", "GatewayStaticAddresses", "ReferenceGrant",
+		"TCPRoute", "TLSRoute", "UDPRoute"}})
 	for _, want := range []string{
 		"| GATEWAY-TCP | partial | 7 | 1 | 12 |",
 		"| GATEWAY-UDP | partial | 10 | 0 | 11 |",
-		"| GATEWAY-TLS | partial | 9 | 0 | 12 |",
+		"| GATEWAY-TLS | partial | 10 | 0 | 12 |",
 		"  - failed: `TCPRouteWeightedRouting`",
 		"  - skipped: `TCPRouteInvalidNonTCPListener`: the Gateway's only listener is HTTP",
 		"TLSRouteTerminateSimpleSameNamespace (needs TLSRouteModeTerminate)",
