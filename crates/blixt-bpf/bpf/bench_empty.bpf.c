@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Benchmark baseline: programs that do nothing, one per hook (XDP, TC classifier).
  * BPF_PROG_TEST_RUN of one measures the fixed cost of one run at that hook (per-call method:

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Benchmark floor: parse Ethernet / IP / L4 exactly as the load balancer does (the same
  * parse_packet() from include/parse.h: VLAN, IPv4 options, IPv6 extension headers) and bounce

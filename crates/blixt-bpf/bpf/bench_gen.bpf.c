@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Packet generator of benchmark suite 2 (forwarding capacity). User space runs it with
  * BPF_PROG_TEST_RUN and BPF_F_TEST_XDP_LIVE_FRAMES on the client's end of the client <-> lb

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Packet generator of benchmark suite 2 for kernels that refuse BPF_F_TEST_XDP_LIVE_FRAMES
  * (bench_gen.bpf.c's way): a loop of frames between the two ends of a veth pair of the

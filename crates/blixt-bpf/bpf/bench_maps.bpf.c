@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * What the conntrack map itself costs: the map operations a new flow makes, alone, on maps of
  * the dataplane's own key, value and size (blixt_flow_key -> blixt_ct_entry, max_entries set by

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Sink of benchmark suite 2 (forwarding capacity): attached to a backend's end of its veth,
  * it counts every frame and drops it. Counter 0 counts all frames, counter 1 those that are

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Hot-loop benchmark wrappers for BPF_PROG_TEST_RUN with a repeat count, at both hooks.
  *

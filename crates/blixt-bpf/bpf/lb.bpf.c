@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Blixt's load balancer: one program, two entry points sharing every map. blixt_lb runs at XDP;
  * blixt_lb_tc runs the same logic as a TC ingress classifier, for interfaces or kernels where XDP

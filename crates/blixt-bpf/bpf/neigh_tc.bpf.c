@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * TC ingress companion of the XDP program. XDP can forward only to neighbours the kernel already
  * knows (bpf_fib_lookup returns NO_NEIGH otherwise) and has no way to queue a packet behind ARP or

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * An XDP program that passes everything, for the far end of a veth pair. The kernel's veth
  * driver only kicks the receive side after an XDP_TX from its peer when the receiving veth has

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * TLS passthrough steering: an sk_lookup program (kernel 5.9+) attached to the node's network
  * namespace. When the stack looks up the socket for a TCP packet to a local destination, this

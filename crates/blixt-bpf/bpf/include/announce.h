@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Announcing VIPs on the link: ARP replies (RFC 826) and neighbour advertisements (RFC 4861
  * 4.4) for addresses in blixt_vips, answered from XDP (or TC) on interfaces the agent marked in

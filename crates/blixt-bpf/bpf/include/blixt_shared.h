@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Structs and constants shared by the BPF programs and the Rust loader (blixt-bpf/src/shared.rs).
  * This header is the single source of truth: the Rust mirror is #[repr(C)] with explicit padding,

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * One's-complement checksum helpers (RFC 1071, incremental per RFC 1624). Values are summed in
  * host order as read from the packet: the one's-complement sum is byte-order independent as long

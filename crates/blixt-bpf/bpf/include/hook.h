@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * One load balancer, two hooks. The logic in lb.bpf.c is written once against `void *ctx` and a
  * `const int hook` that every entry point passes as a literal (HOOK_XDP from the XDP program,

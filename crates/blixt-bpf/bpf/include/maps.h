@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* Maps of the load-balancer program. Sizes are defaults; the loader overrides max_entries. */
 #ifndef BLIXT_MAPS_H
 #define BLIXT_MAPS_H

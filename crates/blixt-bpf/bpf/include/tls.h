@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * TLS passthrough steering: shared between tls_sk_lookup.bpf.c and its Rust loader
  * (blixt-tls/src/steer.rs, which builds keys as [u32; 6] in the same order).
