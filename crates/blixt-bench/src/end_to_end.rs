@@ -89,7 +89,9 @@ pub fn run(mode: Mode, machine: &Machine) -> Result<SuiteOutput> {
         }
     }
     let mut profiles = BTreeMap::new();
-    if mode != Mode::Tiny && profile::available() {
+    // full runs only: a profiled run per system (five labs more) would take `make bench
+    // QUICK=1` past its five minutes
+    if mode == Mode::Full && profile::available() {
         for system in System::ALL {
             // a fresh lab each, as for the rounds
             let lab = fresh_lab(&mut lab, sizes.backends)?;

@@ -87,8 +87,8 @@ impl Sizes {
             },
             Mode::Quick => Sizes {
                 rounds: 3,
-                round_ms: 500,
-                warmup_ms: 200,
+                round_ms: 300,
+                warmup_ms: 100,
                 chunk: 1 << 20,
                 new_flows_frames: 1 << 19,
             },

@@ -1043,15 +1043,20 @@ fn profile(
     targets: &[Target],
     seq: &mut u64,
 ) -> Result<Option<Vec<crate::profile::Profile>>> {
-    let repeat = if case.path.is_new_flow() {
-        sizes.new_flow_repeat
-    } else {
-        sizes.hot_repeat
-    };
     let budget = sizes.profile_ms as f64 * 1e6;
     let rec = crate::profile::Recorder::start(case.path.id())?;
     let mut ns = Vec::new();
     for &t in targets {
+        // Few long runs: every XDP run with a repeat count swaps the program into the kernel's
+        // XDP dispatcher and out again, each swap waiting for an RCU grace period
+        // (milliseconds of wall time, none of it in the figures). A load balancer that starts
+        // each run from an empty table keeps the new-flow repeat count (the table stays nearly
+        // empty); on the full table a run of new flows only evicts.
+        let repeat = match (t.is_lb(), case.path) {
+            (true, p) if p.clears_conntrack() => sizes.new_flow_repeat,
+            (true, p) if p.is_new_flow() => sizes.new_flow_repeat.saturating_mul(8),
+            _ => sizes.hot_repeat,
+        };
         let (mut spent, mut iters) = (0.0, 0.0);
         while spent < budget {
             if case.path.clears_conntrack() && t.is_lb() {
