@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use blixt_core::translator::config::AddressBlock;
+use blixt_core::translator::ExpandedAddressPool;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,27 @@ pub fn expand(pools: &[AddressPool]) -> (BTreeMap<String, Vec<IpAddr>>, Vec<Stri
         out.insert(name, addrs);
     }
     (out, problems)
+}
+
+/// The pools as the translator reads them ([`ObjectIndex::address_pools`]): [`expand`]ed,
+/// with [`delegating`]; and the problems of their entries.
+///
+/// [`ObjectIndex::address_pools`]: blixt_core::translator::ObjectIndex::address_pools
+pub fn observe(pools: &[AddressPool]) -> (BTreeMap<String, ExpandedAddressPool>, Vec<String>) {
+    let delegating = delegating(pools);
+    let (expanded, problems) = expand(pools);
+    let observed = expanded
+        .into_iter()
+        .map(|(name, addresses)| {
+            let delegate_to_load_balancer = delegating.contains(&name);
+            let pool = ExpandedAddressPool {
+                addresses,
+                delegate_to_load_balancer,
+            };
+            (name, pool)
+        })
+        .collect();
+    (observed, problems)
 }
 
 #[cfg(test)]

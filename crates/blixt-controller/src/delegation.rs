@@ -47,11 +47,11 @@ fn owning_gateway(svc: &Service) -> Option<ObjectKey> {
     })
 }
 
-/// What the load balancer assigned to each delegating Gateway (`"namespace/name"` →
+/// What the load balancer assigned to each delegating Gateway (its key →
 /// `status.loadBalancer.ingress[].ip`, in order; hostnames are not addresses and are skipped).
 pub fn addresses_from_services(
     services: &[impl std::borrow::Borrow<Service>],
-) -> BTreeMap<String, Vec<IpAddr>> {
+) -> BTreeMap<ObjectKey, Vec<IpAddr>> {
     services
         .iter()
         .map(std::borrow::Borrow::borrow)
@@ -66,7 +66,7 @@ pub fn addresses_from_services(
                 .flatten()
                 .filter_map(|i| i.ip.as_deref()?.parse().ok())
                 .collect();
-            Some((gw.to_string(), ips))
+            Some((gw, ips))
         })
         .collect()
 }
@@ -236,7 +236,7 @@ mod tests {
             json!([{"ip": "203.0.113.7"}, {"hostname": "lb.example"}, {"ip": "2001:db8::7"}]);
         let got = addresses_from_services(&[service(ours.clone(), "gw", ingress.clone())]);
         assert_eq!(
-            got["ns/gw"],
+            got[&ObjectKey::new("ns", "gw")],
             [
                 "203.0.113.7".parse::<IpAddr>().unwrap(),
                 "2001:db8::7".parse().unwrap()

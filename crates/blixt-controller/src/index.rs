@@ -199,6 +199,8 @@ impl KubeIndex {
             services: all(&self.services),
             endpoint_slices: all(&self.endpoint_slices),
             namespaces: all(&self.namespaces),
+            // the observed pools and load balancer addresses: the translator loop fills them in
+            ..ObjectIndex::default()
         }
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use blixt_core::snapshot::Snapshot;
 use blixt_core::tls::TlsFrontend;
-use blixt_core::translator::{translate, Delegation, Statuses, TranslatorConfig};
+use blixt_core::translator::{translate, Delegation, Owners, Statuses, TranslatorConfig};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Api, Client};
@@ -79,6 +79,8 @@ pub struct Published {
     pub tls: Vec<TlsFrontend>,
     /// VIPs agents must not announce: a load balancer announces them (delegated Gateways).
     pub not_announced: BTreeSet<IpAddr>,
+    /// The Gateway each frontend and SNI table belongs to.
+    pub owners: Owners,
 }
 
 /// Controller settings.
@@ -150,18 +152,16 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
         let mut first = true;
         loop {
             let pass_started = Instant::now();
-            let objects = index.objects();
+            let mut objects = index.objects();
             let now = Time(k8s_openapi::jiff::Timestamp::now());
-            let pool_objects = index.address_pools();
-            let (pools, problems) = crd::expand(&pool_objects);
+            // what is observed besides the objects: the pools, and the load balancers' answers
+            let (pools, problems) = crd::observe(&index.address_pools());
             for p in &problems {
                 warn!("{p}");
             }
-            let mut config = opts.translator.clone();
-            config.address_pools.extend(pools);
-            config.delegated_pools = crd::delegating(&pool_objects);
-            config.delegated_addresses = delegation::addresses_from_services(&objects.services);
-            let t = translate(&objects, &config, &now);
+            objects.address_pools = pools;
+            objects.delegated_addresses = delegation::addresses_from_services(&objects.services);
+            let t = translate(&objects, &opts.translator, &now);
             let not_announced: BTreeSet<IpAddr> = t
                 .delegations
                 .iter()
@@ -183,6 +183,7 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
                     },
                     tls: t.tls,
                     not_announced,
+                    owners: t.owners,
                 };
                 let previous = snap_tx.borrow().clone();
                 changed_in.observe(

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use blixt_core::snapshot::Frontend;
 use blixt_core::tls::TlsFrontend;
-use blixt_core::translator::{owning_gateway, Delegation, ObjectKey, Statuses};
+use blixt_core::translator::{Delegation, ObjectKey, Statuses};
 use blixt_stream::ProgrammedState;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -38,14 +38,15 @@ fn parts<'a>(
     delegations: &[Delegation],
 ) -> BTreeMap<ObjectKey, Part<'a>> {
     let mut parts: BTreeMap<ObjectKey, Part<'a>> = BTreeMap::new();
+    let owners = &published.owners;
     for f in &published.snapshot.frontends {
-        if let Some(gw) = owning_gateway(&f.name) {
-            parts.entry(gw).or_default().frontends.push(f);
+        if let Some(gw) = owners.of_frontend(f) {
+            parts.entry(gw.clone()).or_default().frontends.push(f);
         }
     }
     for t in &published.tls {
-        if let Some(gw) = owning_gateway(&t.name) {
-            parts.entry(gw).or_default().tls.push(t);
+        if let Some(gw) = owners.of_tls(t) {
+            parts.entry(gw.clone()).or_default().tls.push(t);
         }
     }
     for d in delegations {
@@ -229,7 +230,7 @@ mod tests {
     use blixt_core::snapshot::{
         Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot,
     };
-    use blixt_core::translator::{Delegation, ObjectKey, Statuses};
+    use blixt_core::translator::{Delegation, ObjectKey, Owners, Statuses};
     use blixt_gateway_api::gateways::GatewayStatus;
     use blixt_stream::ProgrammedState;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -258,12 +259,22 @@ mod tests {
         }
     }
 
+    /// Generation `generation` with `frontends`, each owned by the Gateway [`frontend`] made
+    /// it for.
     fn published(generation: u64, frontends: Vec<Frontend>) -> Published {
+        let owners = Owners {
+            frontends: frontends
+                .iter()
+                .map(|f| (f.key, key(f.name.rsplit_once('/').unwrap().0)))
+                .collect(),
+            ..Owners::default()
+        };
         Published {
             snapshot: Snapshot {
                 generation,
                 frontends,
             },
+            owners,
             ..Published::default()
         }
     }

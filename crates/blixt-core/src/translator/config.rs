@@ -45,24 +45,10 @@ pub struct TranslatorConfig {
     /// left alone.
     pub controller_name: String,
     /// Addresses Gateways get when they request none (`spec.addresses` empty, or an
-    /// `IPAddress` entry without a value). A Gateway without `spec.addresses` gets one
+    /// `IPAddress` entry without a value), unless their GatewayClass names an AddressPool
+    /// ([`ObjectIndex::address_pools`](super::ObjectIndex::address_pools)). A Gateway without `spec.addresses` gets one
     /// address of each family present in the pool (dual stack when the pool has both).
     pub address_pool: Vec<IpAddr>,
-    /// Named address pools (Blixt's `AddressPool` objects, group [`PARAMETERS_GROUP`], kind
-    /// [`ADDRESS_POOL_KIND`]): a GatewayClass whose `parametersRef` names one allocates its
-    /// Gateways' addresses from it instead of `address_pool`. A missing pool makes the class
-    /// `Accepted=False/InvalidParameters`.
-    pub address_pools: std::collections::BTreeMap<String, Vec<IpAddr>>,
-    /// Pools of `address_pools` with `delegateToLoadBalancer`: their classes' Gateways get
-    /// their addresses from a Service of type LoadBalancer (see
-    /// [`Translation::delegations`](super::Translation::delegations)).
-    #[serde(default)]
-    pub delegated_pools: BTreeSet<String>,
-    /// What the load balancer assigned to each delegating Gateway (`"namespace/name"`): the
-    /// `status.loadBalancer.ingress` IPs of its Service. Filled by the controller; the
-    /// translator only reads it.
-    #[serde(default)]
-    pub delegated_addresses: std::collections::BTreeMap<String, Vec<IpAddr>>,
     /// Where static `spec.addresses` may lie. Empty: anywhere. An address outside every range
     /// makes the Gateway `Programmed=False/AddressNotUsable`.
     pub static_address_ranges: Vec<IpNet>,
@@ -84,9 +70,6 @@ impl Default for TranslatorConfig {
         TranslatorConfig {
             controller_name: CONTROLLER_NAME.to_string(),
             address_pool: Vec::new(),
-            address_pools: std::collections::BTreeMap::new(),
-            delegated_pools: BTreeSet::new(),
-            delegated_addresses: std::collections::BTreeMap::new(),
             static_address_ranges: Vec::new(),
             reserved_ports: BTreeSet::new(),
             max_frontends: None,

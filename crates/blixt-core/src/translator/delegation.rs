@@ -2,19 +2,20 @@
 //! their addresses from a Service of type LoadBalancer (MetalLB, a cloud load balancer) rather
 //! than from Blixt. The translator stays pure: it names the Service each such Gateway needs
 //! and its ports ([`Delegation`]), and takes the addresses the load balancer gave it from
-//! [`TranslatorConfig::delegated_addresses`], which the controller fills from those Services'
+//! [`ObjectIndex::delegated_addresses`], which the controller fills from those Services'
 //! `status.loadBalancer.ingress`. Blixt's agents still load-balance the traffic that reaches
 //! them for these addresses; they do not announce them (the load balancer does).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use blixt_gateway_api::{Gateway, GatewayClass};
 
 use super::addresses::{AddressOutcome, AddressRequest};
-use super::config::TranslatorConfig;
 use super::listeners::{ListenerEval, ListenerProtocol};
-use super::objects::ObjectKey;
+#[cfg(doc)]
+use super::objects::ObjectIndex;
+use super::objects::{ExpandedAddressPool, ObjectKey};
 use crate::snapshot::Protocol;
 
 /// Label on a delegated Service naming its Gateway (the Gateway API's well-known label; the
@@ -53,13 +54,17 @@ pub fn service_name(gateway: &str) -> String {
     format!("{cut}-{:08x}", hash as u32)
 }
 
-/// Whether `class`'s Gateways delegate their addresses.
-pub(crate) fn delegates(class: &GatewayClass, config: &TranslatorConfig) -> bool {
+/// Whether `class`'s Gateways delegate their addresses (its AddressPool says so).
+pub(crate) fn delegates(
+    class: &GatewayClass,
+    pools: &BTreeMap<String, ExpandedAddressPool>,
+) -> bool {
     class
         .spec
         .parameters_ref
         .as_ref()
-        .is_some_and(|p| config.delegated_pools.contains(&p.name))
+        .and_then(|p| pools.get(&p.name))
+        .is_some_and(|p| p.delegate_to_load_balancer)
 }
 
 /// The addresses of a delegating Gateway: what its Service's status shows, minus those
@@ -68,7 +73,7 @@ pub(crate) fn outcome(
     gw: &Gateway,
     key: &ObjectKey,
     request: &AddressRequest,
-    config: &TranslatorConfig,
+    delegated_addresses: &BTreeMap<ObjectKey, Vec<IpAddr>>,
     taken: &BTreeSet<IpAddr>,
 ) -> AddressOutcome {
     let mut o = AddressOutcome::default();
@@ -89,12 +94,7 @@ pub(crate) fn outcome(
         return o;
     }
     let mut seen = BTreeSet::new();
-    for &ip in config
-        .delegated_addresses
-        .get(&key.to_string())
-        .into_iter()
-        .flatten()
-    {
+    for &ip in delegated_addresses.get(key).into_iter().flatten() {
         if !seen.insert(ip) {
             continue;
         }

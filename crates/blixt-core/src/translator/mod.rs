@@ -59,7 +59,7 @@ pub use self::config::{
 pub use self::delegation::{
     service_name as delegated_service_name, Delegation, GATEWAY_NAME_LABEL,
 };
-pub use self::objects::{ObjectIndex, ObjectKey};
+pub use self::objects::{ExpandedAddressPool, ObjectIndex, ObjectKey};
 
 /// What [`translate`] produces.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,19 +68,34 @@ pub struct Translation {
     pub snapshot: Snapshot,
     /// SNI tables of TLS passthrough listeners, one per Gateway address and port.
     pub tls: Vec<TlsFrontend>,
+    /// The Gateway each frontend and SNI table belongs to.
+    pub owners: Owners,
     pub statuses: Statuses,
     /// The LoadBalancer Services accepted Gateways of delegating classes need (their
     /// addresses are not Blixt's to announce).
     pub delegations: Vec<Delegation>,
 }
 
-/// The Gateway a frontend or SNI table of a [`Translation`] belongs to, read from its name:
-/// the translator names them `namespace/gateway/listener[+listener…]`, and neither namespaces,
-/// Gateway names nor listener names may hold a `/`.
-pub fn owning_gateway(frontend_name: &str) -> Option<ObjectKey> {
-    let mut parts = frontend_name.splitn(3, '/');
-    let (namespace, gateway, _listeners) = (parts.next()?, parts.next()?, parts.next()?);
-    Some(ObjectKey::new(namespace, gateway))
+/// The Gateway each frontend and SNI table of a [`Translation`] belongs to. (Frontend keys are
+/// unique in a valid snapshot, and so are the VIP and port of SNI tables.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owners {
+    /// Owner of each frontend of [`Translation::snapshot`], by its key.
+    pub frontends: BTreeMap<FrontendKey, ObjectKey>,
+    /// Owner of each SNI table of [`Translation::tls`], by its VIP and port.
+    pub tls: BTreeMap<(IpAddr, u16), ObjectKey>,
+}
+
+impl Owners {
+    /// The Gateway `frontend` belongs to.
+    pub fn of_frontend(&self, frontend: &Frontend) -> Option<&ObjectKey> {
+        self.frontends.get(&frontend.key)
+    }
+
+    /// The Gateway the SNI table `tls` belongs to.
+    pub fn of_tls(&self, tls: &TlsFrontend) -> Option<&ObjectKey> {
+        self.tls.get(&(tls.vip, tls.port))
+    }
 }
 
 /// The status Blixt writes for every object it owns.
@@ -106,6 +121,20 @@ pub struct GatewayClassOutcome {
     pub finalizer: bool,
 }
 
+/// One GatewayClass naming Blixt's controller, through the rules.
+#[derive(Debug)]
+struct ClassEval<'a> {
+    obj: &'a GatewayClass,
+    accepted: Cond,
+    /// The addresses its Gateways allocate from: its AddressPool, or the default pool.
+    pool: &'a [IpAddr],
+    /// Whether its Gateways get their addresses from a LoadBalancer Service instead.
+    delegates: bool,
+}
+
+/// Blixt's GatewayClasses, by name.
+type Classes<'a> = BTreeMap<&'a str, ClassEval<'a>>;
+
 /// One Gateway of a Blixt GatewayClass, through the rules.
 #[derive(Debug)]
 struct GatewayEval<'a> {
@@ -113,6 +142,10 @@ struct GatewayEval<'a> {
     key: ObjectKey,
     generation: i64,
     class_accepted: bool,
+    /// Its class's pool (see [`ClassEval::pool`]).
+    pool: &'a [IpAddr],
+    /// Its class delegates addresses (see [`ClassEval::delegates`]).
+    delegates: bool,
     listeners: Vec<ListenerEval>,
     request: AddressRequest,
     accepted: Cond,
@@ -127,6 +160,16 @@ struct RouteEval<'a> {
     /// Resolved backendRefs, per rule.
     rules: Vec<Vec<ResolvedRef>>,
     parents: Vec<ParentOutcome>,
+}
+
+/// What the dataplane phase produces.
+#[derive(Debug, Default)]
+struct Dataplane {
+    /// Sorted by key.
+    frontends: Vec<Frontend>,
+    /// Sorted by VIP and port.
+    tls: Vec<TlsFrontend>,
+    owners: Owners,
 }
 
 /// Builds one kind's `status.parents` from (parentRef, conditions) pairs.
@@ -152,39 +195,79 @@ macro_rules! route_parents {
 
 /// Translates `objects` into the dataplane state and statuses. `now` stamps conditions whose
 /// status or reason changed.
+///
+/// The phases run in order, each a function of what the earlier ones produced: classes,
+/// Gateways (listeners, address requests, `Accepted`), addresses (and `Programmed`), routes,
+/// attached-route counts, the dataplane, and the statuses.
 pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -> Translation {
     let lookup = Lookup::new(objects);
+    let classes = evaluate_classes(objects, config);
+    let mut gateways = evaluate_gateways(objects, &classes, config, &lookup);
+    let delegations = assign_addresses(&mut gateways, &objects.delegated_addresses, config);
+    let routes = evaluate_routes(objects, &gateways, &lookup);
+    count_attached_routes(&mut gateways, &routes);
+    let dataplane = build_dataplane(&gateways, &routes);
+    let statuses = build_statuses(objects, &classes, &gateways, &routes, config, now);
+    Translation {
+        snapshot: Snapshot {
+            generation: 0,
+            frontends: dataplane.frontends,
+        },
+        tls: dataplane.tls,
+        owners: dataplane.owners,
+        statuses,
+        delegations,
+    }
+}
 
-    // GatewayClasses.
-    let mut classes: BTreeMap<&str, (&GatewayClass, Cond)> = BTreeMap::new();
+/// Phase 1: the GatewayClasses naming Blixt's controller (the first of each name), with their
+/// `Accepted` condition, pool and delegation.
+fn evaluate_classes<'a>(objects: &'a ObjectIndex, config: &'a TranslatorConfig) -> Classes<'a> {
+    let mut classes = Classes::new();
     for gc in refs(&objects.gateway_classes) {
         let name = gc.metadata.name.as_deref().unwrap_or("");
         if gc.spec.controller_name != config.controller_name || classes.contains_key(name) {
             continue;
         }
-        classes.insert(name, (gc, class_condition(gc, name, config)));
+        let eval = ClassEval {
+            obj: gc,
+            accepted: class_condition(gc, name, &objects.address_pools, config),
+            pool: class_pool(gc, &objects.address_pools, config),
+            delegates: delegation::delegates(gc, &objects.address_pools),
+        };
+        classes.insert(name, eval);
     }
+    classes
+}
 
-    // Gateways of those classes, oldest first.
+/// Phase 2: the Gateways of Blixt's classes (the first of each key), oldest first, with their
+/// listeners, address requests and `Accepted` condition. Addresses and `Programmed` are
+/// pending.
+fn evaluate_gateways<'a>(
+    objects: &'a ObjectIndex,
+    classes: &Classes<'a>,
+    config: &TranslatorConfig,
+    lookup: &Lookup<'_>,
+) -> Vec<GatewayEval<'a>> {
     let mut seen = BTreeSet::new();
-    let mut gws: Vec<&Gateway> = refs(&objects.gateways)
-        .filter(|g| classes.contains_key(g.spec.gateway_class_name.as_str()))
-        .filter(|g| seen.insert(ObjectKey::of(&g.metadata)))
+    let mut gws: Vec<(&Gateway, &ClassEval<'a>)> = refs(&objects.gateways)
+        .filter_map(|g| Some((g, classes.get(g.spec.gateway_class_name.as_str())?)))
+        .filter(|(g, _)| seen.insert(ObjectKey::of(&g.metadata)))
         .collect();
-    gws.sort_by_key(|g| age_key(&g.metadata));
-    let mut gateways: Vec<GatewayEval<'_>> = gws
-        .into_iter()
-        .map(|g| {
-            let class_accepted = classes[g.spec.gateway_class_name.as_str()].1.is_true();
-            let listeners = listeners::evaluate(g, config, &lookup);
-            let pool = class_pool(classes[g.spec.gateway_class_name.as_str()].0, config);
-            let request = addresses::request(g, pool);
+    gws.sort_by_key(|(g, _)| age_key(&g.metadata));
+    gws.into_iter()
+        .map(|(g, class)| {
+            let class_accepted = class.accepted.is_true();
+            let listeners = listeners::evaluate(g, config, lookup);
+            let request = addresses::request(g, class.pool);
             let accepted = gateway_accepted(g, class_accepted, &listeners, &request);
             GatewayEval {
                 obj: g,
                 key: ObjectKey::of(&g.metadata),
                 generation: g.metadata.generation.unwrap_or(0),
                 class_accepted,
+                pool: class.pool,
+                delegates: class.delegates,
                 listeners,
                 request,
                 accepted,
@@ -192,19 +275,25 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
                 programmed: Cond::new(ct::PROGRAMMED, false, reason::PENDING, ""),
             }
         })
-        .collect();
+        .collect()
+}
 
-    // Addresses, for accepted Gateways only: a rejected one must not hold pool addresses.
-    let delegating = |g: &GatewayEval<'_>| {
-        delegation::delegates(classes[g.obj.spec.gateway_class_name.as_str()].0, config)
-    };
+/// Phase 3: the addresses of accepted Gateways (a rejected one must not hold pool addresses),
+/// from their pools or, for delegating classes, from the load balancer (`delegated`); then
+/// each Gateway's `Programmed` condition, frontends reserved oldest first. Returns the
+/// LoadBalancer Services the delegating Gateways need.
+fn assign_addresses(
+    gateways: &mut [GatewayEval<'_>],
+    delegated: &BTreeMap<ObjectKey, Vec<IpAddr>>,
+    config: &TranslatorConfig,
+) -> Vec<Delegation> {
     let claimants: Vec<Claimant<'_>> = gateways
         .iter()
-        .filter(|g| g.accepted.is_true() && !delegating(g))
+        .filter(|g| g.accepted.is_true() && !g.delegates)
         .map(|g| Claimant {
             key: g.key.clone(),
             request: &g.request,
-            pool: class_pool(classes[g.obj.spec.gateway_class_name.as_str()].0, config),
+            pool: g.pool,
             previous: g
                 .obj
                 .status
@@ -218,21 +307,29 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
     let taken: BTreeSet<IpAddr> = assigned.values().flat_map(|o| o.assigned.clone()).collect();
     let mut delegations = Vec::new();
     let mut frontends_used = 0usize;
-    for g in &mut gateways {
+    for g in gateways.iter_mut() {
         g.addresses = assigned.remove(&g.key).unwrap_or_default();
-        if g.accepted.is_true() && delegating(g) {
-            g.addresses = delegation::outcome(g.obj, &g.key, &g.request, config, &taken);
+        if g.accepted.is_true() && g.delegates {
+            g.addresses = delegation::outcome(g.obj, &g.key, &g.request, delegated, &taken);
             delegations.push(delegation::delegation(&g.key, &g.listeners, &g.addresses));
         }
         g.programmed = gateway_programmed(g, config, &mut frontends_used);
     }
-    let gateway_index: BTreeMap<ObjectKey, usize> = gateways
+    delegations
+}
+
+/// Phase 4: every route (the first of each kind and key), its backends resolved and its
+/// parentRefs to Blixt Gateways attached (or not) to their listeners.
+fn evaluate_routes<'a>(
+    objects: &'a ObjectIndex,
+    gateways: &[GatewayEval<'_>],
+    lookup: &Lookup<'_>,
+) -> Vec<RouteEval<'a>> {
+    let gateway_index: BTreeMap<&ObjectKey, usize> = gateways
         .iter()
         .enumerate()
-        .map(|(i, g)| (g.key.clone(), i))
+        .map(|(i, g)| (&g.key, i))
         .collect();
-
-    // Routes.
     let mut routes: Vec<RouteEval<'_>> = Vec::new();
     let mut route_keys = BTreeSet::new();
     let views = refs(&objects.tcp_routes)
@@ -246,7 +343,7 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
         let rules = view
             .rules
             .iter()
-            .map(|r| backends::resolve_rule(&view, r, &lookup))
+            .map(|r| backends::resolve_rule(&view, r, lookup))
             .collect();
         let problem = routes::route_problem(&view);
         let mut parents: Vec<ParentOutcome> = Vec::new();
@@ -272,7 +369,7 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
                 &g.key.namespace,
                 &g.listeners,
                 problem.as_deref(),
-                &lookup,
+                lookup,
             ));
         }
         routes.push(RouteEval {
@@ -281,8 +378,12 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
             parents,
         });
     }
+    routes
+}
 
-    // attachedRoutes: a route counts once per listener, however many parentRefs lead there.
+/// Phase 5: each listener's `attachedRoutes`. A route counts once per listener, however many
+/// parentRefs lead there.
+fn count_attached_routes(gateways: &mut [GatewayEval<'_>], routes: &[RouteEval<'_>]) {
     let mut attached: BTreeSet<(usize, usize, usize)> = BTreeSet::new();
     for (ri, r) in routes.iter().enumerate() {
         for p in &r.parents {
@@ -294,11 +395,13 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
     for &(gi, li, _) in &attached {
         gateways[gi].listeners[li].attached_routes += 1;
     }
+}
 
-    // Dataplane.
-    let by_listener = routes_by_listener(&routes);
-    let mut frontends = Vec::new();
-    let mut tls = Vec::new();
+/// Phase 6: the frontends and SNI tables of programmed Gateways, one per address and usable
+/// listener (TLS listeners: per address and port), with their owners.
+fn build_dataplane(gateways: &[GatewayEval<'_>], routes: &[RouteEval<'_>]) -> Dataplane {
+    let by_listener = routes_by_listener(routes);
+    let mut out = Dataplane::default();
     for (gi, g) in gateways.iter().enumerate() {
         if !g.programmed.is_true() {
             continue;
@@ -325,158 +428,192 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
                     .and_then(|(r, _)| r.rules.first())
                     .map(|refs| backends::weigh(refs, vip.is_ipv4()))
                     .unwrap_or_default();
-                frontends.push(Frontend {
+                let key = FrontendKey {
+                    vip,
+                    port,
+                    protocol,
+                };
+                out.owners
+                    .frontends
+                    .entry(key)
+                    .or_insert_with(|| g.key.clone());
+                out.frontends.push(Frontend {
                     name: format!("{}/{}", g.key, l.name),
-                    key: FrontendKey {
-                        vip,
-                        port,
-                        protocol,
-                    },
+                    key,
                     backends,
                     reject_weight,
                 });
             }
             for (port, lis) in tls_ports {
-                tls.push(tls_frontend(g, gi, vip, port, &lis, &by_listener));
+                out.owners
+                    .tls
+                    .entry((vip, port))
+                    .or_insert_with(|| g.key.clone());
+                out.tls
+                    .push(tls_frontend(g, gi, vip, port, &lis, &by_listener));
             }
         }
     }
-    frontends.sort_by_key(|f| f.key);
-    tls.sort_by_key(|t| (t.vip, t.port));
+    out.frontends.sort_by_key(|f| f.key);
+    out.tls.sort_by_key(|t| (t.vip, t.port));
+    out
+}
 
-    // Statuses.
+/// Phase 7: the status of every GatewayClass, Gateway and route Blixt owns.
+fn build_statuses(
+    objects: &ObjectIndex,
+    classes: &Classes<'_>,
+    gateways: &[GatewayEval<'_>],
+    routes: &[RouteEval<'_>],
+    config: &TranslatorConfig,
+    now: &Time,
+) -> Statuses {
     let mut statuses = Statuses::default();
-    for (name, (gc, cond)) in &classes {
-        let accepted = cond.is_true();
-        let mut features: Vec<String> = config.supported_features.clone();
-        features.sort();
-        features.dedup();
-        statuses.gateway_classes.insert(
-            name.to_string(),
-            GatewayClassOutcome {
-                status: GatewayClassStatus {
-                    conditions: Some(stamp(
-                        vec![cond.clone()],
-                        gc.metadata.generation.unwrap_or(0),
-                        gc.status.as_ref().and_then(|s| s.conditions.as_deref()),
-                        now,
-                    )),
-                    supported_features: accepted.then(|| {
-                        features
-                            .into_iter()
-                            .map(|name| GatewayClassStatusSupportedFeatures { name })
-                            .collect()
-                    }),
-                },
-                finalizer: objects
-                    .gateways
-                    .iter()
-                    .any(|g| g.spec.gateway_class_name == *name),
-            },
-        );
+    for (name, class) in classes {
+        let outcome = class_outcome(objects, name, class, config, now);
+        statuses.gateway_classes.insert(name.to_string(), outcome);
     }
-    for g in &gateways {
+    for g in gateways {
         statuses
             .gateways
             .insert(g.key.clone(), gateway_status(g, now));
     }
-    for r in &routes {
-        let controller = config.controller_name.as_str();
-        let had_entry = r
-            .view
-            .previous
-            .iter()
-            .any(|p| p.controller_name == controller);
-        if r.parents.is_empty() && !had_entry {
-            continue;
-        }
-        let resolved = backends::resolved_refs_condition(&r.rules.concat());
-        let parents: Vec<(FullParentRef, Vec<Condition>)> = r
-            .parents
-            .iter()
-            .map(|p| {
-                let previous = r
-                    .view
-                    .previous
-                    .iter()
-                    .find(|prev| {
-                        prev.controller_name == controller
-                            && FullParentRef::new(&prev.parent_ref, &r.view.key.namespace)
-                                == p.parent_ref
-                    })
-                    .map(|prev| prev.conditions.as_slice());
-                let conds = vec![p.accepted.clone(), resolved.clone()];
-                (
-                    p.parent_ref.clone(),
-                    stamp(conds, r.view.generation, previous, now),
-                )
-            })
-            .collect();
-        let key = r.view.key.clone();
-        match r.view.kind {
-            RouteKind::Tcp => {
-                statuses.tcp_routes.insert(
-                    key,
-                    TcpRouteStatus {
-                        parents: route_parents!(
-                            parents,
-                            controller,
-                            TcpRouteStatusParents,
-                            TcpRouteStatusParentsParentRef
-                        ),
-                    },
-                );
-            }
-            RouteKind::Udp => {
-                statuses.udp_routes.insert(
-                    key,
-                    UdpRouteStatus {
-                        parents: route_parents!(
-                            parents,
-                            controller,
-                            UdpRouteStatusParents,
-                            UdpRouteStatusParentsParentRef
-                        ),
-                    },
-                );
-            }
-            RouteKind::Tls => {
-                statuses.tls_routes.insert(
-                    key,
-                    TlsRouteStatus {
-                        parents: route_parents!(
-                            parents,
-                            controller,
-                            TlsRouteStatusParents,
-                            TlsRouteStatusParentsParentRef
-                        ),
-                    },
-                );
-            }
-        }
+    for r in routes {
+        insert_route_status(&mut statuses, r, &config.controller_name, now);
     }
+    statuses
+}
 
-    Translation {
-        snapshot: Snapshot {
-            generation: 0,
-            frontends,
+/// A GatewayClass's status, and whether a Gateway uses it.
+fn class_outcome(
+    objects: &ObjectIndex,
+    name: &str,
+    class: &ClassEval<'_>,
+    config: &TranslatorConfig,
+    now: &Time,
+) -> GatewayClassOutcome {
+    let gc = class.obj;
+    let mut features: Vec<String> = config.supported_features.clone();
+    features.sort();
+    features.dedup();
+    GatewayClassOutcome {
+        status: GatewayClassStatus {
+            conditions: Some(stamp(
+                vec![class.accepted.clone()],
+                gc.metadata.generation.unwrap_or(0),
+                gc.status.as_ref().and_then(|s| s.conditions.as_deref()),
+                now,
+            )),
+            supported_features: class.accepted.is_true().then(|| {
+                features
+                    .into_iter()
+                    .map(|name| GatewayClassStatusSupportedFeatures { name })
+                    .collect()
+            }),
         },
-        tls,
-        statuses,
-        delegations,
+        finalizer: objects
+            .gateways
+            .iter()
+            .any(|g| g.spec.gateway_class_name == *name),
+    }
+}
+
+/// Puts a route's `status.parents` (Blixt's entries) into `statuses`, unless it has no
+/// Blixt parent and no stale Blixt entry to clear.
+fn insert_route_status(statuses: &mut Statuses, r: &RouteEval<'_>, controller: &str, now: &Time) {
+    let had_entry = r
+        .view
+        .previous
+        .iter()
+        .any(|p| p.controller_name == controller);
+    if r.parents.is_empty() && !had_entry {
+        return;
+    }
+    let resolved = backends::resolved_refs_condition(&r.rules.concat());
+    let parents: Vec<(FullParentRef, Vec<Condition>)> = r
+        .parents
+        .iter()
+        .map(|p| {
+            let previous = r
+                .view
+                .previous
+                .iter()
+                .find(|prev| {
+                    prev.controller_name == controller
+                        && FullParentRef::new(&prev.parent_ref, &r.view.key.namespace)
+                            == p.parent_ref
+                })
+                .map(|prev| prev.conditions.as_slice());
+            let conds = vec![p.accepted.clone(), resolved.clone()];
+            (
+                p.parent_ref.clone(),
+                stamp(conds, r.view.generation, previous, now),
+            )
+        })
+        .collect();
+    let key = r.view.key.clone();
+    match r.view.kind {
+        RouteKind::Tcp => {
+            statuses.tcp_routes.insert(
+                key,
+                TcpRouteStatus {
+                    parents: route_parents!(
+                        parents,
+                        controller,
+                        TcpRouteStatusParents,
+                        TcpRouteStatusParentsParentRef
+                    ),
+                },
+            );
+        }
+        RouteKind::Udp => {
+            statuses.udp_routes.insert(
+                key,
+                UdpRouteStatus {
+                    parents: route_parents!(
+                        parents,
+                        controller,
+                        UdpRouteStatusParents,
+                        UdpRouteStatusParentsParentRef
+                    ),
+                },
+            );
+        }
+        RouteKind::Tls => {
+            statuses.tls_routes.insert(
+                key,
+                TlsRouteStatus {
+                    parents: route_parents!(
+                        parents,
+                        controller,
+                        TlsRouteStatusParents,
+                        TlsRouteStatusParentsParentRef
+                    ),
+                },
+            );
+        }
     }
 }
 
 /// The addresses a class's Gateways allocate from: its AddressPool, or the default pool.
-fn class_pool<'c>(gc: &GatewayClass, config: &'c TranslatorConfig) -> &'c [IpAddr] {
+fn class_pool<'a>(
+    gc: &GatewayClass,
+    pools: &'a BTreeMap<String, ExpandedAddressPool>,
+    config: &'a TranslatorConfig,
+) -> &'a [IpAddr] {
     gc.spec
         .parameters_ref
         .as_ref()
-        .and_then(|p| config.address_pools.get(&p.name))
-        .map_or(&config.address_pool[..], |v| &v[..])
+        .and_then(|p| pools.get(&p.name))
+        .map_or(&config.address_pool[..], |p| &p.addresses[..])
 }
 
-fn class_condition(gc: &GatewayClass, name: &str, config: &TranslatorConfig) -> Cond {
+fn class_condition(
+    gc: &GatewayClass,
+    name: &str,
+    pools: &BTreeMap<String, ExpandedAddressPool>,
+    config: &TranslatorConfig,
+) -> Cond {
     if let Some(allowed) = &config.gateway_class_names {
         if !allowed.contains(name) {
             return Cond::new(
@@ -502,7 +639,7 @@ fn class_condition(gc: &GatewayClass, name: &str, config: &TranslatorConfig) -> 
                 ),
             );
         }
-        if !config.address_pools.contains_key(&p.name) {
+        if !pools.contains_key(&p.name) {
             return Cond::new(
                 ct::ACCEPTED,
                 false,

@@ -1,6 +1,7 @@
 //! The translator's input, and the read-only views the rules work on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use blixt_gateway_api::{Gateway, GatewayClass, ReferenceGrant, TcpRoute, TlsRoute, UdpRoute};
@@ -20,6 +21,11 @@ use crate::snapshot::Protocol;
 /// reflector stores hand out `Arc<K>`, the standalone file cache keeps each file's objects)
 /// fills an index by copying pointers. At 100,000 endpoints a deep copy per translation pass
 /// was a second copy of every object in the controller's memory.
+///
+/// Besides the objects, the index holds what a provider observes each pass and the
+/// translator reads as it finds it: the AddressPools (expanded) and the addresses load
+/// balancers gave delegating Gateways. Settings that do not change with the cluster are in
+/// [`TranslatorConfig`](super::TranslatorConfig).
 #[derive(Debug, Clone, Default)]
 pub struct ObjectIndex {
     pub gateway_classes: Vec<Arc<GatewayClass>>,
@@ -31,6 +37,27 @@ pub struct ObjectIndex {
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub namespaces: Vec<Arc<Namespace>>,
+    /// Named address pools (Blixt's `AddressPool` objects, group
+    /// [`PARAMETERS_GROUP`](super::PARAMETERS_GROUP), kind
+    /// [`ADDRESS_POOL_KIND`](super::ADDRESS_POOL_KIND)), by name, their entries expanded: a
+    /// GatewayClass whose `parametersRef` names one allocates its Gateways' addresses from it
+    /// instead of the configured default pool. A missing pool makes the class
+    /// `Accepted=False/InvalidParameters`.
+    pub address_pools: BTreeMap<String, ExpandedAddressPool>,
+    /// What the load balancer assigned to each delegating Gateway: the
+    /// `status.loadBalancer.ingress` IPs of its Service, in order. Filled by the controller;
+    /// the translator only reads it.
+    pub delegated_addresses: BTreeMap<ObjectKey, Vec<IpAddr>>,
+}
+
+/// One AddressPool, as the translator reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpandedAddressPool {
+    /// Every address of the pool's entries, in order.
+    pub addresses: Vec<IpAddr>,
+    /// `delegateToLoadBalancer`: the classes' Gateways get their addresses from a Service of
+    /// type LoadBalancer (see [`Translation::delegations`](super::Translation::delegations)).
+    pub delegate_to_load_balancer: bool,
 }
 
 /// The objects of one kind of an [`ObjectIndex`], borrowed.

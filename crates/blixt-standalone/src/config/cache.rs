@@ -142,6 +142,8 @@ fn extend(into: &mut ObjectIndex, from: &ObjectIndex) {
         services,
         endpoint_slices,
         namespaces,
+        address_pools,
+        delegated_addresses,
     } = from;
     into.gateway_classes.extend_from_slice(gateway_classes);
     into.gateways.extend_from_slice(gateways);
@@ -152,4 +154,7 @@ fn extend(into: &mut ObjectIndex, from: &ObjectIndex) {
     into.services.extend_from_slice(services);
     into.endpoint_slices.extend_from_slice(endpoint_slices);
     into.namespaces.extend_from_slice(namespaces);
+    // observed by the Kubernetes provider only; files hold none
+    into.address_pools.extend(address_pools.clone());
+    into.delegated_addresses.extend(delegated_addresses.clone());
 }

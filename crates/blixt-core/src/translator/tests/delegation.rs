@@ -1,6 +1,6 @@
 //! Address delegation to a Service of type LoadBalancer: the Gateways of a class whose
 //! AddressPool delegates take their addresses from the controller-provided
-//! `delegated_addresses` and are listed in `Translation::delegations`; no API server.
+//! `ObjectIndex::delegated_addresses` and are listed in `Translation::delegations`; no API server.
 
 use super::*;
 
@@ -8,17 +8,23 @@ const LB_CLASS: &str = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gat
 
 const LISTENERS: &str = "  - {name: tcp, protocol: TCP, port: 80}\n  - {name: dns, protocol: UDP, port: 53}\n  - {name: tls, protocol: TLS, port: 443, tls: {mode: Passthrough}}\n  - {name: web, protocol: HTTP, port: 8080}";
 
-fn delegating_config() -> TranslatorConfig {
-    let mut c = config_v4();
-    c.address_pools.insert("lb".into(), Vec::new());
-    c.delegated_pools.insert("lb".into());
-    c
+/// The objects of `yaml`, with the delegating AddressPool `lb` observed.
+fn delegating(yaml: &str) -> ObjectIndex {
+    let mut o = objects(yaml);
+    o.address_pools.insert(
+        "lb".into(),
+        ExpandedAddressPool {
+            addresses: Vec::new(),
+            delegate_to_load_balancer: true,
+        },
+    );
+    o
 }
 
 #[test]
 fn without_an_address_from_the_load_balancer_the_gateway_is_not_assigned_one() {
     let yaml = [LB_CLASS.to_string(), gateway("ns", "gw", LISTENERS)].concat();
-    let t = run_with(&yaml, &delegating_config());
+    let t = run_index(&delegating(&yaml), &config_v4());
     let conds = gateway_conds(&t, "ns", "gw");
     // Accepted (the HTTP listener is not valid, and its port is not delegated).
     assert_eq!(
@@ -64,9 +70,9 @@ fn without_an_address_from_the_load_balancer_the_gateway_is_not_assigned_one() {
 
 #[test]
 fn the_load_balancers_address_becomes_the_gateways() {
-    let mut cfg = delegating_config();
-    cfg.delegated_addresses.insert(
-        "ns/gw".into(),
+    let mut delegated = BTreeMap::new();
+    delegated.insert(
+        ObjectKey::new("ns", "gw"),
         vec![
             "203.0.113.7".parse().unwrap(),
             "203.0.113.7".parse().unwrap(),
@@ -85,7 +91,13 @@ fn the_load_balancers_address_becomes_the_gateways() {
         ),
     ]
     .concat();
-    let t = run_with(&yaml, &cfg);
+    let t = run_index(
+        &ObjectIndex {
+            delegated_addresses: delegated,
+            ..delegating(&yaml)
+        },
+        &config_v4(),
+    );
     assert_eq!(
         gateway_conds(&t, "ns", "gw")[1],
         ("Programmed".into(), "True".into(), "Programmed".into())
@@ -108,9 +120,11 @@ fn the_load_balancers_address_becomes_the_gateways() {
 
 #[test]
 fn static_addresses_and_addresses_held_by_other_gateways_are_not_usable() {
-    let mut cfg = delegating_config();
-    cfg.delegated_addresses
-        .insert("ns/gw".into(), vec!["192.0.2.99".parse().unwrap()]);
+    let mut delegated = BTreeMap::new();
+    delegated.insert(
+        ObjectKey::new("ns", "gw"),
+        vec!["192.0.2.99".parse().unwrap()],
+    );
     // Another class allocating from Blixt's pool, with a static address the load balancer also
     // handed out.
     let other_class = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: own, generation: 1}\nspec:\n  controllerName: blixt.dev/gateway-controller\n";
@@ -132,7 +146,13 @@ fn static_addresses_and_addresses_held_by_other_gateways_are_not_usable() {
         fixed,
     ]
     .concat();
-    let t = run_with(&yaml, &cfg);
+    let t = run_index(
+        &ObjectIndex {
+            delegated_addresses: delegated,
+            ..delegating(&yaml)
+        },
+        &config_v4(),
+    );
     assert_eq!(
         gateway_conds(&t, "ns", "own")[1],
         ("Programmed".into(), "True".into(), "Programmed".into())

@@ -90,13 +90,18 @@ fn pool_class(pool: &str) -> String {
 
 #[test]
 fn address_pool_parameters_select_the_pool() {
-    let mut cfg = config_v4();
-    cfg.address_pools
-        .insert("edge".into(), vec!["198.51.100.7".parse().unwrap()]);
     let yaml = pool_class("edge")
         + &gateway("infra", "gw", "  - {name: tcp, protocol: TCP, port: 9000}")
         + &gateway("infra", "gw2", "  - {name: tcp, protocol: TCP, port: 9000}");
-    let t = run_with(&yaml, &cfg);
+    let mut objects = objects(&yaml);
+    objects.address_pools.insert(
+        "edge".into(),
+        ExpandedAddressPool {
+            addresses: vec!["198.51.100.7".parse().unwrap()],
+            delegate_to_load_balancer: false,
+        },
+    );
+    let t = run_index(&objects, &config_v4());
     assert_eq!(
         summary(
             t.statuses.gateway_classes["blixt"]

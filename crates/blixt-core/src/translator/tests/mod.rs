@@ -6,6 +6,7 @@ mod backends;
 mod delegation;
 mod gateway_class;
 mod listeners;
+mod phases;
 mod routes;
 mod tls;
 
@@ -96,7 +97,12 @@ pub(super) fn run(yaml: &str) -> Translation {
 }
 
 pub(super) fn run_with(yaml: &str, config: &TranslatorConfig) -> Translation {
-    let t = translate(&objects(yaml), config, &now());
+    run_index(&objects(yaml), config)
+}
+
+/// Translates an index a test filled beyond its YAML (observed pools and addresses).
+pub(super) fn run_index(objects: &ObjectIndex, config: &TranslatorConfig) -> Translation {
+    let t = translate(objects, config, &now());
     t.snapshot
         .validate()
         .expect("the translator only produces valid snapshots");
@@ -360,6 +366,14 @@ fn translating_twice_is_stable() {
     assert_eq!(a, b);
 }
 
+/// The Gateway a frontend or SNI table name shows: the translator names them
+/// `namespace/gateway/listener[+listener…]` (for people; callers read [`Owners`]).
+fn owning_gateway(frontend_name: &str) -> Option<ObjectKey> {
+    let mut parts = frontend_name.splitn(3, '/');
+    let (namespace, gateway, _listeners) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(ObjectKey::new(namespace, gateway))
+}
+
 #[test]
 fn every_frontend_and_sni_table_names_its_gateway() {
     let yaml = [
@@ -396,4 +410,13 @@ fn every_frontend_and_sni_table_names_its_gateway() {
         assert!(t.statuses.gateways.keys().any(|k| k.to_string() == key));
     }
     assert_eq!(owning_gateway("infra/gw"), None);
+    // the owner map callers read says the same
+    assert_eq!(t.owners.frontends.len(), t.snapshot.frontends.len());
+    assert_eq!(t.owners.tls.len(), t.tls.len());
+    for f in &t.snapshot.frontends {
+        assert_eq!(t.owners.of_frontend(f), owning_gateway(&f.name).as_ref());
+    }
+    for s in &t.tls {
+        assert_eq!(t.owners.of_tls(s), owning_gateway(&s.name).as_ref());
+    }
 }
