@@ -121,4 +121,16 @@ static __always_inline void stat_inc(__u32 idx)
 		*v += 1;
 }
 
+/* Counts a packet of `bytes` in entry `id` of a per-frontend or per-backend counters map. */
+static __always_inline void count(void *map, __u32 id, __u64 bytes, int new_flow, int reject)
+{
+	struct blixt_counters *c = bpf_map_lookup_elem(map, &id);
+	if (!c)
+		return;
+	c->packets += 1;
+	c->bytes += bytes;
+	c->new_flows += new_flow;
+	c->rejects += reject;
+}
+
 #endif
