@@ -69,6 +69,7 @@ fn upstream_conformance_suite() {
     }));
     if outcome.is_err() {
         keep_logs(&cluster, &out);
+        print_blixt_pods(&cluster);
     }
     // The agent unpins nothing on a normal stop (pins outlive restarts); the cluster's
     // namespaces take the attachments with them. Uninstall first, so the agent stops cleanly.
@@ -276,6 +277,27 @@ fn run_suite(cluster: &Cluster, out: &Path) -> std::process::ExitStatus {
         .env("BLIXT_CONFORMANCE_OUT", out)
         .status()
         .expect("running hack/conformance.sh")
+}
+
+/// Prints the status of Blixt's pods (why a container is waiting or failed), for a failed run.
+fn print_blixt_pods(cluster: &Cluster) {
+    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+        return;
+    };
+    runtime.block_on(async {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(cluster.client(), NAMESPACE);
+        match pods.list(&Default::default()).await {
+            Ok(list) => {
+                for pod in list {
+                    let name = pod.metadata.name.unwrap_or_default();
+                    let status = serde_json::to_string_pretty(&pod.status).unwrap_or_default();
+                    eprintln!("pod {NAMESPACE}/{name} status: {status}");
+                }
+            }
+            Err(e) => eprintln!("listing pods in {NAMESPACE}: {e}"),
+        }
+    });
 }
 
 /// Copies the cluster's logs (components and pods) next to the report.

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::net::IpAddr;
+use std::os::fd::AsRawFd as _;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -953,6 +954,12 @@ fn container_status(c: &ContainerRun, creating: Option<&str>) -> Value {
 
 /// Starts a container process: a process group of its own, the pod's namespaces and mounts,
 /// a clean environment; tied to the test process (it dies with it).
+///
+/// The program is opened here, before the pod's mounts exist, and executed through
+/// `/proc/self/fd/<n>`: a volume mounted over the directory that holds it (an emptyDir at
+/// `/tmp` over a binary built under `/tmp`) must not hide it, just as a container's volumes
+/// never hide its image's entrypoint. The descriptor is close-on-exec; an ELF program is opened
+/// by `execve` before descriptors close (an interpreted script would not be).
 fn spawn(
     invocation: &Invocation,
     env: &[(String, String)],
@@ -960,7 +967,10 @@ fn spawn(
     stdout: Stdio,
     stderr: Stdio,
 ) -> anyhow::Result<Child> {
-    let mut command = Command::new(&invocation.program);
+    let program = File::open(&invocation.program).map_err(|e| {
+        anyhow::anyhow!("opening the program {}: {e}", invocation.program.display())
+    })?;
+    let mut command = Command::new(format!("/proc/self/fd/{}", program.as_raw_fd()));
     command
         .arg0(&invocation.arg0)
         .args(&invocation.args)
@@ -971,7 +981,9 @@ fn spawn(
         .stderr(stderr)
         .process_group(0);
     sys::isolate(&mut command, isolation)?;
-    Ok(crate::process::spawn_tied_to_process(command)?)
+    let child = crate::process::spawn_tied_to_process(command)?;
+    drop(program);
+    Ok(child)
 }
 
 /// Reads a container's log (stdout and stderr of every run).

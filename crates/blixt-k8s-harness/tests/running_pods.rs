@@ -672,6 +672,31 @@ async fn scenario(cluster: &Cluster, seen: &mut Seen) {
         "ClusterFirst on the host network keeps the host's resolv.conf: {log}"
     );
 
+    // --- A volume over the directory of the program itself does not hide it (the chart's
+    // emptyDir at /tmp over a blixt binary built under /tmp did): the program is opened
+    // before the pod's mounts, as a container's entrypoint lives in its image.
+    let (_, logs) = run_to_completion(
+        cluster,
+        &client,
+        ns,
+        seen,
+        json!({
+            "metadata": { "name": "shadowed" },
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "shell",
+                    "image": SHELL_IMAGE,
+                    "command": ["/usr/bin/echo", "not hidden"],
+                    "volumeMounts": [{ "name": "over", "mountPath": "/usr/bin" }],
+                }],
+                "volumes": [{ "name": "over", "emptyDir": {} }],
+            },
+        }),
+    )
+    .await;
+    assert_eq!(logs["shell"], "not hidden\n");
+
     // --- Exec probes: ready once a file exists; a failed liveness probe kills the container,
     // which restarts (the emptyDir keeps its files across the restart).
     let probed: Pod = serde_json::from_value(json!({
