@@ -284,7 +284,7 @@ impl Fx {
     }
 }
 
-/// The SNAT source port the program picks first for a flow (lb.bpf.c new_flow()).
+/// The SNAT source port the program picks first for a flow (`snat_port()`, bpf/include/snat.h).
 fn first_port(key: &FlowKey, be_id: u32, pmin: u16, pmax: u16) -> u16 {
     let range = u32::from(pmax - pmin) + 1;
     let start = (key.hash().wrapping_mul(0x9e37_79b1) ^ be_id) % range;
