@@ -3,6 +3,7 @@
 
 pub mod garp;
 pub mod metrics;
+pub mod neighbours;
 pub mod reconciler;
 pub mod runner;
 

@@ -170,6 +170,9 @@ pub struct ApplyReport {
     /// VIPs this node started announcing (ARP/NDP) with this apply: neighbours may still map
     /// them to another node, so the agent sends gratuitous ARP / unsolicited NA for them.
     pub announced: Vec<IpAddr>,
+    /// Dynamic neighbour entries deleted for backend addresses new in this generation (see
+    /// [`crate::neighbours`]).
+    pub neighbours_deleted: usize,
 }
 
 /// A frontend as applied, for `blixt inspect`.
@@ -571,6 +574,22 @@ impl Reconciler {
             generation: snap.generation,
             ..Default::default()
         };
+        // Before any packet can go to them: addresses that were no backend in the applied
+        // generation lose their learnt neighbour entries, so that an address reused by a new
+        // MAC is resolved afresh instead of served from a stale entry (never an error).
+        let before: BTreeSet<IpAddr> = self
+            .frontends
+            .values()
+            .flat_map(|f| f.backends.keys().map(|b| b.addr))
+            .collect();
+        let fresh: BTreeSet<IpAddr> = planned
+            .iter()
+            .flat_map(|p| p.fe.backends.iter().zip(&p.ids))
+            .filter(|(_, id)| id.is_some())
+            .map(|(be, _)| be.addr.addr)
+            .filter(|a| !before.contains(a))
+            .collect();
+        report.neighbours_deleted = crate::neighbours::forget(&fresh);
         let mut to_release: Vec<u32> = Vec::new();
         let mut rings_to_free: Vec<u32> = Vec::new();
         let wanted: BTreeSet<FrontendKey> = snap.frontends.iter().map(|f| f.key).collect();

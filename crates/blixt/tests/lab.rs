@@ -480,6 +480,82 @@ fn unresolved_neighbours(mode: Mode) {
     );
 }
 
+/// A backend address that comes back with a new MAC (a pod deleted and its IP given at once to
+/// a new pod) while the node still holds a learnt neighbour entry with the old one: the agent
+/// deletes that entry when the address becomes a backend again, so `bpf_fib_lookup` misses and
+/// the kernel resolves the address afresh. Without it, UDP that only Blixt forwards would go
+/// to the old MAC for as long as the entry lives.
+#[test]
+fn backend_back_with_a_new_mac_is_resolved_afresh() {
+    let mut h = Harness::new(LabSpec {
+        static_neighbors: false,
+        ..LabSpec::with_backends(1)
+    });
+    let snap = h.snapshot(&[(0, 1, BackendState::Active)]);
+    h.apply(&snap);
+    h.start_agent();
+    let opts = UdpOptions {
+        concurrency: 4,
+        timeout: Duration::from_millis(300),
+        retries: 10,
+        ..UdpOptions::default()
+    };
+    let udp = |h: &Harness| {
+        let targets = [h.udp_target(false), h.udp_target(true)];
+        h.lab
+            .client
+            .ns
+            .run_in(|| targets.map(|t| traffic::udp_flows(t, 8, &opts).unwrap()))
+    };
+    for r in udp(&h) {
+        assert_eq!(r.ok, 8, "before: {}", r.summary());
+    }
+
+    // out of the configuration, then the same addresses behind a new MAC
+    h.generation += 1;
+    let empty = Snapshot {
+        generation: h.generation,
+        frontends: Vec::new(),
+    };
+    h.apply(&empty);
+    let be = &h.lab.backends[0];
+    let addrs = [IpAddr::from(be.v4()), IpAddr::from(be.v6())];
+    let old_mac = be.link.peer_mac;
+    let mut new_mac = old_mac;
+    new_mac.0[5] ^= 0x55;
+    let ifname = be.link.peer_ifname.clone();
+    be.ns
+        .ip(&[
+            "link",
+            "set",
+            "dev",
+            &ifname,
+            "address",
+            &new_mac.to_string(),
+        ])
+        .unwrap();
+    for addr in addrs {
+        let neigh = h.lab.lb.ip(&["neigh", "show", &addr.to_string()]).unwrap();
+        assert!(
+            neigh.contains(&old_mac.to_string()) && !neigh.contains("PERMANENT"),
+            "the node still holds a learnt entry with the old MAC for {addr}: {neigh:?}"
+        );
+    }
+
+    let snap = h.snapshot(&[(0, 1, BackendState::Active)]);
+    h.apply(&snap);
+    for r in udp(&h) {
+        assert_eq!(r.ok, 8, "back with a new MAC: {}", r.summary());
+    }
+    for addr in addrs {
+        let neigh = h.lab.lb.ip(&["neigh", "show", &addr.to_string()]).unwrap();
+        assert!(
+            neigh.contains(&new_mac.to_string()),
+            "resolved to the new MAC for {addr}: {neigh:?}"
+        );
+    }
+}
+
 #[test]
 fn invalid_backends_are_rejected_live_tcp_reset_udp_drop() {
     let mut h = Harness::new(LabSpec::with_backends(3));
