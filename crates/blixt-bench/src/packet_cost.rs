@@ -1158,32 +1158,39 @@ impl PathSamples {
 
     /// Hot loop, TC mode: ns per packet of `blixt_lb_tc` above the empty TC wrapper, per round.
     pub fn tc_hot_rounds(&self) -> Vec<f64> {
-        diff(self.hot(Target::TcLb), self.hot(Target::TcEmpty))
+        Self::tc_mode_rounds(&self.hot)
     }
 
     /// Hot loop, XDP mode: ns per packet above the empty XDP wrapper, per round; on
     /// unresolved-neighbour paths plus the TC pass above the empty TC wrapper.
     pub fn xdp_mode_hot_rounds(&self, path: Path) -> Vec<f64> {
-        let xdp = diff(self.hot(Target::Lb), self.hot(Target::Empty));
-        if !path.is_unresolved() {
-            return xdp;
-        }
-        let tc = diff(self.hot_tc_after_xdp(), self.hot(Target::TcEmpty));
-        xdp.iter().zip(&tc).map(|(a, b)| a + b).collect()
+        Self::xdp_mode_rounds(&self.hot, path)
     }
 
     /// Per call above the empty program of the hook, TC mode, per round.
     pub fn tc_wall_rounds(&self) -> Vec<f64> {
-        diff(self.wall(Target::TcLb), self.wall(Target::TcEmpty))
+        Self::tc_mode_rounds(&self.wall)
     }
 
     /// Per call above the empty program, XDP mode (with the TC pass where there is one).
     pub fn xdp_mode_wall_rounds(&self, path: Path) -> Vec<f64> {
-        let xdp = diff(self.wall(Target::Lb), self.wall(Target::Empty));
+        Self::xdp_mode_rounds(&self.wall, path)
+    }
+
+    fn tc_mode_rounds(m: &BTreeMap<String, Vec<f64>>) -> Vec<f64> {
+        diff(
+            Self::series(m, Target::TcLb),
+            Self::series(m, Target::TcEmpty),
+        )
+    }
+
+    fn xdp_mode_rounds(m: &BTreeMap<String, Vec<f64>>, path: Path) -> Vec<f64> {
+        let xdp = diff(Self::series(m, Target::Lb), Self::series(m, Target::Empty));
         if !path.is_unresolved() {
             return xdp;
         }
-        let tc = diff(self.wall_tc_after_xdp(), self.wall(Target::TcEmpty));
+        let after = m.get(TC_AFTER_XDP).map_or(&[][..], Vec::as_slice);
+        let tc = diff(after, Self::series(m, Target::TcEmpty));
         xdp.iter().zip(&tc).map(|(a, b)| a + b).collect()
     }
 }

@@ -12,81 +12,22 @@
  * recycled page holds whatever the last consumer left there: after a load balancer's full-NAT
  * rewrite and a sink's XDP_DROP, the page comes back addressed to a backend. So every frame
  * is first copied whole from gen_frame, then stamped: nothing is taken from the page.
- *
- * Flow i (see gen_flows) gets source port gen_port_base + i % gen_port_span and source address
- * low half i / gen_port_span + 1, so "every packet a new flow" runs through 60,000 ports of
- * one address, then the next address, without repeating a tuple for billions of packets.
+ * (include/bench_gen.h: the template, its constants and the stamping.)
  */
-#include <linux/bpf.h>
-#include <linux/if_ether.h>
-#include <linux/ip.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
-
-/* The template frame (64 bytes) as native u64 words. */
-volatile const __u64 gen_frame[8] = {};
-/* Flows cycled through; 0: every packet is a new flow. */
-volatile const __u32 gen_flows = 1;
-/* First source port. */
-volatile const __u32 gen_port_base = 1024;
-/* Source ports used per source address. */
-volatile const __u32 gen_port_span = 60000;
-/* IPv4 header checksum of the template, as stored in the frame. */
-volatile const __u32 gen_ip_csum = 0;
-/* L4 checksum of the template, as stored in the frame. */
-volatile const __u32 gen_l4_csum = 0;
-/* Byte offset of the L4 checksum from the start of the L4 header: 6 for UDP, 16 for TCP. */
-volatile const __u32 gen_l4_csum_off = 6;
-/* 1 for UDP: a computed checksum of 0 is sent as 0xffff (RFC 768). */
-volatile const __u32 gen_udp = 1;
+#include "include/bench_gen.h"
 
 /* Frames stamped since load; the flow index is taken from it. */
 __u64 gen_seq = 0;
-
-#define L4_OFF (sizeof(struct ethhdr) + sizeof(struct iphdr))
-
-/* One's complement: `base` (a stored checksum) with the 16-bit words `a` and `b` added where
- * the template had zeros. */
-static __always_inline __u16 csum_with(__u32 base, __u16 a, __u16 b)
-{
-	__u32 s = (__u16)~base;
-	s += a;
-	s += b;
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	return (__u16)~s;
-}
 
 SEC("xdp")
 int bench_gen(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct iphdr *ip = data + sizeof(struct ethhdr);
-	__u8 *l4 = data + L4_OFF;
 
-	if (data + 64 > data_end)
+	if (data + GEN_FRAME_LEN > data_end)
 		return XDP_ABORTED;
-#pragma unroll
-	for (int i = 0; i < 8; i++)
-		((__u64 *)data)[i] = gen_frame[i];
-
-	__u64 n = gen_seq++;
-	__u64 idx = gen_flows ? n % gen_flows : n;
-	__u16 port = bpf_htons((__u16)(gen_port_base + idx % gen_port_span));
-	__u16 host = bpf_htons((__u16)(idx / gen_port_span + 1));
-
-	((__u16 *)&ip->saddr)[1] = host;
-	ip->check = csum_with(gen_ip_csum, host, 0);
-	*(__u16 *)l4 = port;
-	/* the pseudo-header covers the source address, so both words enter the L4 sum */
-	__u16 l4sum = csum_with(gen_l4_csum, host, port);
-	if (gen_udp && l4sum == 0)
-		l4sum = 0xffff;
-	if (gen_l4_csum_off == 16)
-		*(__u16 *)(l4 + 16) = l4sum;
-	else
-		*(__u16 *)(l4 + 6) = l4sum;
+	gen_stamp(data, gen_seq++);
 	return XDP_TX;
 }
 

@@ -20,7 +20,6 @@
 //! `-run-test TCPRouteWeightedRouting`), `BLIXT_CONFORMANCE_OUT` (instead of
 //! target/conformance), `BLIXT_K8S_KEEP=1` (keep the cluster directory).
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -40,7 +39,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(180);
 #[test]
 fn upstream_conformance_suite() {
     assert!(
-        is_root(),
+        blixt_lab::is_root(),
         "needs root: the cluster's node agent creates network namespaces, and Blixt's agent loads BPF programs (run as root; make test does)"
     );
     let blixt = blixt_binary();
@@ -83,10 +82,6 @@ fn upstream_conformance_suite() {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// The `blixt` binary of this build: `cargo test` builds it beside the test binaries
