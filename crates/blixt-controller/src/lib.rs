@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use blixt_core::generation::Generation;
 use blixt_core::snapshot::Snapshot;
-use blixt_core::tls::TlsFrontend;
 use blixt_core::translator::{translate, Delegation, Owners, Statuses, TranslatorConfig};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -72,17 +72,6 @@ const STATUS_ONLY_DELAY: Duration = Duration::from_secs(1);
 /// milliseconds, so only a stalled or absent agent shows as `Pending`.
 const PROGRAMMED_GRACE: Duration = Duration::from_secs(1);
 
-/// What the translator loop publishes for snapshot distribution.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Published {
-    pub snapshot: Snapshot,
-    pub tls: Vec<TlsFrontend>,
-    /// VIPs agents must not announce: a load balancer announces them (delegated Gateways).
-    pub not_announced: BTreeSet<IpAddr>,
-    /// The Gateway each frontend and SNI table belongs to.
-    pub owners: Owners,
-}
-
 /// Controller settings.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
@@ -104,8 +93,10 @@ pub struct ControllerOptions {
 #[derive(Debug, Clone)]
 pub struct Running {
     pub leadership: Leadership,
-    /// Every new snapshot (generation increases only when the snapshot changes).
-    pub snapshots: watch::Receiver<Published>,
+    /// Every new generation for the agents (its number increases only when the snapshot, the
+    /// SNI tables or the VIPs announced change). Its `announce` leaves out the VIPs a load
+    /// balancer announces (delegated Gateways).
+    pub snapshots: watch::Receiver<Generation>,
     /// The statuses of the latest translation.
     pub statuses: watch::Receiver<Statuses>,
 }
@@ -126,7 +117,7 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
         .context("initial list of the watched kinds")?;
     info!("object index ready");
     let leadership = leader::spawn(client.clone(), opts.lease.clone());
-    let (snap_tx, snap_rx) = watch::channel(Published::default());
+    let (snap_tx, snap_rx) = watch::channel(Generation::default());
     let (status_tx, status_rx) = watch::channel(Statuses::default());
     let running = Running {
         leadership: leadership.clone(),
@@ -149,6 +140,10 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
             .map_or(1, |d| d.as_millis() as u64);
         let mut changed_in = ChangedIn::default();
         let mut previous_delegations = Vec::new();
+        // The Gateway owning each part, and the VIPs agents must not announce (a load balancer
+        // announces them: delegated Gateways), of the last published generation.
+        let mut previous_owners = Owners::default();
+        let mut previous_not_announced = BTreeSet::new();
         let mut first = true;
         loop {
             let pass_started = Instant::now();
@@ -172,26 +167,31 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
                 first
                     || t.snapshot.frontends != current.snapshot.frontends
                     || t.tls != current.tls
-                    || not_announced != current.not_announced
+                    || not_announced != previous_not_announced
             };
             if new_generation {
                 generation += 1;
-                let next = Published {
+                let mut next = Generation {
                     snapshot: Snapshot {
                         generation,
                         ..t.snapshot
                     },
                     tls: t.tls,
-                    not_announced,
-                    owners: t.owners,
+                    announce: None,
                 };
+                next.announce = Some(&next.announced() - &not_announced);
                 let previous = snap_tx.borrow().clone();
                 changed_in.observe(
-                    (!first).then_some((&previous, previous_delegations.as_slice())),
-                    &next,
-                    &t.delegations,
+                    (!first).then_some((
+                        &previous,
+                        &previous_owners,
+                        previous_delegations.as_slice(),
+                    )),
+                    (&next, &t.owners, &t.delegations),
                 );
                 first = false;
+                previous_owners = t.owners;
+                previous_not_announced = not_announced;
                 snap_tx.send_replace(next);
                 info!(generation, "new snapshot");
             }

@@ -17,13 +17,12 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use blixt_core::generation::Generation;
 use blixt_core::snapshot::Frontend;
 use blixt_core::tls::TlsFrontend;
-use blixt_core::translator::{Delegation, ObjectKey, Statuses};
+use blixt_core::translator::{Delegation, ObjectKey, Owners, Statuses};
 use blixt_stream::ProgrammedState;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-use crate::Published;
 
 /// One Gateway's part of what agents program.
 #[derive(Debug, Default, PartialEq)]
@@ -33,12 +32,12 @@ struct Part<'a> {
     not_announced: Vec<IpAddr>,
 }
 
-fn parts<'a>(
-    published: &'a Published,
-    delegations: &[Delegation],
-) -> BTreeMap<ObjectKey, Part<'a>> {
+/// A published generation as the gate sees it: with the Gateway owning each frontend and SNI
+/// table, and the addresses load balancers announce for delegating Gateways.
+pub type Pass<'a> = (&'a Generation, &'a Owners, &'a [Delegation]);
+
+fn parts<'a>((published, owners, delegations): Pass<'a>) -> BTreeMap<ObjectKey, Part<'a>> {
     let mut parts: BTreeMap<ObjectKey, Part<'a>> = BTreeMap::new();
-    let owners = &published.owners;
     for f in &published.snapshot.frontends {
         if let Some(gw) = owners.of_frontend(f) {
             parts.entry(gw.clone()).or_default().frontends.push(f);
@@ -66,21 +65,16 @@ pub struct ChangedIn {
 
 impl ChangedIn {
     /// Notes a newly published generation: Gateways whose part differs from `previous` (or
-    /// every Gateway, for the first generation) changed in `next.snapshot.generation`.
-    pub fn observe(
-        &mut self,
-        previous: Option<(&Published, &[Delegation])>,
-        next: &Published,
-        next_delegations: &[Delegation],
-    ) {
-        let generation = next.snapshot.generation;
-        let new = parts(next, next_delegations);
-        let Some((previous, previous_delegations)) = previous else {
+    /// every Gateway, for the first generation) changed in `next`'s generation.
+    pub fn observe(&mut self, previous: Option<Pass<'_>>, next: Pass<'_>) {
+        let generation = next.0.number();
+        let new = parts(next);
+        let Some(previous) = previous else {
             self.first = generation;
             self.generations = new.into_keys().map(|gw| (gw, generation)).collect();
             return;
         };
-        let old = parts(previous, previous_delegations);
+        let old = parts(previous);
         for (gw, part) in &new {
             if old.get(gw) != Some(part) {
                 self.generations.insert(gw.clone(), generation);
@@ -236,8 +230,8 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use k8s_openapi::jiff::Timestamp;
 
-    use super::{ChangedIn, ProgrammedGate};
-    use crate::Published;
+    use super::{ChangedIn, Pass, ProgrammedGate};
+    use blixt_core::generation::Generation;
 
     fn frontend(gateway: &str, port: u16, weight: u32) -> Frontend {
         Frontend {
@@ -261,7 +255,7 @@ mod tests {
 
     /// Generation `generation` with `frontends`, each owned by the Gateway [`frontend`] made
     /// it for.
-    fn published(generation: u64, frontends: Vec<Frontend>) -> Published {
+    fn published(generation: u64, frontends: Vec<Frontend>) -> (Generation, Owners) {
         let owners = Owners {
             frontends: frontends
                 .iter()
@@ -269,14 +263,16 @@ mod tests {
                 .collect(),
             ..Owners::default()
         };
-        Published {
-            snapshot: Snapshot {
-                generation,
-                frontends,
-            },
-            owners,
-            ..Published::default()
-        }
+        let g = Generation::of(Snapshot {
+            generation,
+            frontends,
+        });
+        (g, owners)
+    }
+
+    /// `published` with the addresses of `delegations`, as [`ChangedIn::observe`] takes it.
+    fn pass<'a>((g, owners): &'a (Generation, Owners), delegations: &'a [Delegation]) -> Pass<'a> {
+        (g, owners, delegations)
     }
 
     fn key(s: &str) -> ObjectKey {
@@ -288,14 +284,14 @@ mod tests {
     fn only_the_gateway_whose_part_changed_moves_to_the_new_generation() {
         let mut changed = ChangedIn::default();
         let g1 = published(1, vec![frontend("ns/a", 1, 1), frontend("ns/b", 2, 1)]);
-        changed.observe(None, &g1, &[]);
+        changed.observe(None, pass(&g1, &[]));
         assert_eq!(changed.generation(&key("ns/a")), 1);
         assert_eq!(changed.generation(&key("ns/b")), 1);
         // a Gateway without frontends waits for the first generation
         assert_eq!(changed.generation(&key("ns/none")), 1);
 
         let g2 = published(2, vec![frontend("ns/a", 1, 1), frontend("ns/b", 2, 5)]);
-        changed.observe(Some((&g1, &[])), &g2, &[]);
+        changed.observe(Some(pass(&g1, &[])), pass(&g2, &[]));
         assert_eq!(changed.generation(&key("ns/a")), 1);
         assert_eq!(changed.generation(&key("ns/b")), 2);
 
@@ -307,7 +303,7 @@ mod tests {
             addresses: vec!["198.51.100.1".parse().unwrap()],
         }];
         let g3 = published(3, vec![frontend("ns/a", 1, 1)]);
-        changed.observe(Some((&g2, &[])), &g3, &delegated);
+        changed.observe(Some(pass(&g2, &[])), pass(&g3, &delegated));
         assert_eq!(changed.generation(&key("ns/a")), 3);
         assert_eq!(changed.generation(&key("ns/b")), 3);
     }
@@ -368,9 +364,9 @@ mod tests {
     fn a_gateway_is_pending_only_until_its_own_generation_is_applied() {
         let mut changed = ChangedIn::default();
         let g1 = published(1, vec![frontend("ns/a", 1, 1), frontend("ns/b", 2, 1)]);
-        changed.observe(None, &g1, &[]);
+        changed.observe(None, pass(&g1, &[]));
         let g2 = published(2, vec![frontend("ns/a", 1, 1), frontend("ns/b", 2, 5)]);
-        changed.observe(Some((&g1, &[])), &g2, &[]);
+        changed.observe(Some(pass(&g1, &[])), pass(&g2, &[]));
         let mut gate = ProgrammedGate::default();
 
         // the agent runs generation 1: b waits for 2, a is untouched (no flap)
@@ -410,7 +406,7 @@ mod tests {
     fn a_programmed_gateway_stays_true_for_the_grace_while_agents_apply_its_change() {
         let mut changed = ChangedIn::default();
         let g1 = published(1, vec![frontend("ns/a", 1, 1)]);
-        changed.observe(None, &g1, &[]);
+        changed.observe(None, pass(&g1, &[]));
         let mut gate = ProgrammedGate::with_grace(Duration::from_secs(5));
 
         // never reported True: Pending at once, no grace
@@ -427,7 +423,7 @@ mod tests {
 
         // a change to a's part: True while within the grace, the writer told when to look again
         let g2 = published(2, vec![frontend("ns/a", 1, 7)]);
-        changed.observe(Some((&g1, &[])), &g2, &[]);
+        changed.observe(Some(pass(&g1, &[])), pass(&g2, &[]));
         for second in [10, 14] {
             let mut s = statuses(&["ns/a"]);
             gate.apply(
@@ -452,7 +448,7 @@ mod tests {
 
         // the next change is not applied within the grace: Pending once it has passed
         let g3 = published(3, vec![frontend("ns/a", 1, 9)]);
-        changed.observe(Some((&g2, &[])), &g3, &[]);
+        changed.observe(Some(pass(&g2, &[])), pass(&g3, &[]));
         let mut s = statuses(&["ns/a"]);
         gate.apply(&mut s, &changed, agent(2, None), &at(20), clock(20));
         assert_eq!(programmed_of(&s, "ns/a").0, "True");
@@ -469,7 +465,7 @@ mod tests {
         gate.apply(&mut s, &changed, agent(3, None), &at(30), clock(30));
         assert_eq!(programmed_of(&s, "ns/a").0, "True");
         let g4 = published(4, vec![frontend("ns/a", 1, 11)]);
-        changed.observe(Some((&g3, &[])), &g4, &[]);
+        changed.observe(Some(pass(&g3, &[])), pass(&g4, &[]));
         let mut s = statuses(&["ns/a"]);
         gate.apply(&mut s, &changed, agent(3, Some(4)), &at(31), clock(31));
         assert_eq!(programmed_of(&s, "ns/a").1, "Invalid");

@@ -1,6 +1,7 @@
 //! The controller -> agent API of Blixt: protobuf messages and the gRPC `SnapshotService`
 //! (generated from `proto/blixt/v1/snapshot.proto` into [`pb`]), and conversions between the
-//! wire messages and [`blixt_core`]'s [`Snapshot`] and [`TlsFrontend`].
+//! wire messages and [`blixt_core`]'s [`Generation`] (a [`pb::SnapshotUpdate`] is one
+//! generation: its [`Snapshot`], [`TlsFrontend`]s and announced VIPs).
 //!
 //! Core to wire cannot fail ([`From`]); wire to core is [`TryFrom`] and names the field at
 //! fault with its full path (`snapshot.frontends[2].backends[0].addr`), so a malformed message
@@ -14,6 +15,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use blixt_core::generation::Generation;
 use blixt_core::snapshot::{
     Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot,
 };
@@ -67,17 +69,6 @@ impl From<ConversionError> for tonic::Status {
     fn from(e: ConversionError) -> Self {
         tonic::Status::invalid_argument(e.to_string())
     }
-}
-
-/// A decoded [`pb::SnapshotUpdate`]: what the agent applies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Update {
-    pub generation: u64,
-    /// `snapshot.generation` equals [`Update::generation`].
-    pub snapshot: Snapshot,
-    pub tls: Vec<TlsFrontend>,
-    /// The VIPs this agent announces (ARP/NDP); `None`: every VIP of the snapshot.
-    pub announce: Option<BTreeSet<IpAddr>>,
 }
 
 /// Where a field sits in a message. Written out only for an error: converting a snapshot of
@@ -379,17 +370,16 @@ impl pb::Announce {
     }
 }
 
-impl From<&Update> for pb::SnapshotUpdate {
-    fn from(u: &Update) -> Self {
+impl From<&Generation> for pb::SnapshotUpdate {
+    fn from(g: &Generation) -> Self {
         pb::SnapshotUpdate {
-            generation: u.generation,
-            snapshot: Some(pb::Snapshot::from_core(&u.snapshot, &u.tls)),
-            announce: u.announce.as_ref().map(pb::Announce::from_core),
+            announce: g.announce.as_ref().map(pb::Announce::from_core),
+            ..pb::SnapshotUpdate::from_core(&g.snapshot, &g.tls)
         }
     }
 }
 
-impl TryFrom<&pb::SnapshotUpdate> for Update {
+impl TryFrom<&pb::SnapshotUpdate> for Generation {
     type Error = ConversionError;
     fn try_from(u: &pb::SnapshotUpdate) -> Result<Self, ConversionError> {
         let snapshot = u
@@ -408,8 +398,7 @@ impl TryFrom<&pb::SnapshotUpdate> for Update {
                     .collect::<Result<BTreeSet<_>, _>>()
             })
             .transpose()?;
-        Ok(Update {
-            generation: u.generation,
+        Ok(Generation {
             snapshot,
             tls,
             announce,
@@ -417,10 +406,10 @@ impl TryFrom<&pb::SnapshotUpdate> for Update {
     }
 }
 
-impl TryFrom<pb::SnapshotUpdate> for Update {
+impl TryFrom<pb::SnapshotUpdate> for Generation {
     type Error = ConversionError;
     fn try_from(u: pb::SnapshotUpdate) -> Result<Self, ConversionError> {
-        Update::try_from(&u)
+        Generation::try_from(&u)
     }
 }
 

@@ -81,15 +81,14 @@ fn arb_tls_frontend() -> impl Strategy<Value = TlsFrontend> {
         })
 }
 
-fn arb_update() -> impl Strategy<Value = Update> {
+fn arb_update() -> impl Strategy<Value = Generation> {
     (
         any::<u64>(),
         proptest::collection::vec(arb_frontend(), 0..5),
         proptest::collection::vec(arb_tls_frontend(), 0..3),
         proptest::option::of(proptest::collection::btree_set(arb_ip(), 0..4)),
     )
-        .prop_map(|(generation, frontends, tls, announce)| Update {
-            generation,
+        .prop_map(|(generation, frontends, tls, announce)| Generation {
             snapshot: Snapshot {
                 generation,
                 frontends,
@@ -107,7 +106,7 @@ proptest! {
         let bytes = wire.encode_to_vec();
         let decoded = pb::SnapshotUpdate::decode(bytes.as_slice()).expect("decode");
         prop_assert_eq!(&decoded, &wire);
-        prop_assert_eq!(Update::try_from(decoded).expect("to core"), update);
+        prop_assert_eq!(Generation::try_from(decoded).expect("to core"), update);
     }
 
     /// Any address length other than 4 or 16 is refused, naming the field and the length.
@@ -115,7 +114,7 @@ proptest! {
     fn bad_address_lengths_are_named(len in (0usize..40).prop_filter("valid", |l| *l != 4 && *l != 16)) {
         let mut wire = pb::SnapshotUpdate::from(&sample());
         wire.snapshot.as_mut().unwrap().frontends[0].backends[1].addr = vec![1; len];
-        let err = Update::try_from(&wire).unwrap_err();
+        let err = Generation::try_from(&wire).unwrap_err();
         prop_assert_eq!(err.field, "snapshot.frontends[0].backends[1].addr");
         prop_assert_eq!(err.problem, Problem::AddressLength { len });
     }
@@ -132,9 +131,8 @@ fn be(addr: &str, port: u16) -> Backend {
     }
 }
 
-fn sample() -> Update {
-    Update {
-        generation: 3,
+fn sample() -> Generation {
+    Generation {
         snapshot: Snapshot {
             generation: 3,
             frontends: vec![Frontend {
@@ -177,15 +175,15 @@ fn sample() -> Update {
 fn announce_absent_means_every_vip_and_bad_lengths_are_named() {
     let mut wire = pb::SnapshotUpdate::from(&sample());
     assert_eq!(
-        Update::try_from(&wire).unwrap().announce,
+        Generation::try_from(&wire).unwrap().announce,
         Some(["192.0.2.1".parse().unwrap()].into())
     );
     wire.announce = None;
-    assert_eq!(Update::try_from(&wire).unwrap().announce, None);
+    assert_eq!(Generation::try_from(&wire).unwrap().announce, None);
     wire.announce = Some(pb::Announce {
         vips: vec![vec![192, 0, 2, 1], vec![1, 2, 3]],
     });
-    let err = Update::try_from(&wire).unwrap_err();
+    let err = Generation::try_from(&wire).unwrap_err();
     assert_eq!(err.field, "announce.vips[1]");
     assert_eq!(err.problem, Problem::AddressLength { len: 3 });
 }
@@ -194,7 +192,7 @@ fn announce_absent_means_every_vip_and_bad_lengths_are_named() {
 fn error_after(edit: impl FnOnce(&mut pb::Snapshot)) -> ConversionError {
     let mut wire = pb::SnapshotUpdate::from(&sample());
     edit(wire.snapshot.as_mut().unwrap());
-    Update::try_from(&wire).expect_err("malformed message accepted")
+    Generation::try_from(&wire).expect_err("malformed message accepted")
 }
 
 #[test]
@@ -268,7 +266,7 @@ fn a_message_converted_on_its_own_names_fields_from_itself() {
 
 #[test]
 fn missing_snapshot_is_named() {
-    let err = Update::try_from(pb::SnapshotUpdate {
+    let err = Generation::try_from(pb::SnapshotUpdate {
         generation: 1,
         snapshot: None,
         announce: None,

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use blixt_core::generation::Generation;
 use blixt_proto::pb;
 use blixt_proto::pb::snapshot_service_client::SnapshotServiceClient;
-use blixt_proto::Update;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tonic::metadata::MetadataValue;
@@ -152,7 +152,7 @@ type Client = SnapshotServiceClient<
 >;
 
 /// The last update applied, to skip re-applying it when a reconnection brings it again.
-type Applied = Option<Update>;
+type Applied = Option<Generation>;
 
 impl SnapshotClient {
     pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
@@ -208,7 +208,7 @@ impl SnapshotClient {
         shutdown: impl Future<Output = ()>,
     ) -> Option<u64>
     where
-        F: FnMut(Update) -> Result<(), String>,
+        F: FnMut(Generation) -> Result<(), String>,
     {
         tokio::pin!(shutdown);
         let mut applied: Applied = None;
@@ -235,7 +235,7 @@ impl SnapshotClient {
             }
         }
         self.status.send_modify(|s| s.connected = false);
-        applied.map(|u| u.generation)
+        applied.map(|u| u.number())
     }
 
     /// One connection: returns why it ended.
@@ -246,7 +246,7 @@ impl SnapshotClient {
         received: &mut bool,
     ) -> String
     where
-        F: FnMut(Update) -> Result<(), String>,
+        F: FnMut(Generation) -> Result<(), String>,
     {
         let mut endpoint = self.endpoint.clone();
         if let Some(tls) = &self.config.tls {
@@ -277,7 +277,7 @@ impl SnapshotClient {
         .max_decoding_message_size(256 << 20);
         let last_generation = applied
             .as_ref()
-            .map_or(self.config.last_generation, |u| u.generation);
+            .map_or(self.config.last_generation, Generation::number);
         let stream = match client
             .subscribe(pb::SubscribeRequest {
                 node_name: self.config.node_name.clone(),
@@ -335,10 +335,10 @@ impl SnapshotClient {
         on_snapshot: &mut F,
     ) -> Result<(), String>
     where
-        F: FnMut(Update) -> Result<(), String>,
+        F: FnMut(Generation) -> Result<(), String>,
     {
         let generation = update.generation;
-        let update = Update::try_from(update).map_err(|e| {
+        let update = Generation::try_from(update).map_err(|e| {
             warn!(generation, "malformed snapshot: {e}");
             format!("malformed snapshot: {e}")
         })?;

@@ -25,9 +25,9 @@ pub use auth::{
     AccessPolicy, AuthMethod, AuthRequest, Authenticator, BearerAuthenticator, CachingVerifier,
     FirstPresented, Identity, MtlsAuthenticator, StaticTokens, TokenError, TokenVerifier,
 };
-/// What [`SnapshotClient::run`] hands the agent: generation, snapshot, TLS frontends and the
-/// VIPs this node announces.
-pub use blixt_proto::Update;
+/// What [`SnapshotClient::run`] hands the agent and [`SnapshotServer::publish_generation`]
+/// takes: snapshot (with its generation number), TLS frontends and the VIPs announced.
+pub use blixt_core::generation::Generation;
 pub use client::{Backoff, ClientConfig, ClientError, ClientStatus, SnapshotClient, Token};
 pub use server::{
     AckRecord, Keepalive, NodeStatus, ProgrammedState, PublishError, ServeError, SnapshotServer,

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use blixt_core::generation::Generation;
 use blixt_core::snapshot::{Snapshot, SnapshotError};
 use blixt_core::tls::TlsFrontend;
 use blixt_proto::pb;
@@ -21,17 +22,14 @@ use crate::auth::{AccessPolicy, AuthRequest, Authenticator, Identity};
 use crate::owners;
 use crate::tls::{tls_incoming, ServerTls, TlsError};
 
-/// What subscribers are sent.
+/// The published generation and what is derived from it once for every subscriber.
 #[derive(Debug)]
-struct Published {
-    generation: u64,
-    snapshot: Arc<Snapshot>,
-    tls: Arc<Vec<TlsFrontend>>,
-    /// Converted once per generation, not once per subscriber (without `announce`, which
-    /// each subscriber sets for its node).
+struct Current {
+    generation: Arc<Generation>,
+    /// Converted once per generation, not once per subscriber (`announce` is set by each
+    /// subscriber for its node).
     wire: pb::SnapshotUpdate,
-    /// Every VIP of the snapshot and the TLS frontends but the excluded ones: what the agents
-    /// announce.
+    /// [`Generation::announced`]: the VIPs the agents announce, split among them.
     vips: BTreeSet<IpAddr>,
 }
 
@@ -101,7 +99,7 @@ pub enum ServeError {
 }
 
 struct Inner {
-    current: watch::Sender<Option<Arc<Published>>>,
+    current: watch::Sender<Option<Arc<Current>>>,
     nodes: Mutex<BTreeMap<String, NodeStatus>>,
     /// Nodes with an open subscription: the candidates for owning VIPs.
     live: watch::Sender<BTreeSet<String>>,
@@ -193,41 +191,37 @@ impl SnapshotServer {
         }
     }
 
-    /// Makes `snapshot` (with its generation) and the TLS frontends current. Generations must
-    /// increase; across controller restarts and leader changes too if acks are to compare
-    /// (seed the counter from the clock, for instance).
+    /// Makes `snapshot` (with its generation) and the TLS frontends current, every VIP
+    /// announced: [`publish_generation`](Self::publish_generation) of them.
     pub fn publish(&self, snapshot: Snapshot, tls: Vec<TlsFrontend>) -> Result<(), PublishError> {
-        self.publish_excluding(snapshot, tls, &BTreeSet::new())
+        self.publish_generation(Generation {
+            snapshot,
+            tls,
+            announce: None,
+        })
     }
 
-    /// [`publish`](Self::publish), with VIPs no agent announces (ARP/NDP) because something
-    /// else does: the addresses a LoadBalancer Service got for a delegating Gateway.
-    pub fn publish_excluding(
-        &self,
-        snapshot: Snapshot,
-        tls: Vec<TlsFrontend>,
-        not_announced: &BTreeSet<IpAddr>,
-    ) -> Result<(), PublishError> {
-        snapshot.validate().map_err(PublishError::Invalid)?;
-        let generation = snapshot.generation;
-        let vips = snapshot
-            .frontends
-            .iter()
-            .map(|f| f.key.vip)
-            .chain(tls.iter().map(|t| t.vip))
-            .filter(|vip| !not_announced.contains(vip))
-            .collect();
-        let published = Arc::new(Published {
-            generation,
-            vips,
-            wire: pb::SnapshotUpdate::from_core(&snapshot, &tls),
-            snapshot: Arc::new(snapshot),
-            tls: Arc::new(tls),
+    /// Makes `generation` current. Generation numbers must increase; across controller
+    /// restarts and leader changes too if acks are to compare (seed the counter from the clock,
+    /// for instance). Its [`announce`](Generation::announce) set, when given, leaves out VIPs
+    /// no agent announces (ARP/NDP) because something else does: the addresses a LoadBalancer
+    /// Service got for a delegating Gateway. The VIPs announced are split among the subscribed
+    /// agents.
+    pub fn publish_generation(&self, generation: Generation) -> Result<(), PublishError> {
+        generation
+            .snapshot
+            .validate()
+            .map_err(PublishError::Invalid)?;
+        let number = generation.number();
+        let published = Arc::new(Current {
+            vips: generation.announced(),
+            wire: pb::SnapshotUpdate::from_core(&generation.snapshot, &generation.tls),
+            generation: Arc::new(generation),
         });
         let mut refused = None;
         self.inner.current.send_if_modified(|cur| match cur {
-            Some(c) if c.generation >= generation => {
-                refused = Some(c.generation);
+            Some(c) if c.generation.number() >= number => {
+                refused = Some(c.generation.number());
                 false
             }
             _ => {
@@ -238,10 +232,10 @@ impl SnapshotServer {
         if let Some(current) = refused {
             return Err(PublishError::NotNewer {
                 current,
-                offered: generation,
+                offered: number,
             });
         }
-        debug!(generation, "snapshot published");
+        debug!(generation = number, "snapshot published");
         Ok(())
     }
 
@@ -253,16 +247,20 @@ impl SnapshotServer {
 
     /// The published generation, if any.
     pub fn current_generation(&self) -> Option<u64> {
-        self.inner.current.borrow().as_ref().map(|p| p.generation)
-    }
-
-    /// The published snapshot and TLS frontends, if any.
-    pub fn current(&self) -> Option<(Arc<Snapshot>, Arc<Vec<TlsFrontend>>)> {
         self.inner
             .current
             .borrow()
             .as_ref()
-            .map(|p| (p.snapshot.clone(), p.tls.clone()))
+            .map(|p| p.generation.number())
+    }
+
+    /// The published generation, if any.
+    pub fn current(&self) -> Option<Arc<Generation>> {
+        self.inner
+            .current
+            .borrow()
+            .as_ref()
+            .map(|p| p.generation.clone())
     }
 
     /// The owner of every VIP of the published snapshot among the subscribed nodes (empty
@@ -631,13 +629,13 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotService {
                 let msg = match &*rx.borrow_and_update() {
                     Some(p) => {
                         let mine = owners::announced_by(&node, &p.vips, &live.borrow_and_update());
-                        let this = (p.generation, mine);
+                        let this = (p.generation.number(), mine);
                         if sent.as_ref() == Some(&this) {
                             continue;
                         }
                         let mut wire = p.wire.clone();
                         wire.announce = Some(pb::Announce::from_core(&this.1));
-                        debug!(%node, generation = p.generation, announce = ?this.1, "sending");
+                        debug!(%node, generation = this.0, announce = ?this.1, "sending");
                         sent = Some(this);
                         Ok(wire)
                     }

@@ -8,8 +8,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use blixt_proto::pb;
 use blixt_proto::pb::snapshot_service_client::SnapshotServiceClient;
-use blixt_proto::{pb, Update};
+use blixt_stream::Generation;
 use blixt_stream::{
     AccessPolicy, BearerAuthenticator, ClientConfig, ClientError, ClientTls, FirstPresented,
     MtlsAuthenticator, Pem, ProgrammedState, PublishError, SnapshotClient, SnapshotServer, Token,
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 /// What a test agent applied, in order.
-type Log = Arc<Mutex<Vec<Update>>>;
+type Log = Arc<Mutex<Vec<Generation>>>;
 
 /// Runs a [`SnapshotClient`] in the background; its callback logs every snapshot and refuses
 /// the generations in `refuse`.
@@ -45,10 +46,10 @@ impl Agent {
             tokio::spawn(async move {
                 client
                     .run(
-                        move |u: Update| {
+                        move |u: Generation| {
                             // A slow dataplane: the stream keeps flowing meanwhile.
                             std::thread::sleep(delay);
-                            let g = u.generation;
+                            let g = u.number();
                             if refuse.contains(&g) {
                                 return Err(format!("map full at generation {g}"));
                             }
@@ -73,7 +74,7 @@ impl Agent {
             .lock()
             .unwrap()
             .iter()
-            .map(|u| u.generation)
+            .map(|u| u.number())
             .collect()
     }
 
@@ -109,13 +110,13 @@ fn token_config(url: String, node: &str, token: &str) -> ClientConfig {
     c
 }
 
-async fn next(s: &mut tonic::Streaming<pb::SnapshotUpdate>) -> Update {
+async fn next(s: &mut tonic::Streaming<pb::SnapshotUpdate>) -> Generation {
     let m = tokio::time::timeout(Duration::from_secs(5), s.message())
         .await
         .expect("update within 5 s")
         .expect("stream error")
         .expect("stream ended");
-    Update::try_from(m).expect("well-formed update")
+    Generation::try_from(m).expect("well-formed update")
 }
 
 #[tokio::test]
@@ -130,14 +131,14 @@ async fn subscribe_gets_current_then_every_newer_generation() {
         .unwrap()
         .into_inner();
     let first = next(&mut stream).await;
-    assert_eq!(first.generation, 1);
+    assert_eq!(first.number(), 1);
     assert_eq!(first.snapshot, snapshot(1, 3));
     assert_eq!(first.tls, tls_frontends(1));
     for g in 2..=4 {
         server.publish(snapshot(g, 3), tls_frontends(g)).unwrap();
         let u = next(&mut stream).await;
         assert_eq!(
-            (u.generation, &u.snapshot, &u.tls),
+            (u.number(), &u.snapshot, &u.tls),
             (g, &snapshot(g, 3), &tls_frontends(g))
         );
     }
@@ -890,7 +891,7 @@ async fn every_vip_has_one_announcer_and_moves_when_its_agent_leaves() {
                 .unwrap()
                 .into_inner();
             while let Ok(Some(m)) = stream.message().await {
-                *c_set.lock().unwrap() = Update::try_from(m).unwrap().announce;
+                *c_set.lock().unwrap() = Generation::try_from(m).unwrap().announce;
             }
         })
     };
@@ -968,9 +969,13 @@ async fn excluded_vips_are_announced_by_no_agent() {
     let server = token_server();
     let excluded: BTreeSet<IpAddr> =
         ["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()].into();
-    server
-        .publish_excluding(snapshot(1, 3), tls_frontends(1), &excluded)
-        .unwrap();
+    let mut published = Generation {
+        snapshot: snapshot(1, 3),
+        tls: tls_frontends(1),
+        announce: None,
+    };
+    published.announce = Some(&published.announced() - &excluded);
+    server.publish_generation(published).unwrap();
     let running = Running::start(&server, None).await;
     let a = Agent::start(token_config(running.http(), "node-a", "agent-token"), &[]);
     a.wait_applied(1).await;

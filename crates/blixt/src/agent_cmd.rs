@@ -298,9 +298,9 @@ fn from_controller(
                 .enable_all()
                 .build()?;
             rt.block_on(client.run(
-                |update: blixt_stream::Update| {
+                |update: blixt_stream::Generation| {
                     let (generation, snap, tls_frontends) =
-                        (update.generation, update.snapshot, update.tls);
+                        (update.number(), update.snapshot, update.tls);
                     let t = std::time::Instant::now();
                     let result = {
                         let mut rec = applier.lock().expect("reconciler");

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use blixt_controller::agents::TokenReviewVerifier;
 use blixt_controller::leader::LeaseConfig;
 use blixt_controller::ControllerOptions;
+use blixt_core::generation::Generation;
 use blixt_core::translator::{TranslatorConfig, CONTROLLER_NAME};
 use blixt_stream::{
     AccessPolicy, Authenticator, BearerAuthenticator, CachingVerifier, FirstPresented, Keepalive,
@@ -89,7 +90,7 @@ fn serve_metrics(
         .parse()
         .with_context(|| format!("--metrics-address {addr:?}"))?;
     blixt_agent::metrics::serve_with(addr, move || {
-        let generation = running.snapshots.borrow().snapshot.generation;
+        let generation = running.snapshots.borrow().number();
         let leader = u8::from(running.leadership.is_leader());
         let agents = server.as_ref().map_or(0, |s| s.acks().len());
         let mut out = format!(
@@ -252,7 +253,7 @@ pub fn run(args: ControllerArgs) -> Result<()> {
         // leader.
         let leadership = running.leadership.clone();
         let mut serving = false;
-        let sync = |p: &blixt_controller::Published, serving: &mut bool| {
+        let sync = |p: &Generation, serving: &mut bool| {
             let Some(s) = &server else { return };
             if !leadership.is_leader() {
                 if *serving {
@@ -262,20 +263,17 @@ pub fn run(args: ControllerArgs) -> Result<()> {
                 }
                 return;
             }
-            if *serving && s.current_generation() == Some(p.snapshot.generation) {
+            if *serving && s.current_generation() == Some(p.number()) {
                 return;
             }
-            match s.publish_excluding(p.snapshot.clone(), p.tls.clone(), &p.not_announced) {
+            match s.publish_generation(p.clone()) {
                 Ok(()) => {
                     if !*serving {
-                        info!(
-                            generation = p.snapshot.generation,
-                            "leading: serving snapshots"
-                        );
+                        info!(generation = p.number(), "leading: serving snapshots");
                     }
                     *serving = true;
                 }
-                Err(e) => tracing::warn!("publishing generation {}: {e}", p.snapshot.generation),
+                Err(e) => tracing::warn!("publishing generation {}: {e}", p.number()),
             }
         };
         sync(&running.snapshots.borrow_and_update().clone(), &mut serving);
@@ -288,7 +286,7 @@ pub fn run(args: ControllerArgs) -> Result<()> {
                     }
                     let p = running.snapshots.borrow_and_update().clone();
                     sync(&p, &mut serving);
-                    println!("{{\"event\":\"snapshot\",\"generation\":{}}}", p.snapshot.generation);
+                    println!("{{\"event\":\"snapshot\",\"generation\":{}}}", p.number());
                 }
                 _ = leadership_check.tick() => {
                     let p = running.snapshots.borrow().clone();

@@ -8,7 +8,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use blixt_k8s_harness::Cluster;
-use blixt_stream::{ClientConfig, ClientStatus, SnapshotClient, Update};
+use blixt_stream::{ClientConfig, ClientStatus, Generation, SnapshotClient};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 
@@ -90,7 +90,7 @@ pub async fn client_until(
         tokio::spawn(async move {
             client
                 .run(
-                    move |_: Update| {
+                    move |_: Generation| {
                         got.store(true, std::sync::atomic::Ordering::SeqCst);
                         Ok(())
                     },
