@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use blixt_core::translator::config::AddressBlock;
-use blixt_core::translator::ExpandedAddressPool;
+use blixt_core::translator::{ExpandedAddressPool, IpNet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,10 @@ pub struct AddressPoolSpec {
     /// clusters that already run MetalLB or a cloud load balancer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegate_to_load_balancer: Option<bool>,
+    /// Where static `spec.addresses` of Gateways of this pool's classes may lie besides the
+    /// pool's own addresses (CIDRs). Unset or empty: in the pool only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_address_ranges: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
@@ -69,13 +73,40 @@ pub fn expand(pools: &[AddressPool]) -> (BTreeMap<String, Vec<IpAddr>>, Vec<Stri
     (out, problems)
 }
 
+/// A pool's `staticAddressRanges`, parsed; entries that do not parse are put in `problems`
+/// (and widen nothing).
+pub fn static_ranges(pool: &AddressPool, problems: &mut Vec<String>) -> Vec<IpNet> {
+    let name = pool.metadata.name.as_deref().unwrap_or_default();
+    let entries = pool.spec.static_address_ranges.iter().flatten();
+    entries
+        .enumerate()
+        .filter_map(|(i, entry)| {
+            entry
+                .parse::<IpNet>()
+                .map_err(|e| {
+                    problems.push(format!(
+                        "AddressPool {name}: spec.staticAddressRanges[{i}]: {e}"
+                    ))
+                })
+                .ok()
+        })
+        .collect()
+}
+
 /// The pools as the translator reads them ([`ObjectIndex::address_pools`]): [`expand`]ed,
-/// with [`delegating`]; and the problems of their entries.
+/// with [`delegating`] and their [`static_ranges`]; and the problems of their entries.
 ///
 /// [`ObjectIndex::address_pools`]: blixt_core::translator::ObjectIndex::address_pools
 pub fn observe(pools: &[AddressPool]) -> (BTreeMap<String, ExpandedAddressPool>, Vec<String>) {
     let delegating = delegating(pools);
-    let (expanded, problems) = expand(pools);
+    let (expanded, mut problems) = expand(pools);
+    let mut ranges: BTreeMap<String, Vec<IpNet>> = pools
+        .iter()
+        .map(|p| {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            (name, static_ranges(p, &mut problems))
+        })
+        .collect();
     let observed = expanded
         .into_iter()
         .map(|(name, addresses)| {
@@ -83,6 +114,7 @@ pub fn observe(pools: &[AddressPool]) -> (BTreeMap<String, ExpandedAddressPool>,
             let pool = ExpandedAddressPool {
                 addresses,
                 delegate_to_load_balancer,
+                static_address_ranges: ranges.remove(&name).unwrap_or_default(),
             };
             (name, pool)
         })
@@ -107,9 +139,20 @@ mod tests {
                     "10.0.0.0/8".into(),
                 ],
                 delegate_to_load_balancer: None,
+                static_address_ranges: Some(vec!["198.51.100.0/24".into(), "bad/99".into()]),
             },
         );
         p.metadata.name = Some("edge".into());
+        let (observed, problems) = observe(std::slice::from_ref(&p));
+        assert_eq!(
+            observed["edge"].static_address_ranges,
+            vec!["198.51.100.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[2].contains("spec.staticAddressRanges[1]"),
+            "{problems:?}"
+        );
         let (pools, problems) = expand(&[p]);
         let got: Vec<String> = pools["edge"].iter().map(ToString::to_string).collect();
         assert_eq!(

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use blixt_core::translator::ObjectIndex;
 use blixt_gateway_api::{Gateway, GatewayClass, ReferenceGrant, TcpRoute, TlsRoute, UdpRoute};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -37,6 +37,8 @@ pub struct KubeIndex {
     namespaces: Store<Namespace>,
     /// Blixt's AddressPools, when their CRD is installed.
     address_pools: Option<Store<AddressPool>>,
+    /// Nodes, reduced to their names and addresses ([`node_addresses_only`]).
+    nodes: Store<Node>,
 }
 
 impl std::fmt::Debug for KubeIndex {
@@ -101,39 +103,103 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
+    let watched = if statuses_written {
+        Watched::StatusWritten
+    } else {
+        Watched::Everything
+    };
+    reflect_with(client, wake, strip_bookkeeping, watched)
+}
+
+/// Which updates of an object wake the translator loop.
+enum Watched<K> {
+    /// Every event.
+    Everything,
+    /// An update that keeps [`spec_fingerprint`] changed only the status Blixt writes: it
+    /// wakes `status_changed`; the others `changed`.
+    StatusWritten,
+    /// Only updates that change this fingerprint (of what the translator reads); the others
+    /// wake nothing.
+    Only(fn(&K) -> u64),
+}
+
+/// Starts a reflector for `K` (all namespaces) whose objects are reduced by `modify` before
+/// they reach the store, waking the translator as `watched` says.
+fn reflect_with<K>(
+    client: &Client,
+    wake: Arc<Wakeups>,
+    modify: fn(&mut K),
+    watched: Watched<K>,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
     let api: Api<K> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
-    let watch = watcher(api, watcher::Config::default()).modify(strip_bookkeeping);
+    let watch = watcher(api, watcher::Config::default()).modify(modify);
     let stream = reflector::reflector(writer, watch).default_backoff();
+    let fingerprint: Option<fn(&K) -> u64> = match watched {
+        Watched::Everything => None,
+        Watched::StatusWritten => Some(spec_fingerprint::<K>),
+        Watched::Only(f) => Some(f),
+    };
+    let same_wakes = matches!(watched, Watched::StatusWritten);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
-        // spec fingerprint per object, for kinds whose status Blixt writes
+        // fingerprint per object
         let mut seen: HashMap<ObjectRef<K>, u64> = HashMap::new();
         while let Some(event) = stream.next().await {
-            let status_only = match &event {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) if statuses_written => {
-                    let before = seen.insert(ObjectRef::from_obj(o), spec_fingerprint(o));
-                    matches!(event, Ok(watcher::Event::Apply(_)))
-                        && before == Some(spec_fingerprint(o))
+            let same = match (&event, fingerprint) {
+                (Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)), Some(fp)) => {
+                    let before = seen.insert(ObjectRef::from_obj(o), fp(o));
+                    matches!(event, Ok(watcher::Event::Apply(_))) && before == Some(fp(o))
                 }
-                Ok(watcher::Event::Delete(o)) => {
+                (Ok(watcher::Event::Delete(o)), _) => {
                     seen.remove(&ObjectRef::from_obj(o));
                     false
                 }
-                Ok(watcher::Event::Init) => {
+                (Ok(watcher::Event::Init), _) => {
                     seen.clear();
                     false
                 }
                 _ => false,
             };
             match event {
-                Ok(_) if status_only => wake.status_changed.notify_one(),
+                Ok(_) if same && same_wakes => wake.status_changed.notify_one(),
+                Ok(_) if same => {}
                 Ok(_) => wake.changed.notify_one(),
                 Err(e) => warn!(kind = %K::kind(&K::DynamicType::default()), "watch: {e}"),
             }
         }
     });
     reader
+}
+
+/// Keeps of a Node only its name and `status.addresses`: the rest (conditions, images,
+/// capacity, heartbeats) is most of its size and changes all the time.
+fn node_addresses_only(n: &mut Node) {
+    let addresses = n.status.take().and_then(|s| s.addresses);
+    n.metadata = kube::api::ObjectMeta {
+        name: n.metadata.name.take(),
+        uid: n.metadata.uid.take(),
+        ..Default::default()
+    };
+    n.spec = None;
+    n.status = Some(NodeStatus {
+        addresses,
+        ..Default::default()
+    });
+}
+
+/// What of a Node the translator reads (as reserved addresses): its addresses.
+fn node_addresses_fingerprint(n: &Node) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let addresses = n.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for a in addresses.into_iter().flatten() {
+        (&a.type_, &a.address).hash(&mut h);
+    }
+    h.finish()
 }
 
 impl KubeIndex {
@@ -150,7 +216,14 @@ impl KubeIndex {
             services: reflect(client, wake.clone(), false),
             endpoint_slices: reflect(client, wake.clone(), false),
             namespaces: reflect(client, wake.clone(), false),
-            address_pools: address_pools.then(|| reflect(client, wake, false)),
+            address_pools: address_pools.then(|| reflect(client, wake.clone(), false)),
+            // the Nodes' addresses only: a kubelet's status updates wake nothing
+            nodes: reflect_with(
+                client,
+                wake,
+                node_addresses_only,
+                Watched::Only(node_addresses_fingerprint),
+            ),
         }
     }
 
@@ -169,6 +242,7 @@ impl KubeIndex {
         if let Some(s) = &self.address_pools {
             s.wait_until_ready().await?;
         }
+        self.nodes.wait_until_ready().await?;
         Ok(())
     }
 
@@ -178,6 +252,11 @@ impl KubeIndex {
             .as_ref()
             .map(|s| s.state().iter().map(|p| (**p).clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// The Nodes (names and addresses only).
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.nodes.state()
     }
 
     /// The current objects, as the translator takes them: pointers into the stores, no copies

@@ -9,6 +9,7 @@ pub mod delegation;
 pub mod index;
 pub mod leader;
 pub mod programmed;
+pub mod reserved;
 pub mod status;
 
 use std::collections::BTreeSet;
@@ -149,13 +150,15 @@ pub async fn start(client: Client, opts: ControllerOptions) -> Result<Running> {
             let pass_started = Instant::now();
             let mut objects = index.objects();
             let now = Time(k8s_openapi::jiff::Timestamp::now());
-            // what is observed besides the objects: the pools, and the load balancers' answers
+            // what is observed besides the objects: the pools, the load balancers' answers,
+            // and the addresses the cluster's network already uses
             let (pools, problems) = crd::observe(&index.address_pools());
             for p in &problems {
                 warn!("{p}");
             }
             objects.address_pools = pools;
             objects.delegated_addresses = delegation::addresses_from_services(&objects.services);
+            objects.reserved_addresses = reserved::reserved_addresses(&index.nodes(), &objects);
             let t = translate(&objects, &opts.translator, &now);
             let not_announced: BTreeSet<IpAddr> = t
                 .delegations

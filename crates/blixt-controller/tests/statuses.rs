@@ -31,12 +31,22 @@ where
 
 /// A controller for this test's namespace (its own controllerName and Lease).
 async fn controller(ns: &TempNamespace, pool: &[&str]) -> (Running, String) {
+    controller_with(ns, pool, &[]).await
+}
+
+/// [`controller`], with static addresses allowed in `static_ranges` besides the pool.
+async fn controller_with(
+    ns: &TempNamespace,
+    pool: &[&str],
+    static_ranges: &[&str],
+) -> (Running, String) {
     let cluster = shared();
     let controller_name = format!("blixt.dev/test-{}", ns.name());
     let opts = ControllerOptions {
         translator: TranslatorConfig {
             controller_name: controller_name.clone(),
             address_pool: pool.iter().map(|a| a.parse().unwrap()).collect(),
+            static_address_ranges: static_ranges.iter().map(|a| a.parse().unwrap()).collect(),
             ..TranslatorConfig::default()
         },
         lease: LeaseConfig {
@@ -894,4 +904,142 @@ async fn foreign_gateway_and_listener_conditions_are_preserved() {
         .delete(&class, &DeleteParams::default())
         .await
         .unwrap();
+}
+
+/// Issue 19, item 1 through the API server: tenants' Gateways try an older Gateway's pool
+/// address, an address outside the allowed ranges, a Node's address, the API server's Service
+/// address and loopback. None is assigned: each is `Programmed=False/AddressNotUsable` (never
+/// `Programmed=True`), the older Gateway keeps its address, and none of them reaches the
+/// snapshot (no frontend, so no agent programs or announces it).
+#[tokio::test]
+async fn hostile_static_addresses_are_refused_through_the_api_server() {
+    let cluster = shared();
+    let client = cluster.client();
+    let ns = cluster.temp_namespace().await;
+    let n = ns.name();
+    // the Node: an address in the range the admin allowed for static addresses
+    let node_name = format!("{n}-node");
+    let node_ip = "192.0.2.1";
+    blixt_k8s_harness::create_node(&client, &node_name, node_ip.parse().unwrap())
+        .await
+        .expect("node");
+    let api_server: String = {
+        let svcs: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(client.clone(), "default");
+        let svc = svcs
+            .get("kubernetes")
+            .await
+            .expect("the kubernetes Service");
+        svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP")
+    };
+    let allowed_api = format!("{api_server}/32");
+    let (running, controller_name) =
+        controller_with(&ns, &["192.0.2.10"], &["192.0.2.0/24", &allowed_api]).await;
+    let class = format!("{n}-blixt");
+    apply_yaml(&client, &class_yaml(&class, &controller_name)).await;
+    let gateway = |name: &str, address: Option<&str>| {
+        let addresses = address.map_or(String::new(), |a| {
+            format!("  addresses: [{{type: IPAddress, value: \"{a}\"}}]\n")
+        });
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {n}}}\nspec:\n  gatewayClassName: {class}\n{addresses}  listeners: [{{name: tcp, protocol: TCP, port: 80}}]\n")
+    };
+    let gws: Api<Gateway> = Api::namespaced(client.clone(), n);
+    let status_of = |name: &str| {
+        let gws = gws.clone();
+        let name = name.to_string();
+        async move {
+            let g = gws.get(&name).await.ok()?;
+            let st = g.status?;
+            let programmed = st
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "Programmed")?
+                .clone();
+            let addresses: Vec<String> = st
+                .addresses
+                .into_iter()
+                .flatten()
+                .map(|a| a.value)
+                .collect();
+            Some((programmed, addresses))
+        }
+    };
+    apply_yaml(&client, &gateway("victim", None)).await;
+    eventually("the victim programmed on the pool address", || async {
+        let (p, a) = status_of("victim").await?;
+        (p.status == "True" && a == ["192.0.2.10"]).then_some(())
+    })
+    .await;
+
+    let hostile = [
+        ("thief", "192.0.2.10"),
+        ("outside", "203.0.113.9"),
+        ("on-node", node_ip),
+        ("on-api-server", api_server.as_str()),
+        ("loopback", "127.0.0.1"),
+    ];
+    for (name, ip) in hostile {
+        apply_yaml(&client, &gateway(name, Some(ip))).await;
+    }
+    let mut assigned = 0;
+    for (name, ip) in hostile {
+        let (p, a) = eventually(&format!("{name} refused"), || async {
+            let (p, a) = status_of(name).await?;
+            (p.observed_generation.is_some() && p.reason != "Pending").then_some((p, a))
+        })
+        .await;
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("False", "AddressNotUsable"),
+            "{name}: {}",
+            p.message
+        );
+        assert!(p.message.contains(ip), "{name}: {}", p.message);
+        assigned += a.len();
+    }
+    let snapshot = running.snapshots.borrow().clone();
+    let vips: BTreeSet<String> = snapshot
+        .snapshot
+        .frontends
+        .iter()
+        .map(|f| f.key.vip.to_string())
+        .chain(snapshot.tls.iter().map(|t| t.vip.to_string()))
+        .collect();
+    for (name, ip) in hostile {
+        if name != "thief" {
+            assert!(!vips.contains(ip), "{name}: {ip} is in the snapshot");
+        }
+        assert!(
+            !snapshot
+                .snapshot
+                .frontends
+                .iter()
+                .any(|f| f.name.starts_with(&format!("{n}/{name}/"))),
+            "{name} has a frontend"
+        );
+    }
+    println!(
+        "hostile static addresses tried: {}, assigned: {assigned}",
+        hostile.len()
+    );
+    assert_eq!(assigned, 0);
+    // the older claim keeps its address
+    let (p, a) = status_of("victim").await.unwrap();
+    assert_eq!(
+        (p.status.as_str(), a),
+        ("True", vec!["192.0.2.10".to_string()])
+    );
+    assert!(vips.contains("192.0.2.10"));
+    let on_node = status_of("on-node").await.unwrap().0;
+    assert!(
+        on_node
+            .message
+            .contains(&format!("the InternalIP of node {node_name}")),
+        "{}",
+        on_node.message
+    );
+
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let _ = nodes.delete(&node_name, &DeleteParams::default()).await;
 }

@@ -12,7 +12,7 @@ use blixt_controller::agents::TokenReviewVerifier;
 use blixt_controller::leader::LeaseConfig;
 use blixt_controller::ControllerOptions;
 use blixt_core::generation::Generation;
-use blixt_core::translator::{TranslatorConfig, CONTROLLER_NAME};
+use blixt_core::translator::{IpNet, TranslatorConfig, CONTROLLER_NAME};
 use blixt_stream::{
     AccessPolicy, Authenticator, BearerAuthenticator, CachingVerifier, FirstPresented, Keepalive,
     MtlsAuthenticator, Pem, ServerTls, SnapshotServer,
@@ -39,6 +39,10 @@ pub struct ControllerArgs {
     /// Addresses for Gateways of classes without an AddressPool (repeat).
     #[arg(long = "address-pool")]
     address_pool: Vec<IpAddr>,
+    /// Where static spec.addresses of Gateways of classes without an AddressPool may lie
+    /// besides --address-pool (CIDR, repeat); none: in the pool only.
+    #[arg(long = "static-address-range")]
+    static_address_range: Vec<IpNet>,
     /// Where agents subscribe to snapshots (gRPC); "none" to serve none.
     #[arg(long, default_value = "0.0.0.0:9443")]
     grpc_address: String,
@@ -192,6 +196,7 @@ pub fn run(args: ControllerArgs) -> Result<()> {
             translator: TranslatorConfig {
                 controller_name: args.controller_name,
                 address_pool: args.address_pool,
+                static_address_ranges: args.static_address_range,
                 ..TranslatorConfig::default()
             },
             lease: LeaseConfig {

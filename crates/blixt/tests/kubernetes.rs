@@ -143,6 +143,8 @@ async fn gateway_api_objects_to_balanced_traffic_through_controller_and_agent() 
         Controller(
             k8s_support::controller_command(cluster, &n, identity, &controller_name)
                 .args(["--address-pool", "10.99.100.1", "--grpc-address", &grpc])
+                // the TLS Gateway's static address (tls_manifests)
+                .args(["--static-address-range", "10.99.100.2/32"])
                 .spawn()
                 .expect("blixt controller"),
         )

@@ -266,6 +266,9 @@ async fn one_node_answers_for_each_vip_and_the_other_takes_over_when_it_goes() {
         k8s_support::controller_command(cluster, &n, "c1", &controller_name)
             .args(["--grpc-address", &grpc, "--metrics-address", &metrics_addr])
             .args(["--agent-timeout", "4"])
+            // static addresses: only these two (the default is the pool, empty here)
+            .args(["--static-address-range", &format!("{vip_a}/32")])
+            .args(["--static-address-range", &format!("{vip_b}/32")])
             .spawn()
             .expect("blixt controller"),
     );

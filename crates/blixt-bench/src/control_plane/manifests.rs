@@ -96,7 +96,7 @@ impl Layout {
     fn node(&self) -> String {
         format!(
             "apiVersion: blixt.dev/v1alpha1\nkind: NodeConfig\nmetadata:\n  name: bench\nspec:\n  \
-             snatV4: {SNAT}\n  maps:\n    maxFrontends: {}\n    maxBackends: {}\n    \
+             snatV4: {SNAT}\n  staticAddressRanges: [10.250.0.0/16]\n  maps:\n    maxFrontends: {}\n    maxBackends: {}\n    \
              conntrackEntries: 1024\n  pinDir: {}\n  metricsAddress: null\n  statusSocket: null\n",
             self.max_frontends(),
             self.max_backends(),

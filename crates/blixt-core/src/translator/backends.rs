@@ -1,6 +1,6 @@
 //! backendRef resolution (Service port → EndpointSlice endpoints) and weights.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use blixt_gateway_api::GROUP;
@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::addresses::special_address;
 use super::conditions::{condition_type as ct, reason, Cond};
 use super::objects::{BackendRefView, Lookup, RouteView};
 use crate::snapshot::{Backend, BackendAddr, BackendState, MAX_WEIGHT};
@@ -31,21 +32,52 @@ pub(crate) struct RefError {
 pub(crate) struct ResolvedRef {
     pub weight: u32,
     pub target: Result<Vec<Endpoint>, RefError>,
+    /// Endpoint addresses left out because they can never be backends (see
+    /// [`unusable_backend`]), each with why: `127.0.0.1 (loopback)`.
+    pub ignored: Vec<String>,
 }
 
-/// Resolves every backendRef of one rule.
+/// Resolves every backendRef of one rule. Endpoints that cannot be backends ([`unusable_backend`]
+/// with `vips`, every Gateway address) are left out and listed in [`ResolvedRef::ignored`].
 pub(crate) fn resolve_rule(
     route: &RouteView<'_>,
     rule: &[BackendRefView],
     lookup: &Lookup<'_>,
+    vips: &BTreeSet<IpAddr>,
 ) -> Vec<ResolvedRef> {
     rule.iter()
-        .map(|b| ResolvedRef {
-            weight: b.weight.unwrap_or(1).clamp(0, MAX_WEIGHT as i32) as u32,
-            target: resolve_one(route, b, lookup),
+        .map(|b| {
+            let mut ignored = Vec::new();
+            let target = resolve_one(route, b, lookup).map(|mut eps| {
+                eps.retain(|e| match unusable_backend(e.addr.addr, vips) {
+                    Some(why) => {
+                        ignored.push(format!("{} ({why})", e.addr.addr));
+                        false
+                    }
+                    None => true,
+                });
+                eps
+            });
+            ResolvedRef {
+                weight: b.weight.unwrap_or(1).clamp(0, MAX_WEIGHT as i32) as u32,
+                target,
+                ignored,
+            }
         })
         .collect()
 }
+
+/// Why an endpoint address can never be a backend: loopback, link-local, unspecified or
+/// multicast (addresses the Kubernetes API refuses in Endpoints, but not in EndpointSlices
+/// nor in standalone files), or the address of a Gateway (a backend equal to a VIP sends the
+/// load balancer's traffic back to itself: a TLS backend on its own VIP would make the proxy
+/// connect to itself). `None` for a usable one.
+pub(crate) fn unusable_backend(ip: IpAddr, vips: &BTreeSet<IpAddr>) -> Option<&'static str> {
+    special_address(ip).or_else(|| vips.contains(&ip).then_some("a Gateway address"))
+}
+
+/// Most ignored endpoint addresses a `ResolvedRefs` message names.
+const MAX_IGNORED_LISTED: usize = 8;
 
 fn resolve_one(
     route: &RouteView<'_>,
@@ -191,7 +223,35 @@ fn endpoints(svc_port: &ServicePort, slices: &[&EndpointSlice]) -> Vec<Endpoint>
 
 /// The route's `ResolvedRefs` condition: true when every backendRef resolved, else the reason
 /// of the first invalid one, with every problem in the message.
+///
+/// Endpoints left out ([`ResolvedRef::ignored`]) do not make a ref invalid (its Service
+/// resolved; it just has fewer endpoints, as with endpoints that are not ready): they are
+/// named in the message.
 pub(crate) fn resolved_refs_condition(refs: &[ResolvedRef]) -> Cond {
+    let mut cond = refs_condition(refs);
+    let ignored: BTreeSet<&str> = refs
+        .iter()
+        .flat_map(|r| r.ignored.iter().map(String::as_str))
+        .collect();
+    if !ignored.is_empty() {
+        let mut listed: Vec<&str> = ignored.iter().copied().take(MAX_IGNORED_LISTED).collect();
+        let more = format!(
+            "and {} more",
+            ignored.len().saturating_sub(MAX_IGNORED_LISTED)
+        );
+        if ignored.len() > MAX_IGNORED_LISTED {
+            listed.push(&more);
+        }
+        cond.message = format!(
+            "{}; endpoint addresses ignored, never used as backends: {}",
+            cond.message,
+            listed.join(", ")
+        );
+    }
+    cond
+}
+
+fn refs_condition(refs: &[ResolvedRef]) -> Cond {
     let errors: Vec<&RefError> = refs
         .iter()
         .filter_map(|r| r.target.as_ref().err())
@@ -343,6 +403,7 @@ mod tests {
         ResolvedRef {
             weight,
             target: Ok(eps),
+            ignored: Vec::new(),
         }
     }
 
@@ -353,6 +414,7 @@ mod tests {
                 reason: reason::BACKEND_NOT_FOUND,
                 message: "gone".into(),
             }),
+            ignored: Vec::new(),
         }
     }
 

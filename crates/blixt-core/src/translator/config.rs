@@ -49,8 +49,11 @@ pub struct TranslatorConfig {
     /// ([`ObjectIndex::address_pools`](super::ObjectIndex::address_pools)). A Gateway without `spec.addresses` gets one
     /// address of each family present in the pool (dual stack when the pool has both).
     pub address_pool: Vec<IpAddr>,
-    /// Where static `spec.addresses` may lie. Empty: anywhere. An address outside every range
-    /// makes the Gateway `Programmed=False/AddressNotUsable`.
+    /// Where static `spec.addresses` of Gateways whose class names no AddressPool may lie,
+    /// besides the addresses of `address_pool`. Empty (the default): in the pool only. An
+    /// address outside both makes the Gateway `Programmed=False/AddressNotUsable`; so does
+    /// one in [`ObjectIndex::reserved_addresses`](super::ObjectIndex::reserved_addresses), or
+    /// a loopback, link-local, multicast or unspecified one, whatever the ranges say.
     pub static_address_ranges: Vec<IpNet>,
     /// Ports a listener may not use on this node (e.g. the agent's own); such a listener is
     /// `Accepted=False/PortUnavailable`. TLS listeners are checked as TCP.

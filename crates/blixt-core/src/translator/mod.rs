@@ -28,6 +28,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::rc::Rc;
 
 use blixt_gateway_api::gatewayclasses::GatewayClassStatusSupportedFeatures;
 use blixt_gateway_api::gateways::{
@@ -45,7 +46,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::snapshot::{Frontend, FrontendKey, Protocol, Snapshot};
 use crate::tls::{precedence, SniRoute, TlsFrontend};
 
-use self::addresses::{AddressOutcome, AddressRequest, Claimant, IP_ADDRESS_TYPE};
+use self::addresses::{AddressOutcome, AddressPolicy, AddressRequest, Claimant, IP_ADDRESS_TYPE};
 use self::backends::ResolvedRef;
 use self::conditions::{condition_type as ct, reason, stamp, Cond};
 use self::listeners::{ListenerEval, ListenerProtocol};
@@ -126,8 +127,10 @@ pub struct GatewayClassOutcome {
 struct ClassEval<'a> {
     obj: &'a GatewayClass,
     accepted: Cond,
-    /// The addresses its Gateways allocate from: its AddressPool, or the default pool.
-    pool: &'a [IpAddr],
+    /// Which addresses its Gateways may have: its AddressPool's, or the default pool's and
+    /// static ranges. (Shared with the Gateways, which outlive no class but are kept beside
+    /// them.)
+    policy: Rc<AddressPolicy<'a>>,
     /// Whether its Gateways get their addresses from a LoadBalancer Service instead.
     delegates: bool,
 }
@@ -142,8 +145,8 @@ struct GatewayEval<'a> {
     key: ObjectKey,
     generation: i64,
     class_accepted: bool,
-    /// Its class's pool (see [`ClassEval::pool`]).
-    pool: &'a [IpAddr],
+    /// Its class's address policy (see [`ClassEval::policy`]).
+    policy: Rc<AddressPolicy<'a>>,
     /// Its class delegates addresses (see [`ClassEval::delegates`]).
     delegates: bool,
     listeners: Vec<ListenerEval>,
@@ -203,7 +206,7 @@ pub fn translate(objects: &ObjectIndex, config: &TranslatorConfig, now: &Time) -
     let lookup = Lookup::new(objects);
     let classes = evaluate_classes(objects, config);
     let mut gateways = evaluate_gateways(objects, &classes, config, &lookup);
-    let delegations = assign_addresses(&mut gateways, &objects.delegated_addresses, config);
+    let delegations = assign_addresses(&mut gateways, objects, config);
     let routes = evaluate_routes(objects, &gateways, &lookup);
     count_attached_routes(&mut gateways, &routes);
     let dataplane = build_dataplane(&gateways, &routes);
@@ -232,7 +235,7 @@ fn evaluate_classes<'a>(objects: &'a ObjectIndex, config: &'a TranslatorConfig) 
         let eval = ClassEval {
             obj: gc,
             accepted: class_condition(gc, name, &objects.address_pools, config),
-            pool: class_pool(gc, &objects.address_pools, config),
+            policy: Rc::new(class_policy(gc, &objects.address_pools, config)),
             delegates: delegation::delegates(gc, &objects.address_pools),
         };
         classes.insert(name, eval);
@@ -259,14 +262,14 @@ fn evaluate_gateways<'a>(
         .map(|(g, class)| {
             let class_accepted = class.accepted.is_true();
             let listeners = listeners::evaluate(g, config, lookup);
-            let request = addresses::request(g, class.pool);
+            let request = addresses::request(g, class.policy.pool);
             let accepted = gateway_accepted(g, class_accepted, &listeners, &request);
             GatewayEval {
                 obj: g,
                 key: ObjectKey::of(&g.metadata),
                 generation: g.metadata.generation.unwrap_or(0),
                 class_accepted,
-                pool: class.pool,
+                policy: class.policy.clone(),
                 delegates: class.delegates,
                 listeners,
                 request,
@@ -279,12 +282,13 @@ fn evaluate_gateways<'a>(
 }
 
 /// Phase 3: the addresses of accepted Gateways (a rejected one must not hold pool addresses),
-/// from their pools or, for delegating classes, from the load balancer (`delegated`); then
-/// each Gateway's `Programmed` condition, frontends reserved oldest first. Returns the
-/// LoadBalancer Services the delegating Gateways need.
+/// within their classes' address policies and never one of `objects.reserved_addresses`,
+/// from their pools or, for delegating classes, from the load balancer
+/// (`objects.delegated_addresses`); then each Gateway's `Programmed` condition, frontends
+/// reserved oldest first. Returns the LoadBalancer Services the delegating Gateways need.
 fn assign_addresses(
     gateways: &mut [GatewayEval<'_>],
-    delegated: &BTreeMap<ObjectKey, Vec<IpAddr>>,
+    objects: &ObjectIndex,
     config: &TranslatorConfig,
 ) -> Vec<Delegation> {
     let claimants: Vec<Claimant<'_>> = gateways
@@ -293,7 +297,7 @@ fn assign_addresses(
         .map(|g| Claimant {
             key: g.key.clone(),
             request: &g.request,
-            pool: g.pool,
+            policy: &g.policy,
             previous: g
                 .obj
                 .status
@@ -303,14 +307,20 @@ fn assign_addresses(
                 .collect(),
         })
         .collect();
-    let mut assigned = addresses::assign(&claimants, config);
+    let mut assigned = addresses::assign(&claimants, &objects.reserved_addresses);
     let taken: BTreeSet<IpAddr> = assigned.values().flat_map(|o| o.assigned.clone()).collect();
     let mut delegations = Vec::new();
     let mut frontends_used = 0usize;
     for g in gateways.iter_mut() {
         g.addresses = assigned.remove(&g.key).unwrap_or_default();
         if g.accepted.is_true() && g.delegates {
-            g.addresses = delegation::outcome(g.obj, &g.key, &g.request, delegated, &taken);
+            g.addresses = delegation::outcome(
+                g.obj,
+                &g.key,
+                &g.request,
+                &objects.delegated_addresses,
+                &taken,
+            );
             delegations.push(delegation::delegation(&g.key, &g.listeners, &g.addresses));
         }
         g.programmed = gateway_programmed(g, config, &mut frontends_used);
@@ -318,13 +328,19 @@ fn assign_addresses(
     delegations
 }
 
-/// Phase 4: every route (the first of each kind and key), its backends resolved and its
-/// parentRefs to Blixt Gateways attached (or not) to their listeners.
+/// Phase 4: every route (the first of each kind and key), its backends resolved (endpoints
+/// that cannot be backends, Gateway addresses among them, left out) and its parentRefs to
+/// Blixt Gateways attached (or not) to their listeners.
 fn evaluate_routes<'a>(
     objects: &'a ObjectIndex,
     gateways: &[GatewayEval<'_>],
     lookup: &Lookup<'_>,
 ) -> Vec<RouteEval<'a>> {
+    // every Gateway address: never a backend
+    let vips: BTreeSet<IpAddr> = gateways
+        .iter()
+        .flat_map(|g| g.addresses.assigned.iter().copied())
+        .collect();
     let gateway_index: BTreeMap<&ObjectKey, usize> = gateways
         .iter()
         .enumerate()
@@ -343,7 +359,7 @@ fn evaluate_routes<'a>(
         let rules = view
             .rules
             .iter()
-            .map(|r| backends::resolve_rule(&view, r, lookup))
+            .map(|r| backends::resolve_rule(&view, r, lookup, &vips))
             .collect();
         let problem = routes::route_problem(&view);
         let mut parents: Vec<ParentOutcome> = Vec::new();
@@ -595,17 +611,30 @@ fn insert_route_status(statuses: &mut Statuses, r: &RouteEval<'_>, controller: &
     }
 }
 
-/// The addresses a class's Gateways allocate from: its AddressPool, or the default pool.
-fn class_pool<'a>(
+/// Which addresses a class's Gateways may have: its AddressPool's addresses and static
+/// ranges, or the default pool and the configured static ranges.
+fn class_policy<'a>(
     gc: &GatewayClass,
     pools: &'a BTreeMap<String, ExpandedAddressPool>,
     config: &'a TranslatorConfig,
-) -> &'a [IpAddr] {
-    gc.spec
+) -> AddressPolicy<'a> {
+    match gc
+        .spec
         .parameters_ref
         .as_ref()
-        .and_then(|p| pools.get(&p.name))
-        .map_or(&config.address_pool[..], |p| &p.addresses[..])
+        .and_then(|p| Some((&p.name, pools.get(&p.name)?)))
+    {
+        Some((name, p)) => AddressPolicy::new(
+            &p.addresses,
+            &p.static_address_ranges,
+            format!("{ADDRESS_POOL_KIND} {name:?}"),
+        ),
+        None => AddressPolicy::new(
+            &config.address_pool,
+            &config.static_address_ranges,
+            "the default address pool".to_string(),
+        ),
+    }
 }
 
 fn class_condition(

@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::config::IpNet;
 use crate::snapshot::Protocol;
 
 /// Everything the translator reads. Filled by a provider (manifest files in standalone mode,
@@ -48,6 +49,13 @@ pub struct ObjectIndex {
     /// `status.loadBalancer.ingress` IPs of its Service, in order. Filled by the controller;
     /// the translator only reads it.
     pub delegated_addresses: BTreeMap<ObjectKey, Vec<IpAddr>>,
+    /// Addresses the network already uses, which no Gateway may take whatever its class
+    /// allows, each with what it is (`node worker-1 (InternalIP)`, `the node's router`, ...):
+    /// taking one would make every agent answer ARP/NDP for it and intercept its traffic.
+    /// Filled by the provider from what it observes (Kubernetes: Node addresses and the API
+    /// server's endpoints; standalone: the NodeConfig's node addresses and
+    /// `reservedAddresses`); the translator only reads it.
+    pub reserved_addresses: BTreeMap<IpAddr, String>,
 }
 
 /// One AddressPool, as the translator reads it.
@@ -58,6 +66,9 @@ pub struct ExpandedAddressPool {
     /// `delegateToLoadBalancer`: the classes' Gateways get their addresses from a Service of
     /// type LoadBalancer (see [`Translation::delegations`](super::Translation::delegations)).
     pub delegate_to_load_balancer: bool,
+    /// `staticAddressRanges`: where static `spec.addresses` of the classes' Gateways may lie
+    /// besides the pool's own addresses. Empty (the default): in the pool only.
+    pub static_address_ranges: Vec<IpNet>,
 }
 
 /// The objects of one kind of an [`ObjectIndex`], borrowed.

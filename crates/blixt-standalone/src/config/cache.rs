@@ -117,17 +117,7 @@ impl LoadCache {
         if node_documents > 1 {
             return None;
         }
-        let (node, node_origin) = match node {
-            Some((spec, origin)) => (spec, Some(origin)),
-            None => (NodeConfigSpec::default(), None),
-        };
-        Some(LoadedConfig {
-            objects,
-            translator: node.translator_config(),
-            node,
-            node_origin,
-            files,
-        })
+        Some(LoadedConfig::assemble(objects, node, files))
     }
 }
 
@@ -144,6 +134,7 @@ fn extend(into: &mut ObjectIndex, from: &ObjectIndex) {
         namespaces,
         address_pools,
         delegated_addresses,
+        reserved_addresses,
     } = from;
     into.gateway_classes.extend_from_slice(gateway_classes);
     into.gateways.extend_from_slice(gateways);
@@ -157,4 +148,5 @@ fn extend(into: &mut ObjectIndex, from: &ObjectIndex) {
     // observed by the Kubernetes provider only; files hold none
     into.address_pools.extend(address_pools.clone());
     into.delegated_addresses.extend(delegated_addresses.clone());
+    into.reserved_addresses.extend(reserved_addresses.clone());
 }

@@ -20,8 +20,9 @@ mod node;
 mod path;
 mod split;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -118,6 +119,27 @@ impl LoadedConfig {
         }
     }
 
+    /// The configuration of `objects` and a NodeConfig (the default one when the files hold
+    /// none): the translator's settings and the node's reserved addresses come from it.
+    fn assemble(
+        mut objects: ObjectIndex,
+        node: Option<(NodeConfigSpec, Origin)>,
+        files: Vec<PathBuf>,
+    ) -> Self {
+        let (node, node_origin) = match node {
+            Some((spec, origin)) => (spec, Some(origin)),
+            None => (NodeConfigSpec::default(), None),
+        };
+        objects.reserved_addresses = node.reserved_addresses();
+        LoadedConfig {
+            objects,
+            translator: node.translator_config(),
+            node,
+            node_origin,
+            files,
+        }
+    }
+
     /// Runs the translator on this configuration.
     pub fn translate(&self, now: &Time) -> Translation {
         blixt_core::translator::translate(&self.objects, &self.translator, now)
@@ -134,6 +156,22 @@ impl NodeConfigSpec {
             max_frontends: Some(self.maps.max_frontends as usize),
             ..TranslatorConfig::default()
         }
+    }
+
+    /// The addresses no Gateway may take ([`ObjectIndex::reserved_addresses`]): the node's
+    /// (`snatV4`, `snatV6`) and `reservedAddresses`, each with what it is.
+    pub fn reserved_addresses(&self) -> BTreeMap<IpAddr, String> {
+        let mut out = BTreeMap::new();
+        for (field, ip) in [("snatV4", self.snat_v4), ("snatV6", self.snat_v6)] {
+            if let Some(ip) = ip {
+                out.insert(ip, format!("the node's address ({field})"));
+            }
+        }
+        for &ip in &self.reserved_addresses {
+            out.entry(ip)
+                .or_insert_with(|| "reserved by the NodeConfig (reservedAddresses)".to_string());
+        }
+        out
     }
 }
 
@@ -679,17 +717,7 @@ impl Loader {
                 problems: self.problems,
             });
         }
-        let (node, node_origin) = match self.node {
-            Some((spec, origin)) => (spec, Some(origin)),
-            None => (NodeConfigSpec::default(), None),
-        };
-        Ok(LoadedConfig {
-            objects: self.objects,
-            translator: node.translator_config(),
-            node,
-            node_origin,
-            files,
-        })
+        Ok(LoadedConfig::assemble(self.objects, self.node, files))
     }
 }
 

@@ -46,8 +46,13 @@ pub struct NodeConfigSpec {
     /// VIPs for Gateways without `spec.addresses`: addresses (`192.0.2.10`), prefixes
     /// (`192.0.2.16/28`, every address of it) or ranges (`192.0.2.20-192.0.2.29`).
     pub address_pool: Vec<AddressBlock>,
-    /// Where static `spec.addresses` may lie; empty: anywhere.
+    /// Where static `spec.addresses` may lie besides the `addressPool`; empty (the default):
+    /// in the pool only.
     pub static_address_ranges: Vec<IpNet>,
+    /// Addresses no Gateway may take besides the node's own (`snatV4`, `snatV6`, which are
+    /// always reserved): the router's, a DNS server's, the API server's... A Gateway asking
+    /// for one is `Programmed=False/AddressNotUsable`.
+    pub reserved_addresses: Vec<IpAddr>,
     /// Source ports full-NAT allocates on the node addresses, `MIN-MAX`.
     pub port_range: PortRange,
     /// Answer ARP and NDP for the VIPs on the attached interfaces. Off when the VIPs are
@@ -73,6 +78,7 @@ impl Default for NodeConfigSpec {
             snat_v6: None,
             address_pool: Vec::new(),
             static_address_ranges: Vec::new(),
+            reserved_addresses: Vec::new(),
             port_range: PortRange::default(),
             announce: true,
             timeouts: Timeouts::default(),

@@ -110,7 +110,7 @@ fn static_address_is_used_as_given() {
         with_addresses("infra", "gw", "  - {type: IPAddress, value: 198.51.100.7}"),
     ]
     .concat();
-    let t = run(&yaml);
+    let t = run_with(&yaml, &static_ranges(&["198.51.100.0/24"]));
     assert_eq!(
         gateway_conds(&t, "infra", "gw"),
         expect(&[ACCEPTED_TRUE, PROGRAMMED_TRUE])
@@ -217,7 +217,10 @@ fn static_address_in_use_by_an_older_gateway_is_not_usable() {
         "generation: 3}",
         "generation: 3, creationTimestamp: \"2024-06-01T00:00:00Z\"}",
     );
-    let t = run(&[CLASS.to_string(), newer, older].concat());
+    let t = run_with(
+        &[CLASS.to_string(), newer, older].concat(),
+        &static_ranges(&["198.51.100.0/24"]),
+    );
     assert_eq!(
         gateway_conds(&t, "infra", "old"),
         expect(&[ACCEPTED_TRUE, PROGRAMMED_TRUE])

@@ -16,6 +16,7 @@ fn delegating(yaml: &str) -> ObjectIndex {
         ExpandedAddressPool {
             addresses: Vec::new(),
             delegate_to_load_balancer: true,
+            ..Default::default()
         },
     );
     o
@@ -151,7 +152,10 @@ fn static_addresses_and_addresses_held_by_other_gateways_are_not_usable() {
             delegated_addresses: delegated,
             ..delegating(&yaml)
         },
-        &config_v4(),
+        &TranslatorConfig {
+            static_address_ranges: vec!["192.0.2.0/24".parse().unwrap()],
+            ..config_v4()
+        },
     );
     assert_eq!(
         gateway_conds(&t, "ns", "own")[1],

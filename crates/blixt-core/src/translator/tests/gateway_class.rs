@@ -99,6 +99,7 @@ fn address_pool_parameters_select_the_pool() {
         ExpandedAddressPool {
             addresses: vec!["198.51.100.7".parse().unwrap()],
             delegate_to_load_balancer: false,
+            ..Default::default()
         },
     );
     let t = run_index(&objects, &config_v4());

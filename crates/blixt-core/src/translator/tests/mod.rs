@@ -1,6 +1,7 @@
 //! Fixture tests: objects in (YAML, as a user would write them), exact Snapshot, SNI tables
 //! and statuses out. One module per area of the rules.
 
+mod address_policy;
 mod addresses;
 mod backends;
 mod delegation;
@@ -89,6 +90,14 @@ pub(super) fn config_v4() -> TranslatorConfig {
             "192.0.2.12".parse().unwrap(),
         ],
         ..TranslatorConfig::default()
+    }
+}
+
+/// [`config_v4`] with static addresses allowed in `ranges` besides the pool.
+pub(super) fn static_ranges(ranges: &[&str]) -> TranslatorConfig {
+    TranslatorConfig {
+        static_address_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
+        ..config_v4()
     }
 }
 

@@ -26,6 +26,7 @@ fn pool(addresses: &[&str], delegate_to_load_balancer: bool) -> ExpandedAddressP
     ExpandedAddressPool {
         addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
         delegate_to_load_balancer,
+        static_address_ranges: Vec::new(),
     }
 }
 
@@ -57,7 +58,7 @@ fn through_routes<'a>(
     config: &'a TranslatorConfig,
 ) -> (Classes<'a>, Vec<GatewayEval<'a>>, Vec<RouteEval<'a>>) {
     let (classes, mut gateways) = classes_and_gateways(objects, config);
-    assign_addresses(&mut gateways, &BTreeMap::new(), config);
+    assign_addresses(&mut gateways, objects, config);
     let routes = evaluate_routes(objects, &gateways, &Lookup::new(objects));
     (classes, gateways, routes)
 }
@@ -88,11 +89,11 @@ fn classes_phase_keeps_the_first_class_of_each_name_of_blixts_controller_with_it
     let blixt = &classes["blixt"];
     assert!(blixt.obj.spec.parameters_ref.is_none());
     assert!(blixt.accepted.is_true() && !blixt.delegates);
-    assert_eq!(blixt.pool, &config.address_pool[..]);
-    assert_eq!(classes["edge"].pool, &ips(&["198.51.100.7"])[..]);
+    assert_eq!(blixt.policy.pool, &config.address_pool[..]);
+    assert_eq!(classes["edge"].policy.pool, &ips(&["198.51.100.7"])[..]);
     assert!(!classes["edge"].delegates);
     assert!(classes["lb"].accepted.is_true() && classes["lb"].delegates);
-    assert!(classes["lb"].pool.is_empty());
+    assert!(classes["lb"].policy.pool.is_empty());
     let missing = &classes["missing"];
     assert_eq!(
         (missing.accepted.status, missing.accepted.reason),
@@ -125,7 +126,7 @@ fn gateways_phase_takes_the_first_gateway_of_each_key_of_blixts_classes_oldest_f
     assert_eq!(old.listeners.len(), 1, "the first ns/old counts");
     assert_eq!(old.generation, 3);
     assert!(old.class_accepted && old.accepted.is_true());
-    assert_eq!(old.pool, &config.address_pool[..]);
+    assert_eq!(old.policy.pool, &config.address_pool[..]);
     // no spec.addresses: one IPv4 slot from the IPv4-only pool
     assert_eq!(old.request.slots.len(), 1);
     assert!(old.request.statics.is_empty());
@@ -162,8 +163,12 @@ fn addresses_phase_assigns_pool_and_delegated_addresses_and_decides_programmed()
     };
     let (_, mut gateways) = classes_and_gateways(&objects, &config);
     let delegated = BTreeMap::from([(ObjectKey::new("ns", "d"), ips(&["203.0.113.7"]))]);
+    let objects = ObjectIndex {
+        delegated_addresses: delegated,
+        ..objects.clone()
+    };
 
-    let delegations = assign_addresses(&mut gateways, &delegated, &config);
+    let delegations = assign_addresses(&mut gateways, &objects, &config);
     let by_name = |n: &str| gateways.iter().find(|g| g.key.name == n).unwrap();
     assert_eq!(by_name("a").addresses.assigned, ips(&["192.0.2.10"]));
     assert_eq!(by_name("b").addresses.assigned, ips(&["192.0.2.11"]));
