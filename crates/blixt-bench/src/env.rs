@@ -27,7 +27,7 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp
 use aya::{Ebpf, EbpfLoader};
 use blixt_agent::{NodeConfig, Reconciler};
 use blixt_bpf::shared::FlowKey;
-use blixt_bpf::{Capability, Dataplane, DataplaneOptions};
+use blixt_bpf::{Capability, Dataplane, DataplaneOptions, Plan};
 use blixt_core::snapshot::{
     Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot,
 };
@@ -536,17 +536,21 @@ fn load_on_pins(
     what: &str,
     pinned: &[(String, PathBuf)],
     ring_size: u32,
-    neigh_via_meta: u8,
+    plan: &Plan,
 ) -> Result<Ebpf> {
+    let neigh_via_meta = u8::from(plan.neigh_via_meta());
+    let (obj, have_kern_ctx) =
+        blixt_bpf::kfunc::link_for_plan(obj, plan).map_err(anyhow::Error::msg)?;
     let mut loader = EbpfLoader::new();
     for (name, path) in pinned {
         loader.map_pin_path(name.as_str(), path.as_path());
     }
     loader
         .override_global("ring_size", &ring_size, true)
-        .override_global("neigh_via_meta", &neigh_via_meta, true);
+        .override_global("neigh_via_meta", &neigh_via_meta, true)
+        .override_global("have_kern_ctx", &have_kern_ctx, true);
     let ebpf = loader
-        .load(obj)
+        .load(&obj)
         .with_context(|| format!("loading {what}"))?;
     for (name, _) in ebpf.maps() {
         let shared = pinned.iter().any(|(n, _)| n == name);
@@ -587,18 +591,12 @@ impl Env {
             .map(|e| e.map(|e| (e.file_name().to_string_lossy().into_owned(), e.path())))
             .collect::<std::io::Result<_>>()?;
         ensure!(!pinned.is_empty(), "the dataplane pinned no map");
-        let neigh_via_meta = u8::from(rec.dataplane().plan().neigh_via_meta());
+        let plan = rec.dataplane().plan().clone();
         ensure!(
-            neigh_via_meta == 0,
+            !plan.neigh_via_meta(),
             "the dataplane hands unresolved next hops over in metadata"
         );
-        let mut wrap = load_on_pins(
-            WRAP_OBJ,
-            "bench_wrap.o",
-            &pinned,
-            opts.ring_size,
-            neigh_via_meta,
-        )?;
+        let mut wrap = load_on_pins(WRAP_OBJ, "bench_wrap.o", &pinned, opts.ring_size, &plan)?;
         for t in Target::ALL {
             match t.hook() {
                 Hook::Xdp => load_xdp(&mut wrap, t.wrapper_name())?,
@@ -612,7 +610,7 @@ impl Env {
             "lb.o",
             &pinned,
             opts.ring_size,
-            neigh_via_meta,
+            &plan,
         )?;
         load_tc(&mut tc_lb, blixt_bpf::loader::LB_TC_PROGRAM)?;
         let mut floor = Ebpf::load(FLOOR_OBJ).context("loading bench_floor.o")?;

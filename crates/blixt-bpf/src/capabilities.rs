@@ -57,6 +57,8 @@ pub enum Capability {
     TcCsumReplace,
     /// TC programs may read `__sk_buff->data_meta`.
     TcDataMeta,
+    /// The kfunc `bpf_cast_to_kern_ctx` in TC programs (reads `skb->ip_summed`).
+    TcKernCtx,
     /// tcx attachment (`BPF_LINK_CREATE` with `BPF_TCX_INGRESS`).
     Tcx,
     /// XDP attachment through a bpf_link (`BPF_LINK_CREATE` with `BPF_XDP`).
@@ -87,6 +89,7 @@ impl Capability {
         Capability::TcPullData,
         Capability::TcCsumReplace,
         Capability::TcDataMeta,
+        Capability::TcKernCtx,
         Capability::Tcx,
         Capability::XdpLink,
         Capability::SkLookup,
@@ -114,6 +117,7 @@ impl Capability {
             Capability::TcPullData => "tc_pull_data",
             Capability::TcCsumReplace => "tc_csum_replace",
             Capability::TcDataMeta => "tc_data_meta",
+            Capability::TcKernCtx => "tc_kern_ctx",
             Capability::Tcx => "tcx",
             Capability::XdpLink => "xdp_link",
             Capability::SkLookup => "sk_lookup",
@@ -149,6 +153,9 @@ impl Capability {
                 "bpf_l3_csum_replace and bpf_l4_csum_replace in TC programs"
             }
             Capability::TcDataMeta => "__sk_buff->data_meta in TC programs",
+            Capability::TcKernCtx => {
+                "the kfunc bpf_cast_to_kern_ctx in TC programs (reads skb->ip_summed)"
+            }
             Capability::Tcx => "tcx attachment (BPF_LINK_CREATE with BPF_TCX_INGRESS)",
             Capability::XdpLink => "XDP attachment through bpf_link (BPF_LINK_CREATE with BPF_XDP)",
             Capability::SkLookup => {
@@ -185,6 +192,8 @@ impl Capability {
             Capability::TcCsumReplace => "4.1",
             // de8f3a83b0a0 "bpf: add meta pointer for direct access" (with bpf_xdp_adjust_meta)
             Capability::TcDataMeta => "4.15",
+            // fd7c211d6875 "bpf: Add a kfunc to type cast from bpf uapi ctx to kernel ctx"
+            Capability::TcKernCtx => "6.3",
             Capability::Tcx => "6.6",
             // aa8d3a716b59 "bpf, xdp: Add bpf_link-based XDP attachment API"
             Capability::XdpLink => "5.9",
@@ -451,6 +460,17 @@ impl Insn {
             regs: 0,
             off: 0,
             imm: helper,
+        }
+    }
+
+    /// `call` of the kfunc with BTF id `id` in the kernel's BTF (src_reg
+    /// BPF_PSEUDO_KFUNC_CALL).
+    const fn kfunc_call(id: u32) -> Insn {
+        Insn {
+            code: 0x85,
+            regs: 2 << 4,
+            off: 0,
+            imm: id as i32,
         }
     }
 
@@ -728,6 +748,12 @@ impl Prober {
                 ];
                 self.load_whole(TC, 0, &insns).map(drop)
             }
+            Capability::TcKernCtx => {
+                // r1 = ctx already; bpf_cast_to_kern_ctx(ctx); return 0
+                let id = crate::kfunc::cast_to_kern_ctx_id()?;
+                let insns = [Insn::kfunc_call(id), Insn::mov64_imm(0, 0), Insn::exit()];
+                self.load_whole(TC, 0, &insns).map(drop)
+            }
             Capability::Tcx => {
                 let prog = self.tc_next()?;
                 probe_tcx(&prog)
@@ -955,7 +981,7 @@ mod tests {
             let (major, minor) = c.since().split_once('.').expect("since is major.minor");
             assert!(major.parse::<u32>().is_ok() && minor.parse::<u32>().is_ok());
         }
-        assert_eq!(Capability::ALL.len(), 22);
+        assert_eq!(Capability::ALL.len(), 23);
         assert_eq!(Capability::XdpAdjustMeta.name(), "xdp_adjust_meta");
         assert_eq!(Capability::XdpAdjustMeta.since(), "4.15");
     }

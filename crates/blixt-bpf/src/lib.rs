@@ -3,6 +3,7 @@
 //! of it ([`plan`]), the loader with typed map handles, and test helpers for packet fixtures.
 
 pub mod capabilities;
+pub mod kfunc;
 pub mod live;
 pub mod loader;
 pub mod pinned;

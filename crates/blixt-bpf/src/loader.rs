@@ -101,6 +101,8 @@ pub enum DataplaneError {
     Unsupported(#[from] Refusal),
     #[error("BLIXT_FORCE_FALLBACK: {0}")]
     ForcedFallback(String),
+    #[error("linking kernel functions: {0}")]
+    Kfunc(String),
     #[error("BPF map {name}: {source}")]
     Map {
         name: &'static str,
@@ -445,6 +447,9 @@ impl Dataplane {
             .map_max_entries("blixt_conntrack", options.conntrack_entries)
             .override_global("ring_size", &options.ring_size, true)
             .override_global("neigh_via_meta", &neigh_via_meta, true);
+        let (lb_obj, have_kern_ctx) =
+            crate::kfunc::link_for_plan(LB_OBJ, &plan).map_err(DataplaneError::Kfunc)?;
+        loader.override_global("have_kern_ctx", &have_kern_ctx, true);
         let pin_paths: Vec<(&'static str, PathBuf)> = match &options.pin_dir {
             Some(dir) => {
                 check_bpffs(dir)?;
@@ -456,7 +461,7 @@ impl Dataplane {
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut lb = loader.load(LB_OBJ)?;
+        let mut lb = loader.load(&lb_obj)?;
         if plan.hook == Hook::Xdp {
             load_xdp(&mut lb)?;
         }

@@ -174,6 +174,10 @@ pub struct Plan {
     /// TC programs attach through tcx links (pinned, replaced atomically); otherwise through
     /// netlink on a clsact qdisc.
     pub tcx: bool,
+    /// The TC load balancer reads each packet's checksum state (`skb->ip_summed`) and
+    /// updates the L4 checksum in place where the field holds the full checksum, as XDP does;
+    /// otherwise every packet's goes through bpf_l4_csum_replace().
+    pub kern_ctx: bool,
     /// Fallbacks active, each with its reason.
     pub fallbacks: Vec<Fallback>,
 }
@@ -237,6 +241,16 @@ impl Plan {
             return Err(refuse(c, "the TC load balancer (blixt_lb_tc)"));
         }
 
+        let kern_ctx = caps.has(Capability::TcKernCtx);
+        if !kern_ctx && tc_lb_needed {
+            fallbacks.push(Fallback {
+                capability: Capability::TcKernCtx,
+                instead: "blixt_lb_tc updates every L4 checksum through bpf_l4_csum_replace() \
+                          (two helper calls a packet, about 45 ns)",
+                because: reason(caps, Capability::TcKernCtx),
+            });
+        }
+
         let tcx = caps.has(Capability::Tcx);
         if !tcx {
             fallbacks.push(Fallback {
@@ -258,6 +272,7 @@ impl Plan {
             hook,
             neigh,
             tcx,
+            kern_ctx,
             fallbacks,
         })
     }

@@ -30,6 +30,7 @@
 //! fails loudly instead of passing silently.
 
 pub mod addr;
+pub mod capture;
 pub mod echo;
 pub mod netns;
 pub mod process;

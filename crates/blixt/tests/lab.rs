@@ -14,8 +14,9 @@ use blixt_bpf::PinnedDataplane;
 use blixt_core::snapshot::{
     Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot,
 };
+use blixt_lab::capture::{check_l4, Capture};
 use blixt_lab::process::LabProcess;
-use blixt_lab::topology::{Lab, LabSpec};
+use blixt_lab::topology::{Lab, LabSpec, PEER_IFNAME};
 use blixt_lab::traffic::{self, UdpOptions};
 use blixt_lab::EchoServer;
 
@@ -221,6 +222,22 @@ impl Harness {
         SocketAddr::new(self.vip(v6), UDP_PORT)
     }
 
+    /// `flows` TCP connections (`concurrency` at once) and `flows` UDP flows from the client
+    /// to the VIP of the family.
+    fn tcp_and_udp_flows(
+        &self,
+        v6: bool,
+        flows: usize,
+        concurrency: usize,
+    ) -> (traffic::Report, traffic::Report) {
+        let (tcp, udp) = (self.tcp_target(v6), self.udp_target(v6));
+        self.lab.client.ns.run_in(|| {
+            let t = traffic::tcp_burst(tcp, flows, concurrency, Duration::from_secs(5)).unwrap();
+            let u = traffic::udp_flows(udp, flows, &UdpOptions::default()).unwrap();
+            (t, u)
+        })
+    }
+
     fn vip(&self, v6: bool) -> IpAddr {
         lab_support::vip(&self.lab, v6)
     }
@@ -291,12 +308,7 @@ fn thousand_flows(mode: Mode) {
     ];
     let mut flows = 0u64;
     for v6 in [false, true] {
-        let (tcp, udp) = (h.tcp_target(v6), h.udp_target(v6));
-        let (t, u) = h.lab.client.ns.run_in(|| {
-            let t = traffic::tcp_burst(tcp, 1000, 32, Duration::from_secs(5)).unwrap();
-            let u = traffic::udp_flows(udp, 1000, &UdpOptions::default()).unwrap();
-            (t, u)
-        });
+        let (t, u) = h.tcp_and_udp_flows(v6, 1000, 32);
         for r in [&t, &u] {
             assert_eq!(r.ok, 1000, "{} v6={v6}: {}", r.proto, r.summary());
             assert_eq!(
@@ -478,6 +490,76 @@ fn unresolved_neighbours(mode: Mode) {
         g[shared::STAT_FIB_NO_NEIGH as usize] > 0,
         "{mode:?}: the first packets to unknown neighbours took the TC path: {g:?}"
     );
+}
+
+/// TC mode updates the L4 checksum in place when its field holds the full checksum (the lab's
+/// default: senders without TX checksum offload) and through bpf_l4_csum_replace() when the
+/// sender left it to offload (`CHECKSUM_PARTIAL`, the default of a veth in a container). The
+/// receivers over veth trust both, so an AF_PACKET oracle on the client and on every backend
+/// holds each TCP and UDP packet to what its checksum state promises.
+#[test]
+fn tc_checksums_are_right_with_and_without_sender_offload() {
+    for offload in [false, true] {
+        let mut h = Harness::in_mode(
+            Mode::Tc,
+            LabSpec {
+                peer_tx_checksum: offload,
+                ..LabSpec::with_backends(2)
+            },
+        );
+        let snap = h.snapshot(&[(0, 1, BackendState::Active), (1, 1, BackendState::Active)]);
+        h.apply(&snap);
+        h.start_agent();
+        let mut nodes = vec![&h.lab.client];
+        nodes.extend(h.lab.backends.iter());
+        let captures: Vec<(String, Capture)> = nodes
+            .iter()
+            .map(|n| {
+                let c = n.ns.run_in(|| Capture::open(PEER_IFNAME)).unwrap();
+                (n.name.clone(), c)
+            })
+            .collect();
+        for v6 in [false, true] {
+            let (t, u) = h.tcp_and_udp_flows(v6, 200, 16);
+            for r in [&t, &u] {
+                assert_eq!(r.ok, 200, "offload={offload} v6={v6}: {}", r.summary());
+            }
+        }
+        let vips = [h.vip(false), h.vip(true)];
+        let (mut full, mut partial) = (0usize, 0usize);
+        for (name, capture) in &captures {
+            for frame in capture.drain().unwrap() {
+                let Some(c) = check_l4(&frame) else { continue };
+                // what the load balancer rewrote: replies from a VIP at the client, every
+                // request at the backends
+                if name == "client" && !vips.contains(&c.src) {
+                    continue;
+                }
+                assert!(c.ok, "offload={offload}: bad checksum at {name}: {c:?}");
+                if c.partial {
+                    partial += 1;
+                } else {
+                    full += 1;
+                }
+            }
+        }
+        assert!(
+            full + partial > 1000,
+            "offload={offload}: {full} + {partial} packets checked"
+        );
+        if offload {
+            assert!(
+                partial > 0,
+                "offload on: no CHECKSUM_PARTIAL packet seen ({full} full)"
+            );
+        } else {
+            assert_eq!(
+                partial, 0,
+                "offload off: {partial} CHECKSUM_PARTIAL packets"
+            );
+        }
+        eprintln!("offload={offload}: {full} full and {partial} partial checksums right");
+    }
 }
 
 /// A backend address that comes back with a new MAC (a pod deleted and its IP given at once to

@@ -17,6 +17,7 @@
 #include "csum.h"
 #include "parse.h"
 #include "hook.h"
+#include "skb_csum.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -51,10 +52,12 @@ static __always_inline __u32 set_addrs(__u32 *saddr, __u32 *daddr, const __u32 *
 
 /*
  * Rewrites addresses and ports of the packet's IP and TCP/UDP headers to nsrc:sport -> ndst:dport
- * (`nports` holds both ports as they sit in the header), updating checksums incrementally. TC
- * updates the L4 checksum through bpf_l4_csum_replace(), which also knows a checksum the sender
- * left for offload (CHECKSUM_PARTIAL: the field holds only the pseudo-header sum, so it follows
- * the addresses but not the ports). The packet pointers must be re-read afterwards.
+ * (`nports` holds both ports as they sit in the header), updating checksums incrementally, in
+ * place. At TC, a packet whose L4 checksum field does not hold the full checksum (see
+ * skb_csum.h) is updated through bpf_l4_csum_replace() instead, which knows a checksum the
+ * sender left for offload (CHECKSUM_PARTIAL: the field holds only the pseudo-header sum, so it
+ * follows the addresses but not the ports) and keeps skb->csum in step (CHECKSUM_COMPLETE).
+ * The packet pointers must be re-read afterwards.
  */
 static __always_inline int rewrite(void *ctx, const int hook, struct pkt *p, const __u8 *nsrc,
 				   const __u8 *ndst, __u32 nports)
@@ -88,7 +91,7 @@ static __always_inline int rewrite(void *ctx, const int hook, struct pkt *p, con
 	__u32 port_diff = csum_diff32(0, *ports, nports);
 	*ports = nports;
 
-	if (hook == HOOK_TC) {
+	if (hook == HOOK_TC && !skb_csum_in_place(ctx)) {
 		__u32 off = l4_off + (tcp ? 16 : 6);
 		/* IPv4 UDP without checksum stays without one (RFC 768); a result of 0 is sent as
 		 * 0xffff */
