@@ -76,9 +76,17 @@ enum Mode {
     XdpWithoutMeta,
     /// The load balancer at TC ingress.
     Tc,
+    /// At TC ingress without reading skb->ip_summed: every L4 checksum through
+    /// bpf_l4_csum_replace() (kernels before 6.3).
+    TcWithoutKernCtx,
 }
 
-const MODES: [Mode; 3] = [Mode::Auto, Mode::XdpWithoutMeta, Mode::Tc];
+const MODES: [Mode; 4] = [
+    Mode::Auto,
+    Mode::XdpWithoutMeta,
+    Mode::Tc,
+    Mode::TcWithoutKernCtx,
+];
 
 impl Mode {
     fn options(self) -> (AttachMode, Vec<Capability>) {
@@ -86,7 +94,12 @@ impl Mode {
             Mode::Auto => (AttachMode::Auto, vec![]),
             Mode::XdpWithoutMeta => (AttachMode::Xdp, vec![Capability::XdpAdjustMeta]),
             Mode::Tc => (AttachMode::Tc, vec![]),
+            Mode::TcWithoutKernCtx => (AttachMode::Tc, vec![Capability::TcKernCtx]),
         }
+    }
+
+    fn is_tc(self) -> bool {
+        matches!(self, Mode::Tc | Mode::TcWithoutKernCtx)
     }
 }
 
@@ -199,12 +212,16 @@ fn with_fixture_in(mode: Mode, snap: &Snapshot, node: NodeConfig, f: &(impl Fn(&
             force_off,
         })
         .unwrap_or_else(|e| panic!("loading the dataplane ({mode:?}): {e}"));
-        let want = if mode == Mode::Tc {
-            Hook::Tc
-        } else {
-            Hook::Xdp
-        };
+        let want = if mode.is_tc() { Hook::Tc } else { Hook::Xdp };
         assert_eq!(dp.plan().hook, want, "{mode:?}: {:?}", dp.plan());
+        if mode.is_tc() {
+            assert_eq!(
+                dp.plan().kern_ctx,
+                mode == Mode::Tc,
+                "{mode:?}: {:?}",
+                dp.plan()
+            );
+        }
         let mut rec = Reconciler::new(dp).expect("reconciler");
         rec.set_node_config(&node).expect("node config");
         rec.apply(snap).expect("apply snapshot");
@@ -244,7 +261,7 @@ impl Fx {
             Verdict::Pass => XDP_PASS,
             Verdict::Drop => XDP_DROP,
             Verdict::Tx => XDP_TX,
-            Verdict::Redirect if self.mode == Mode::Tc && back_to_sender => XDP_TX,
+            Verdict::Redirect if self.mode.is_tc() && back_to_sender => XDP_TX,
             Verdict::Redirect => XDP_REDIRECT,
             Verdict::Other(v) => panic!("{:?}: unexpected verdict {v}", self.mode),
         };
@@ -653,7 +670,7 @@ fn truncated_packets_pass_untouched_and_create_no_state() {
         for (l3_end, full) in [(34, tcp), (54, udp), (58, tcp6)] {
             for len in 14..full.len() {
                 let cut = &full[..len];
-                if fx.mode == Mode::Tc && len < l3_end {
+                if fx.mode.is_tc() && len < l3_end {
                     // an skb test run refuses a frame whose IP header is cut (EINVAL) before
                     // the program runs: such an skb never reaches TC (the driver drops it)
                     if fx.rec.dataplane().test_run(cut, fx.fx0).is_err() {

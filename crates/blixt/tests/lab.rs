@@ -41,6 +41,9 @@ enum Mode {
     /// `--attach tc` with tcx forced off: the classifier attaches through netlink (clsact),
     /// unpinned, as on kernels before 6.6.
     TcNetlink,
+    /// `--attach tc` with tc_kern_ctx forced off: every L4 checksum through
+    /// bpf_l4_csum_replace(), as on kernels before 6.3.
+    TcWithoutKernCtx,
 }
 
 const TCP_PORT: u16 = 80;
@@ -156,7 +159,7 @@ impl Harness {
             "--attach".into(),
             match self.mode {
                 Mode::Xdp | Mode::XdpWithoutMeta => "xdp".into(),
-                Mode::Tc | Mode::TcNetlink => "tc".into(),
+                Mode::Tc | Mode::TcNetlink | Mode::TcWithoutKernCtx => "tc".into(),
             },
         ]);
         for (name, _) in self.lab.lb_interfaces() {
@@ -172,6 +175,9 @@ impl Harness {
             Mode::TcNetlink => {
                 cmd.env("BLIXT_FORCE_FALLBACK", "tcx");
             }
+            Mode::TcWithoutKernCtx => {
+                cmd.env("BLIXT_FORCE_FALLBACK", "tc_kern_ctx");
+            }
             Mode::Xdp | Mode::Tc => {}
         }
         // netns only: `ip netns exec` would hide the host's bpffs, and the pins with it
@@ -183,7 +189,10 @@ impl Harness {
         wait_generation(&mut agent, self.generation);
         self.agent = Some(agent);
         // the hook in use, as the pinned links (or the netlink filters) show it
-        let tc_only = matches!(self.mode, Mode::Tc | Mode::TcNetlink);
+        let tc_only = matches!(
+            self.mode,
+            Mode::Tc | Mode::TcNetlink | Mode::TcWithoutKernCtx
+        );
         for (name, _) in self.lab.lb_interfaces() {
             let xdp = self.pins.0.join(format!("link_xdp_{name}")).exists();
             let tc = self.pins.0.join(format!("link_tc_{name}")).exists();
@@ -337,7 +346,7 @@ fn thousand_flows(mode: Mode) {
         body
     });
     let (attach, iface_mode) = match mode {
-        Mode::Tc | Mode::TcNetlink => ("tc", "tc"),
+        Mode::Tc | Mode::TcNetlink | Mode::TcWithoutKernCtx => ("tc", "tc"),
         Mode::Xdp | Mode::XdpWithoutMeta => ("xdp", "xdp-native"),
     };
     let info = metrics
@@ -494,14 +503,20 @@ fn unresolved_neighbours(mode: Mode) {
 
 /// TC mode updates the L4 checksum in place when its field holds the full checksum (the lab's
 /// default: senders without TX checksum offload) and through bpf_l4_csum_replace() when the
-/// sender left it to offload (`CHECKSUM_PARTIAL`, the default of a veth in a container). The
-/// receivers over veth trust both, so an AF_PACKET oracle on the client and on every backend
-/// holds each TCP and UDP packet to what its checksum state promises.
+/// sender left it to offload (`CHECKSUM_PARTIAL`, the default of a veth in a container), or
+/// always through the helper without tc_kern_ctx. The receivers over veth trust partial and
+/// verified checksums, so an AF_PACKET oracle on the client and on every backend holds each TCP
+/// and UDP packet to what its checksum state promises.
 #[test]
 fn tc_checksums_are_right_with_and_without_sender_offload() {
-    for offload in [false, true] {
+    for (mode, offload) in [
+        (Mode::Tc, false),
+        (Mode::Tc, true),
+        (Mode::TcWithoutKernCtx, false),
+        (Mode::TcWithoutKernCtx, true),
+    ] {
         let mut h = Harness::in_mode(
-            Mode::Tc,
+            mode,
             LabSpec {
                 peer_tx_checksum: offload,
                 ..LabSpec::with_backends(2)
@@ -522,7 +537,12 @@ fn tc_checksums_are_right_with_and_without_sender_offload() {
         for v6 in [false, true] {
             let (t, u) = h.tcp_and_udp_flows(v6, 200, 16);
             for r in [&t, &u] {
-                assert_eq!(r.ok, 200, "offload={offload} v6={v6}: {}", r.summary());
+                assert_eq!(
+                    r.ok,
+                    200,
+                    "{mode:?} offload={offload} v6={v6}: {}",
+                    r.summary()
+                );
             }
         }
         let vips = [h.vip(false), h.vip(true)];
@@ -535,7 +555,10 @@ fn tc_checksums_are_right_with_and_without_sender_offload() {
                 if name == "client" && !vips.contains(&c.src) {
                     continue;
                 }
-                assert!(c.ok, "offload={offload}: bad checksum at {name}: {c:?}");
+                assert!(
+                    c.ok,
+                    "{mode:?} offload={offload}: bad checksum at {name}: {c:?}"
+                );
                 if c.partial {
                     partial += 1;
                 } else {
@@ -545,7 +568,7 @@ fn tc_checksums_are_right_with_and_without_sender_offload() {
         }
         assert!(
             full + partial > 1000,
-            "offload={offload}: {full} + {partial} packets checked"
+            "{mode:?} offload={offload}: {full} + {partial} packets checked"
         );
         if offload {
             assert!(
@@ -558,7 +581,7 @@ fn tc_checksums_are_right_with_and_without_sender_offload() {
                 "offload off: {partial} CHECKSUM_PARTIAL packets"
             );
         }
-        eprintln!("offload={offload}: {full} full and {partial} partial checksums right");
+        eprintln!("{mode:?} offload={offload}: {full} full and {partial} partial checksums right");
     }
 }
 
