@@ -16,6 +16,7 @@
 //!
 //! [`ObjectIndex::reserved_addresses`]: super::ObjectIndex::reserved_addresses
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
@@ -135,7 +136,9 @@ pub(crate) fn special_address(ip: IpAddr) -> Option<&'static str> {
 pub(crate) struct AddressPolicy<'a> {
     /// Where their addresses are allocated from, in order.
     pub pool: &'a [IpAddr],
-    members: HashSet<IpAddr>,
+    /// The pool as a set, built when first asked (a pool may hold a million addresses and
+    /// most passes ask nothing of it).
+    members: OnceCell<HashSet<IpAddr>>,
     /// Where static addresses may lie besides the pool.
     pub static_ranges: &'a [IpNet],
     /// The pool, for messages: `AddressPool "edge"`, `the default address pool`.
@@ -146,14 +149,16 @@ impl<'a> AddressPolicy<'a> {
     pub fn new(pool: &'a [IpAddr], static_ranges: &'a [IpNet], source: String) -> Self {
         AddressPolicy {
             pool,
-            members: pool.iter().copied().collect(),
+            members: OnceCell::new(),
             static_ranges,
             source,
         }
     }
 
     pub fn in_pool(&self, ip: IpAddr) -> bool {
-        self.members.contains(&ip)
+        self.members
+            .get_or_init(|| self.pool.iter().copied().collect())
+            .contains(&ip)
     }
 
     /// Why the static address `ip` may not be used, if it may not.
