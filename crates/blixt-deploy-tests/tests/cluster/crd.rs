@@ -53,6 +53,8 @@ async fn address_pool_accepts_addresses_cidrs_and_ranges() {
         ]}),
         serde_json::json!({ "delegateToLoadBalancer": true }),
         serde_json::json!({ "addresses": ["198.51.100.7"], "delegateToLoadBalancer": false }),
+        serde_json::json!({ "addresses": ["198.51.100.7"],
+            "staticAddressRanges": ["198.51.100.0/24", "2001:db8::/64", "0.0.0.0/0"] }),
     ];
     for spec in good {
         let created = api
@@ -99,7 +101,7 @@ async fn address_pool_rejects_what_cannot_be_a_gateway_address() {
         ..PostParams::default()
     };
     let name = format!("{}-bad", prefix());
-    let cases: [(serde_json::Value, &str); 16] = [
+    let cases: [(serde_json::Value, &str); 18] = [
         (serde_json::json!({}), "needs at least one address"),
         (
             serde_json::json!({ "addresses": [] }),
@@ -160,6 +162,14 @@ async fn address_pool_rejects_what_cannot_be_a_gateway_address() {
         (
             serde_json::json!({ "addresses": ["192.0.2.1", "192.0.2.1"] }),
             "Duplicate value",
+        ),
+        (
+            serde_json::json!({ "addresses": ["192.0.2.1"], "staticAddressRanges": ["192.0.2.1"] }),
+            "is not a CIDR without host bits",
+        ),
+        (
+            serde_json::json!({ "addresses": ["192.0.2.1"], "staticAddressRanges": ["192.0.2.1/24"] }),
+            "is not a CIDR without host bits",
         ),
     ];
     for (spec, expected) in cases {
