@@ -487,6 +487,7 @@ fn invalid_node_config_lists_every_problem() {
         [
             format!("{f}:6:22: document 1 (line 1), NodeConfig node: spec.interfaces[1]: \"eth0\" is listed twice (also interfaces[0])"),
             format!("{f}:7:3: document 1 (line 1), NodeConfig node: spec.snatV4: 2001:db8::1 is not an IPv4 address"),
+            format!("{f}:9:5: document 1 (line 1), NodeConfig node: spec.addressPool[0]: 192.0.2.0/24 contains the reserved address 192.0.2.254 (reservedAddresses)"),
             format!("{f}:10:5: document 1 (line 1), NodeConfig node: spec.addressPool[1]: 192.0.2.128-192.0.2.130 overlaps addressPool[0]"),
             format!("{f}:12:5: document 1 (line 1), NodeConfig node: spec.maps.maglevTableSize: 65536 is not a prime of at least 7 (e.g. 16381, 65537)"),
         ]

@@ -335,7 +335,16 @@ impl NodeConfigSpec {
         }
 
         // Pool: bounded, no address twice, never a node address (answering ARP for it would
-        // take the node's own address away from it).
+        // take the node's own address away from it) nor a reserved one.
+        let mut not_vips: Vec<(IpAddr, String)> = Vec::new();
+        for (name, node) in [("snatV4", self.snat_v4), ("snatV6", self.snat_v6)] {
+            if let Some(node) = node {
+                not_vips.push((node, format!("the node address {node} ({name})")));
+            }
+        }
+        for &r in &self.reserved_addresses {
+            not_vips.push((r, format!("the reserved address {r} (reservedAddresses)")));
+        }
         let mut spans: Vec<(u128, u128, bool, usize)> = Vec::new();
         for (i, block) in self.address_pool.iter().enumerate() {
             let f = spec.key("addressPool").index(i);
@@ -359,15 +368,10 @@ impl NodeConfigSpec {
                 out.push((f.clone(), format!("{block} overlaps addressPool[{j}]")));
             }
             spans.push((lo, hi, v4, i));
-            for (name, node) in [("snatV4", self.snat_v4), ("snatV6", self.snat_v6)] {
-                if let Some(node) = node.filter(|n| n.is_ipv4() == v4) {
-                    let n = ip_u128(node);
-                    if lo <= n && n <= hi {
-                        out.push((
-                            f.clone(),
-                            format!("{block} contains the node address {node} ({name})"),
-                        ));
-                    }
+            for (ip, what) in &not_vips {
+                let n = ip_u128(*ip);
+                if ip.is_ipv4() == v4 && lo <= n && n <= hi {
+                    out.push((f.clone(), format!("{block} contains {what}")));
                 }
             }
         }
