@@ -1426,3 +1426,300 @@ fn unresolved_next_hops_leave_by_the_variants_path() {
         }
     });
 }
+
+fn put16(frame: &mut [u8], at: usize, v: u16) {
+    frame[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Packets whose lengths contradict each other (issue 17's fuzzer findings): to a VIP they are
+/// dropped and counted and create no state; to any other address they pass untouched, to a
+/// stack that validates them. Offsets: Ethernet 14, IPv4 header at 14 (no options), L4 at 34;
+/// IPv6 header at 14, L4 at 54.
+#[test]
+fn malformed_packets_are_never_forwarded_and_create_no_state() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        // each builder makes the packet to a VIP (true) or to another address (false)
+        let syn4 = |vip: bool| {
+            let dst = if vip {
+                vip4()
+            } else {
+                Ipv4Addr::new(10, 0, 0, 1)
+            };
+            Packet::eth(CLIENT_MAC, FX0_MAC)
+                .ipv4(client4(), dst)
+                .tcp(47000, 80)
+                .flags(TcpFlags::SYN)
+                .payload(b"data")
+                .build()
+        };
+        let udp4 = |vip: bool| {
+            let dst = if vip {
+                vip4()
+            } else {
+                Ipv4Addr::new(10, 0, 0, 1)
+            };
+            Packet::eth(CLIENT_MAC, FX0_MAC)
+                .ipv4(client4(), dst)
+                .udp(47001, 53)
+                .payload(b"query")
+                .build()
+        };
+        let udp6 = |vip: bool| {
+            let dst = if vip {
+                vip6()
+            } else {
+                "fd00::1".parse().unwrap()
+            };
+            Packet::eth(CLIENT_MAC, FX0_MAC)
+                .ipv6(client6(), dst)
+                .udp(47002, 53)
+                .payload(b"query")
+                .build()
+        };
+        type Mutation = (&'static str, fn(&mut Vec<u8>));
+        let v4_tcp: &[Mutation] = &[
+            ("IP length covers 10 bytes of the TCP header", |f| {
+                put16(f, 16, 30)
+            }),
+            ("IHL·4 beyond the IP length", |f| {
+                f[14] = 0x4f;
+                put16(f, 16, 40);
+            }),
+            ("TCP data offset 4", |f| f[46] = 0x40),
+            ("TCP data offset beyond the IP length", |f| f[46] = 0xf0),
+        ];
+        let v4_udp: &[Mutation] = &[
+            ("UDP length 7", |f| put16(f, 38, 7)),
+            ("UDP length beyond the IP length", |f| put16(f, 38, 200)),
+            ("IP length covers 4 bytes of the UDP header", |f| {
+                put16(f, 16, 24)
+            }),
+        ];
+        let v6_udp: &[Mutation] = &[
+            ("IPv6 payload length 0", |f| put16(f, 18, 0)),
+            ("IPv6 payload covers 6 bytes of the UDP header", |f| {
+                put16(f, 18, 6)
+            }),
+        ];
+        type Build<'a> = &'a dyn Fn(bool) -> Vec<u8>;
+        let tables: [(Build, &[Mutation]); 3] = [(&syn4, v4_tcp), (&udp4, v4_udp), (&udp6, v6_udp)];
+        let mut tried = 0u64;
+        for (build, mutations) in tables {
+            for (what, mutate) in mutations {
+                let (mut to_vip, mut other) = (build(true), build(false));
+                mutate(&mut to_vip);
+                mutate(&mut other);
+                let (v, _) = fx.run(&to_vip, fx.fx0);
+                assert_eq!(v, XDP_DROP, "{what}, to a VIP ({:?})", fx.mode);
+                let (v, out) = fx.run(&other, fx.fx0);
+                assert_eq!((v, &out), (XDP_PASS, &other), "{what}, to a non-VIP");
+                tried += 1;
+            }
+        }
+        assert_eq!(fx.stat(shared::STAT_MALFORMED), tried);
+        assert_eq!(
+            fx.rec.dataplane().maps.conntrack.keys().count(),
+            0,
+            "no state from malformed packets"
+        );
+    });
+}
+
+/// Four extension headers are walked (docs/dataplane.md), so a fragment header among them meets
+/// the fragment policy; a fifth is more than the parser walks and is dropped when to a VIP.
+#[test]
+fn ipv6_four_extension_headers_are_walked_and_five_are_dropped() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        let four = || {
+            Packet::eth(CLIENT_MAC, FX0_MAC)
+                .ipv6(client6(), vip6())
+                .ext_hop_by_hop()
+                .ext_dest_opts()
+                .ext_routing()
+                .ext_dest_opts()
+        };
+        let syn = four().tcp(47100, 80).flags(TcpFlags::SYN).build();
+        assert_eq!(
+            fx.run(&syn, fx.fx0).0,
+            XDP_REDIRECT,
+            "four extension headers"
+        );
+        // a fragment header as the fourth: the fragment policy
+        let frag = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv6(client6(), vip6())
+            .ext_hop_by_hop()
+            .ext_dest_opts()
+            .ext_routing()
+            .ext_fragment(0, true, 5)
+            .udp(47101, 53)
+            .payload(b"q")
+            .build();
+        assert_eq!(
+            fx.run(&frag, fx.fx0).0,
+            XDP_DROP,
+            "a fragment as the fourth"
+        );
+        assert_eq!(fx.stat(shared::STAT_FRAGMENT_DROP), 1);
+        // as the fifth, or any fifth header: more than the parser walks
+        let frag5 = four()
+            .ext_fragment(0, true, 6)
+            .udp(47103, 53)
+            .payload(b"q")
+            .build();
+        let five = four()
+            .ext_dest_opts()
+            .tcp(47102, 80)
+            .flags(TcpFlags::SYN)
+            .build();
+        for (what, pkt) in [("a fragment as the fifth", &frag5), ("five", &five)] {
+            assert_eq!(fx.run(pkt, fx.fx0).0, XDP_DROP, "{what}");
+        }
+        assert_eq!(fx.stat(shared::STAT_MALFORMED), 2);
+        assert_eq!(fx.stat(shared::STAT_FRAGMENT_DROP), 1);
+    });
+}
+
+/// ICMP errors are translated only when sent to the source of the packet they quote (the VIP
+/// for a reply to a client, the SNAT address for a packet to a backend), and their checksum
+/// stays right when bytes trail the IP packet.
+#[test]
+fn icmp_errors_cannot_be_aimed_across_flows() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        let syn = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .tcp(47200, 80)
+            .flags(TcpFlags::SYN)
+            .build();
+        let (v, out) = fx.run(&syn, fx.fx0);
+        assert_eq!(v, XDP_REDIRECT);
+        let port = ParsedPacket::parse(&out).unwrap().src_port().unwrap();
+        // the backend side of the flow, quoted in errors below
+        let quoted_be = Packet::ipv4(snat4(), be4(1))
+            .tcp(port, 8080)
+            .flags(TcpFlags::ACK)
+            .build();
+        // sent to the VIP, quoting the backend side: it would reach the flow's client
+        let to_vip = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(Ipv4Addr::new(192, 0, 2, 66), vip4())
+            .icmp_dest_unreachable(1, &quoted_be, quoted_be.len())
+            .build();
+        fx.expect(
+            "error to the VIP about the backend side",
+            &to_vip,
+            fx.fx0,
+            XDP_PASS,
+            &to_vip,
+        );
+        // sent to an address that is neither VIP nor SNAT
+        let elsewhere = Packet::eth(backend_mac(1), FX1_MAC)
+            .ipv4(be4(1), Ipv4Addr::new(10, 0, 0, 1))
+            .icmp_dest_unreachable(1, &quoted_be, quoted_be.len())
+            .build();
+        fx.expect(
+            "error to a third address",
+            &elsewhere,
+            fx.fx1,
+            XDP_PASS,
+            &elsewhere,
+        );
+        assert_eq!(fx.stat(shared::STAT_ICMP_MISDIRECTED), 2);
+        assert_eq!(fx.stat(shared::STAT_ICMP_TRANSLATED), 0);
+
+        // the right error, with a quote cut after the ports (the quoted TCP checksum is not in
+        // the IP packet) and 8 bytes of trailer after it in the frame
+        let err = Packet::eth(backend_mac(1), FX1_MAC)
+            .ipv4(be4(1), snat4())
+            .icmp_dest_unreachable(1, &quoted_be, 28)
+            .build();
+        let mut trailed = err.clone();
+        trailed.extend_from_slice(&[0xab; 8]);
+        let (v, out) = fx.run(&trailed, fx.fx1);
+        assert_eq!(v, XDP_REDIRECT, "translated");
+        assert_eq!(
+            &out[out.len() - 8..],
+            &[0xab; 8],
+            "the trailer is left alone"
+        );
+        ParsedPacket::parse(&out[..out.len() - 8])
+            .unwrap()
+            .verify_checksums()
+            .unwrap_or_else(|e| panic!("translated error with a trailer: {e}"));
+        assert_eq!(fx.stat(shared::STAT_ICMP_TRANSLATED), 1);
+    });
+}
+
+/// A reset to a VIP without a flow is dropped and counted; a reset Blixt sends for a segment
+/// that came to a group MAC leaves from the interface's own MAC.
+#[test]
+fn stray_resets_are_counted_and_resets_leave_from_the_interface() {
+    let mut snap = one_backend();
+    with_fixture(&snap, node(1024, 32767), |fx| {
+        let rst = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .tcp(47300, 80)
+            .flags(TcpFlags::RST)
+            .build();
+        assert_eq!(fx.run(&rst, fx.fx0).0, XDP_DROP);
+        assert_eq!(fx.stat(shared::STAT_STRAY_RST), 1);
+    });
+    for f in &mut snap.frontends {
+        f.backends.clear();
+        f.reject_weight = 1;
+    }
+    with_fixture(&snap, node(1024, 32767), |fx| {
+        let group = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
+        let syn = Packet::eth(CLIENT_MAC, group)
+            .ipv4(client4(), vip4())
+            .tcp(47301, 80)
+            .flags(TcpFlags::SYN)
+            .build();
+        let (v, out) = fx.run(&syn, fx.fx0);
+        assert_eq!(v, XDP_TX, "reset");
+        let p = ParsedPacket::parse(&out).unwrap();
+        assert_eq!(p.src_mac(), Some(FX0_MAC), "from the interface's MAC");
+        assert_eq!(p.dst_mac(), Some(CLIENT_MAC));
+    });
+}
+
+/// Solicitations RFC 4861 7.1.1 says to discard are left to the stack, not answered.
+#[test]
+fn invalid_neighbour_solicitations_are_not_answered() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        let snm: Ipv6Addr = "ff02::1:ff00:10".parse().unwrap();
+        let mut body = vip6().octets().to_vec();
+        body.extend_from_slice(&[1, 1]);
+        body.extend_from_slice(&CLIENT_MAC);
+        let ns = |body: &[u8]| {
+            Packet::eth(CLIENT_MAC, [0x33, 0x33, 0xff, 0, 0, 0x10])
+                .ipv6(client6(), snm)
+                .hop_limit(255)
+                .icmpv6(135, 0, [0; 4])
+                .payload(body)
+                .build()
+        };
+        let mut bad_sum = ns(&body);
+        bad_sum[56] ^= 0x01; // ICMPv6 checksum at 54 + 2
+        let truncated = ns(&body[..12]); // 20 bytes of message: the target is cut
+        let mut odd_options = ns(&body);
+        odd_options.truncate(odd_options.len() - 2);
+        put16(&mut odd_options, 18, 30);
+        let dad_to_vip = Packet::eth(CLIENT_MAC, [0x33, 0x33, 0, 0, 0, 0x10])
+            .ipv6(Ipv6Addr::UNSPECIFIED, vip6())
+            .hop_limit(255)
+            .icmpv6(135, 0, [0; 4])
+            .payload(&vip6().octets())
+            .build();
+        for (what, pkt) in [
+            ("bad checksum", &bad_sum),
+            ("truncated", &truncated),
+            ("options not in 8-byte units", &odd_options),
+            ("from :: not to a solicited-node address", &dad_to_vip),
+        ] {
+            let (v, out) = fx.run(pkt, fx.fx0);
+            assert_eq!((v, &out), (XDP_PASS, pkt), "{what}");
+        }
+        assert_eq!(fx.stat(shared::STAT_NDP_REPLY), 0);
+        // and the valid one still is
+        assert_eq!(fx.run(&ns(&body), fx.fx0).0, XDP_TX);
+    });
+}

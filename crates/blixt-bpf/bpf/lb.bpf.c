@@ -88,8 +88,10 @@ static __always_inline int reject(void *ctx, const int hook, struct pkt *p, stru
 static __always_inline int new_flow(void *ctx, const int hook, struct pkt *p, struct blixt_frontend *fe,
 				    struct blixt_ct_entry **out)
 {
-	if (p->key.proto == IPPROTO_TCP && (p->tcp_flags & TCPF_RST))
-		return XDP_DROP; /* nothing to reset */
+	if (p->key.proto == IPPROTO_TCP && (p->tcp_flags & TCPF_RST)) {
+		stat_inc(BLIXT_STAT_STRAY_RST); /* nothing to reset */
+		return XDP_DROP;
+	}
 	if (fe->flags & BLIXT_FE_F_ALL_REJECT)
 		return reject(ctx, hook, p, fe, BLIXT_STAT_REJECT_NO_BACKEND);
 
@@ -199,16 +201,20 @@ static __always_inline int tracked_flow(void *ctx, const int hook, struct pkt *p
 	return ACT_FORWARD;
 }
 
-static __always_inline int fragment(struct pkt *p)
+/*
+ * A packet the load balancer cannot steer: dropped, counted under `reason`, when addressed to a
+ * VIP (nothing else on the node would take it); passed otherwise, to a stack that validates it.
+ * Fragments carry no ports (later ones not even an L4 header): steering them would need
+ * reassembly state. Malformed packets (parse.h) must never reach a backend or create state.
+ */
+static __always_inline int unsteerable(struct pkt *p, __u32 reason)
 {
 	struct blixt_vip_key vk = {};
 	__builtin_memcpy(vk.addr, p->key.dst, 16);
 	vk.family = p->family;
 	if (!bpf_map_lookup_elem(&blixt_vips, &vk))
 		return XDP_PASS;
-	/* Fragments carry no ports (later ones not even an L4 header): steering them would need
-	 * reassembly state. Policy: drop fragments addressed to a VIP, counted. */
-	stat_inc(BLIXT_STAT_FRAGMENT_DROP);
+	stat_inc(reason);
 	return XDP_DROP;
 }
 
@@ -228,7 +234,9 @@ static __always_inline int lb_main(void *ctx, const int hook)
 	case PARSE_ICMP_ERR:
 		return icmp_error(ctx, hook, &p);
 	case PARSE_FRAGMENT:
-		return fragment(&p);
+		return unsteerable(&p, BLIXT_STAT_FRAGMENT_DROP);
+	case PARSE_MALFORMED:
+		return unsteerable(&p, BLIXT_STAT_MALFORMED);
 	case PARSE_ARP:
 		return answer_arp(ctx, hook, &p);
 	case PARSE_NDP_NS:

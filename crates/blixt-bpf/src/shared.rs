@@ -37,6 +37,9 @@ pub const STAT_NAMES: &[&str] = &[
     "arp_reply",
     "ndp_reply",
     "snat_port_reused",
+    "malformed",
+    "icmp_misdirected",
+    "stray_rst",
 ];
 
 pub const STAT_REJECT_NO_BACKEND: u32 = 0;
@@ -54,7 +57,10 @@ pub const STAT_TX_ERROR: u32 = 11;
 pub const STAT_ARP_REPLY: u32 = 12;
 pub const STAT_NDP_REPLY: u32 = 13;
 pub const STAT_SNAT_PORT_REUSED: u32 = 14;
-pub const STAT_MAX: u32 = 15;
+pub const STAT_MALFORMED: u32 = 15;
+pub const STAT_ICMP_MISDIRECTED: u32 = 16;
+pub const STAT_STRAY_RST: u32 = 17;
+pub const STAT_MAX: u32 = 18;
 
 /// `magic` of the metadata XDP leaves for the TC companion (BLIXT_META_MAGIC).
 pub const META_MAGIC: u32 = 0xb1c7_a11d;

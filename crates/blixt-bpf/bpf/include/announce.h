@@ -93,6 +93,32 @@ struct ndp_na {
 #define NA_FLAG_SOLICITED 0x40
 #define NA_FLAG_OVERRIDE 0x20
 
+/* The longest solicitation checked and answered (the message and its options). */
+#define NS_MAX_LEN 128
+
+/* Whether the ICMPv6 message `msg` of `len` bytes (a multiple of 4, at most NS_MAX_LEN) after
+ * header `ip6` carries a valid checksum. */
+static __always_inline int icmp6_checksum_ok(struct ipv6hdr *ip6, __u8 *msg, __u32 len,
+					     void *data_end)
+{
+	__u32 sum = 0;
+	const __u32 *a = (const __u32 *)&ip6->saddr;
+#pragma unroll
+	for (int i = 0; i < 8; i++)
+		sum = csum_add(sum, a[i]);
+	sum = csum_add(sum, bpf_htonl(len));
+	sum = csum_add(sum, bpf_htonl(IPPROTO_ICMPV6));
+	for (int i = 0; i < NS_MAX_LEN / 4; i++) {
+		if ((__u32)i * 4 >= len)
+			break;
+		__u32 *w = (__u32 *)(msg + i * 4);
+		if ((void *)(w + 1) > data_end)
+			return 0;
+		sum = csum_add(sum, *w);
+	}
+	return csum_fold(sum) == 0;
+}
+
 static __always_inline int answer_ns(void *ctx, const int hook, struct pkt *p)
 {
 	void *data = ctx_data(ctx, hook);
@@ -107,8 +133,20 @@ static __always_inline int answer_ns(void *ctx, const int hook, struct pkt *p)
 	__u8 *ns = data + l4_off;
 	if ((void *)(ip6 + 1) > data_end || (void *)(ns + 24) > data_end)
 		return XDP_PASS;
-	/* RFC 4861 7.1.1: hop limit 255, code 0 */
+	/* RFC 4861 7.1.1: hop limit 255, code 0, at least 24 bytes, options in 8-byte units, a
+	 * valid checksum, and from :: only to a solicited-node address; anything else is left to
+	 * the stack, which discards it */
 	if (ip6->hop_limit != 255 || ns[1] != 0)
+		return XDP_PASS;
+	__u32 ns_len = p->l3_end - l4_off;
+	if (ns_len < 24 || ns_len > NS_MAX_LEN || ns_len % 8)
+		return XDP_PASS;
+	const __u32 *src = (const __u32 *)&ip6->saddr;
+	if (!(src[0] | src[1] | src[2] | src[3]) &&
+	    (ip6->daddr.in6_u.u6_addr8[0] != 0xff || ip6->daddr.in6_u.u6_addr8[1] != 0x02 ||
+	     ip6->daddr.in6_u.u6_addr8[11] != 0x01 || ip6->daddr.in6_u.u6_addr8[12] != 0xff))
+		return XDP_PASS;
+	if (!icmp6_checksum_ok(ip6, ns, ns_len, data_end))
 		return XDP_PASS;
 	__u8 target[16];
 	__builtin_memcpy(target, ns + 8, 16);
@@ -135,7 +173,7 @@ static __always_inline int answer_ns(void *ctx, const int hook, struct pkt *p)
 		return XDP_DROP;
 
 	/* to the solicitor; a solicitation from :: (DAD) is answered to all nodes */
-	const __u32 *src = (const __u32 *)&ip6->saddr;
+	src = (const __u32 *)&ip6->saddr;
 	if (!(src[0] | src[1] | src[2] | src[3])) {
 		__u8 all_nodes[16] = {0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
 		__builtin_memcpy(&ip6->daddr, all_nodes, 16);

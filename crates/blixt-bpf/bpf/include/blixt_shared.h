@@ -55,6 +55,10 @@ enum blixt_stat {
 	BLIXT_STAT_NDP_REPLY,             /* neighbour solicitations for a VIP answered */
 	BLIXT_STAT_SNAT_PORT_REUSED,      /* every probed source port taken: a closed or expired
 					     flow's port was taken over */
+	BLIXT_STAT_MALFORMED,             /* lengths that contradict each other, to a VIP: dropped */
+	BLIXT_STAT_ICMP_MISDIRECTED,      /* ICMP error about a tracked flow not sent to the quoted
+					     packet's source: passed untranslated */
+	BLIXT_STAT_STRAY_RST,             /* TCP reset to a VIP without a flow: dropped */
 	BLIXT_STAT_MAX,
 };
 

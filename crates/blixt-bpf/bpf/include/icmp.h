@@ -40,6 +40,17 @@ static __always_inline int icmp_error(void *ctx, const int hook, struct pkt *p)
 		stat_inc(BLIXT_STAT_ICMP_UNKNOWN);
 		return XDP_PASS;
 	}
+	/*
+	 * An error goes back to the source of the packet it quotes. Found by the quoted tuple, the
+	 * entry makes that source a VIP (an error about a reply to a client) or the node's SNAT
+	 * address (about a packet to a backend); an error to any other address, or to the VIP
+	 * quoting the backend side of a flow, is not about a packet Blixt sent there.
+	 */
+	const __u32 *od = (const __u32 *)p->outer_dst, *qs = (const __u32 *)p->key.src;
+	if ((od[0] ^ qs[0]) | (od[1] ^ qs[1]) | (od[2] ^ qs[2]) | (od[3] ^ qs[3])) {
+		stat_inc(BLIXT_STAT_ICMP_MISDIRECTED);
+		return XDP_PASS;
+	}
 	/* routed like a packet of the entry's direction, before anything is rewritten */
 	struct blixt_hop hop;
 	int route = fib_hop(ctx, hook, p, ct->nsrc, ct->ndst, &hop, 0);
@@ -103,14 +114,12 @@ static __always_inline int icmp_error(void *ctx, const int hook, struct pkt *p)
 	icmp = csum_diff32(icmp, *ports, nports);
 	*ports = nports;
 
-	/* the quoted L4 checksum, when the quote reaches it */
+	/* the quoted L4 checksum, when the quote reaches it: within the IP packet, which the ICMP
+	 * checksum covers, not merely within the frame */
 	__u16 *l4sum = 0;
-	if (p->key.proto == IPPROTO_TCP) {
-		if (data + il4 + 18 <= data_end)
-			l4sum = data + il4 + 16;
-	} else if (data + il4 + 8 <= data_end) {
-		l4sum = data + il4 + 6;
-	}
+	__u32 sum_off = il4 + (p->key.proto == IPPROTO_TCP ? 16 : 6);
+	if (sum_off + 2 <= p->l3_end && data + sum_off + 2 <= data_end)
+		l4sum = data + (sum_off & 0x7ff);
 	if (l4sum && (void *)(l4sum + 1) <= data_end && (*l4sum || v6 || p->key.proto == IPPROTO_TCP)) {
 		__u16 old = *l4sum;
 		__u16 c = csum_apply(old, inner_l4);

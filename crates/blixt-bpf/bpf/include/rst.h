@@ -41,21 +41,17 @@ static __always_inline int send_rst(void *ctx, const int hook, struct pkt *p)
 	__u32 doff = th->doff * 4;
 	__u8 flags = p->tcp_flags;
 
-	if (p->family == BLIXT_FAMILY_V6) {
-		struct ipv6hdr *ip6 = data + l3_off;
-		if ((void *)(ip6 + 1) > data_end)
-			return XDP_DROP;
-		seg_len = bpf_ntohs(ip6->payload_len) - (l4_off - l3_off - sizeof(*ip6)) - doff;
-	} else {
-		struct iphdr *iph = data + l3_off;
-		if ((void *)(iph + 1) > data_end)
-			return XDP_DROP;
-		seg_len = bpf_ntohs(iph->tot_len) - iph->ihl * 4 - doff;
-	}
+	/* parse.h checked that the header with its options lies within the IP packet */
+	if (l4_off + doff > p->l3_end)
+		return XDP_DROP;
+	seg_len = p->l3_end - l4_off - doff;
 	if (flags & TCPF_SYN)
 		seg_len += 1;
 	if (flags & TCPF_FIN)
 		seg_len += 1;
+
+	__u32 ifindex = ctx_ifindex(ctx, hook);
+	struct blixt_iface *ifc = bpf_map_lookup_elem(&blixt_ifaces, &ifindex);
 
 	__u32 want = l4_off + sizeof(struct tcphdr);
 	__u32 have = ctx_len(ctx, hook);
@@ -71,9 +67,16 @@ static __always_inline int send_rst(void *ctx, const int hook, struct pkt *p)
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return XDP_DROP;
+	/* sent from the interface's own address (the segment may have come to a group address):
+	 * the agent's entry for it, else the unicast address the segment came to */
 	__u8 mac[ETH_ALEN];
 	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	if (ifc)
+		__builtin_memcpy(eth->h_source, ifc->mac, ETH_ALEN);
+	else if (eth->h_dest[0] & 1)
+		return XDP_DROP;
+	else
+		__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
 
 	__u16 tcp_len = bpf_htons(sizeof(struct tcphdr));
