@@ -1,31 +1,84 @@
-//! The agent's main loop: load (or re-adopt) the dataplane, attach it, then apply every snapshot
-//! a source produces and sweep conntrack, until asked to stop.
+//! The agent's main loop: load (or re-adopt) the dataplane, attach it, then hand every
+//! generation a source produces to the [`Node`] and sweep conntrack, until asked to stop.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use blixt_bpf::{Dataplane, DataplaneOptions};
-use blixt_core::snapshot::Snapshot;
+use blixt_core::generation::Generation;
 use tracing::{error, info, warn};
 
-use crate::metrics::AgentMetrics;
-use crate::reconciler::{monotonic_ns, NodeConfig, Reconciler};
+use crate::node::Node;
+use crate::reconciler::{NodeConfig, Reconciler};
 
-/// Where snapshots come from: a file, the translator over manifests, the controller's stream.
-pub trait SnapshotSource {
-    /// A new snapshot when there is one, an error (reported, the last good one keeps serving)
-    /// when the source has something it cannot turn into a snapshot, `None` when nothing changed.
-    fn poll(&mut self) -> Option<Result<Snapshot>>;
+/// Where generations come from when the loop asks for them: a [`SnapshotFile`], the
+/// translator over manifests (`blixt_standalone::StandaloneSource`). (The controller's stream
+/// pushes its generations to [`Node::apply`] itself, so that each ack says whether the apply
+/// worked: see [`crate::controller`].)
+pub trait GenerationSource {
+    /// A new generation when there is one, an error (reported, the last good one keeps
+    /// serving) when the source has something it cannot turn into one, `None` when nothing
+    /// changed.
+    fn poll(&mut self) -> Option<Result<Generation>>;
 
-    /// Waits up to `timeout` before the next [`SnapshotSource::poll`]. A source that can tell
-    /// when it changed (a file watcher) returns as soon as it did, so a change is applied
+    /// Waits up to `timeout` before the next [`GenerationSource::poll`]. A source that can
+    /// tell when it changed (a file watcher) returns as soon as it did, so a change is applied
     /// without waiting out the poll interval; the default just sleeps.
     fn wait(&mut self, timeout: Duration) {
         std::thread::sleep(timeout);
     }
+
+    /// Called once the node applied `generation` (statuses, readiness lines); the default
+    /// prints the `applied` line.
+    fn applied(&mut self, generation: &Generation) {
+        print_applied(generation.number(), "");
+    }
+}
+
+/// A snapshot file (JSON, the [`blixt_core::snapshot::Snapshot`] shape), re-read whenever its
+/// modification time changes; every VIP is announced and there is no TLS listener.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    path: PathBuf,
+    seen: Option<SystemTime>,
+}
+
+impl SnapshotFile {
+    pub fn new(path: PathBuf) -> Self {
+        SnapshotFile { path, seen: None }
+    }
+}
+
+impl GenerationSource for SnapshotFile {
+    fn poll(&mut self) -> Option<Result<Generation>> {
+        let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified());
+        let mtime = match mtime {
+            Ok(t) => t,
+            Err(e) => return Some(Err(anyhow::anyhow!("{}: {e}", self.path.display()))),
+        };
+        if self.seen == Some(mtime) {
+            return None;
+        }
+        self.seen = Some(mtime);
+        Some(
+            std::fs::read(&self.path)
+                .with_context(|| format!("reading {}", self.path.display()))
+                .and_then(|b| {
+                    serde_json::from_slice(&b)
+                        .with_context(|| format!("{}: not a snapshot", self.path.display()))
+                })
+                .map(Generation::of),
+        )
+    }
+}
+
+/// Prints `{"event":"applied",<fields>"generation":N}` on stdout, the line scripts, tests and
+/// the benchmark wait on; `fields` are more `"key":value,` pairs. `generation` stays last:
+/// readers match `"generation":N}`.
+pub fn print_applied(generation: u64, fields: &str) {
+    println!("{{\"event\":\"applied\",{fields}\"generation\":{generation}}}");
 }
 
 /// Everything the agent needs besides its snapshot source.
@@ -35,7 +88,7 @@ pub struct AgentOptions {
     pub interfaces: Vec<String>,
     pub node: NodeConfig,
     /// How often the source is polled (at the latest: a source may wake the loop sooner, see
-    /// [`SnapshotSource::wait`]).
+    /// [`GenerationSource::wait`]).
     pub poll_interval: Duration,
     /// How often conntrack is swept for expired flows.
     pub sweep_interval: Duration,
@@ -69,8 +122,9 @@ fn enable_forwarding(iface: &str) -> Result<()> {
     Ok(())
 }
 
-/// Loads, attaches, and returns a reconciler ready for snapshots. Printed once ready:
-/// the attach mode per interface and how many frontends were re-adopted from pins.
+/// Loads, attaches, and returns a reconciler ready for snapshots (the one [`Node::start`]
+/// wraps). Printed once ready: the attach mode per interface and how many frontends were
+/// re-adopted from pins.
 pub fn start(opts: &AgentOptions) -> Result<Reconciler> {
     let mut dp = Dataplane::load(opts.dataplane.clone()).context("loading the dataplane")?;
     log_dataplane(&dp);
@@ -113,59 +167,32 @@ fn log_dataplane(dp: &Dataplane) {
     }
 }
 
-/// Runs until `stop` is set. Each snapshot is applied whole or refused whole; `on_applied`
-/// is called after every successful apply (statuses, readiness lines).
+/// Runs until `stop` is set: each generation of `source` is applied by `node` whole or refused
+/// whole, and conntrack is swept every [`AgentOptions::sweep_interval`].
 pub fn run(
     opts: &AgentOptions,
-    rec: &Arc<Mutex<Reconciler>>,
-    metrics: &AgentMetrics,
-    source: &mut dyn SnapshotSource,
+    node: &Node,
+    source: &mut dyn GenerationSource,
     stop: &AtomicBool,
-    mut on_applied: impl FnMut(&Snapshot),
 ) -> Result<()> {
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         match source.poll() {
-            Some(Ok(snap)) => {
-                let t = Instant::now();
-                let result = rec.lock().expect("reconciler lock").apply(&snap);
-                match result {
-                    Ok(report) => {
-                        let elapsed = t.elapsed();
-                        metrics.apply_seconds.observe(elapsed.as_secs_f64());
-                        metrics.applies.inc();
-                        metrics.generation.set(snap.generation as i64);
-                        info!(?report, elapsed_us = elapsed.as_micros() as u64, "applied");
-                        on_applied(&snap);
-                    }
-                    Err(e) => {
-                        metrics.refused.inc();
-                        error!(
-                            generation = snap.generation,
-                            "snapshot refused, previous one keeps serving: {e}"
-                        )
-                    }
+            Some(Ok(generation)) => {
+                // a refused generation is logged and counted by the node
+                let applied = node.apply(&generation).is_ok();
+                if applied {
+                    source.applied(&generation);
                 }
             }
             Some(Err(e)) => {
-                metrics.refused.inc();
+                node.metrics().refused.inc();
                 error!("configuration refused, previous one keeps serving: {e:#}")
             }
             None => {}
         }
         if last_sweep.elapsed() >= opts.sweep_interval {
-            let swept = rec.lock().expect("reconciler lock").sweep(monotonic_ns());
-            match swept {
-                Ok(r) => {
-                    metrics
-                        .conntrack_entries
-                        .set((r.scanned - r.expired) as i64);
-                    if r.expired > 0 {
-                        info!(scanned = r.scanned, expired = r.expired, "conntrack sweep");
-                    }
-                }
-                Err(e) => warn!("conntrack sweep: {e}"),
-            }
+            node.sweep();
             last_sweep = Instant::now();
         }
         source.wait(opts.poll_interval);

@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use blixt_agent::tls::TlsStatus;
 use blixt_bpf::shared::{
     addr_from, BackendValue, CtEntry, FlowKey, BE_F_ACTIVE, BE_F_TERMINATING, CT_CLOSING,
     CT_DIR_FORWARD, CT_ESTABLISHED, FE_F_ALL_REJECT, SLOT_REJECT, STAT_NAMES,
@@ -19,7 +20,7 @@ use blixt_bpf::PinnedDataplane;
 use blixt_core::snapshot::BackendState;
 use serde::Serialize;
 
-use crate::run_cmd::{StatusMessage, TlsStatus};
+use crate::status_socket::StatusMessage;
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
@@ -418,7 +419,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run_cmd::{TlsBackendCounters, TlsListenerCounters, TlsRouteCounters};
+    use blixt_agent::tls::{TlsBackendCounters, TlsListenerCounters, TlsRouteCounters};
     use blixt_core::snapshot::{Backend, BackendAddr};
     use blixt_core::tls::{SniRoute, TlsFrontend};
 
@@ -493,7 +494,7 @@ mod tests {
             }],
             pending_handshakes: 0,
             table_updates: 3,
-            steering: Some(crate::run_cmd::TlsSteerCounters {
+            steering: Some(blixt_agent::tls::TlsSteerCounters {
                 steered: 7,
                 assign_failed: 0,
             }),

@@ -6,7 +6,7 @@ mod demo;
 mod inspect_cmd;
 mod run_cmd;
 mod status_cmd;
-mod tls_service;
+mod status_socket;
 
 use clap::{Parser, Subcommand};
 

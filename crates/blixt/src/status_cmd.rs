@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use blixt_standalone::status::{render, report, OutputFormat};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::run_cmd::StatusMessage;
+use crate::status_socket::StatusMessage;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {

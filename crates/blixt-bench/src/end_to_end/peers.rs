@@ -40,10 +40,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use blixt_agent::metrics::AgentMetrics;
-use blixt_agent::runner::{self, AgentOptions, SnapshotSource};
-use blixt_agent::{NodeConfig, Reconciler};
+use blixt_agent::runner::{self, AgentOptions, GenerationSource};
+use blixt_agent::{Node, NodeConfig, NodeServices, Reconciler};
 use blixt_bpf::{AttachMode, AttachedMode, DataplaneOptions};
+use blixt_core::generation::Generation;
 use blixt_core::snapshot::{
     Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot,
 };
@@ -336,10 +336,12 @@ pub fn kernel_ip_counters(ns: &NetNs) -> Result<(u64, u64)> {
 /// Hands the agent loop one snapshot, then nothing.
 struct Once(Option<Snapshot>);
 
-impl SnapshotSource for Once {
-    fn poll(&mut self) -> Option<Result<Snapshot>> {
-        self.0.take().map(Ok)
+impl GenerationSource for Once {
+    fn poll(&mut self) -> Option<Result<Generation>> {
+        self.0.take().map(|s| Ok(Generation::of(s)))
     }
+
+    fn applied(&mut self, _: &Generation) {}
 }
 
 /// The snapshot serving `services` (generation 1).
@@ -407,23 +409,22 @@ impl BlixtLb {
             announce: false,
             remove_on_exit: false,
         };
-        let rec = lab
+        let node = lab
             .lb
-            .run_in(|| runner::start(&opts))
+            .run_in(|| Node::start(&opts, NodeServices::default()))
             .context("starting Blixt on the lb node")?;
-        let rec = Arc::new(Mutex::new(rec));
+        let node = Arc::new(node);
+        let rec = node.shared_reconciler();
         let stop = Arc::new(AtomicBool::new(false));
         let snapshot = blixt_snapshot(services);
         let generation = snapshot.generation;
         let thread = {
-            let rec = rec.clone();
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("blixt-agent".into())
                 .spawn(move || {
-                    let metrics = AgentMetrics::default();
                     let mut source = Once(Some(snapshot));
-                    runner::run(&opts, &rec, &metrics, &mut source, &stop, |_| {})
+                    runner::run(&opts, &node, &mut source, &stop)
                 })
                 .context("spawning the agent loop")?
         };

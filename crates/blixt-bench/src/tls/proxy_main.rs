@@ -1,5 +1,5 @@
 //! `blixt-bench-tls-proxy FRONTENDS_JSON`: Blixt's TLS passthrough served the way `blixt run`
-//! serves a TLSRoute (crates/blixt/src/tls_service.rs): a multi-threaded tokio runtime with
+//! serves a TLSRoute (crates/blixt-agent/src/tls.rs): a multi-threaded tokio runtime with
 //! the default worker count, [`ProxyConfig::default`], and sk_lookup steering with managed local
 //! routes, so no VIP is configured by hand. Suite 6 starts it in the lab's lb namespace, one
 //! process per measurement round, so that its CPU time and its `perf` profile are the proxy's

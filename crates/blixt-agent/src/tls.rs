@@ -1,18 +1,18 @@
-//! TLS passthrough served by this process: [`TlsService`] owns a tokio runtime and the
-//! `blixt-tls` service (a proxy steered by sk_lookup), started with the first generation that
-//! has a TLS listener and fed the SNI tables (`Translation::tls`) of every generation after
-//! the XDP part of the same generation was applied. Used by `blixt run` (tables from its own
-//! translation) and by `blixt agent --controller` (tables from the snapshot stream); see
-//! docs/tls-passthrough.md.
+//! TLS passthrough served by the node: [`TlsService`] owns a tokio runtime and the `blixt-tls`
+//! service (a proxy steered by sk_lookup), started with the first generation that has a TLS
+//! listener and fed the SNI tables ([`Generation::tls`]) of every generation after the XDP part
+//! of the same generation was applied, by the [`Node`](crate::node::Node). Generations with TLS
+//! listeners come from `blixt run` (its own translation) and `blixt agent --controller` (the
+//! snapshot stream); see docs/tls-passthrough.md.
+//!
+//! [`Generation::tls`]: blixt_core::generation::Generation::tls
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use blixt_agent::metrics::{self, AgentMetrics};
-use blixt_agent::reconciler::Reconciler;
 use blixt_core::tls::TlsFrontend;
 use blixt_tls::{ProxyConfig, ProxyStats, Steering, TlsPassthrough};
 use serde::{Deserialize, Serialize};
@@ -136,12 +136,12 @@ impl TlsStatus {
     }
 }
 
-/// TLS passthrough in `blixt run` and `blixt agent --controller`: a tokio runtime of its own and the `blixt-tls` service,
-/// both started with the first configuration that has a TLS listener (a host without one
-/// runs no proxy and gets no sk_lookup program), then fed the SNI tables of every generation.
-/// Shared by the main loop (apply), the status socket and the metrics endpoint (read).
+/// TLS passthrough of a node: a tokio runtime of its own and the `blixt-tls` service, both
+/// started with the first configuration that has a TLS listener (a host without one runs no
+/// proxy and gets no sk_lookup program), then fed the SNI tables of every generation. Read by
+/// the status socket and the metrics endpoint.
 #[derive(Debug, Default)]
-pub(crate) struct TlsService {
+pub struct TlsService {
     state: Mutex<TlsState>,
 }
 
@@ -163,7 +163,7 @@ impl TlsService {
     /// Serves `frontends` (the SNI tables of `generation`) for new connections; established
     /// connections are not touched. A failure is logged and kept for the status socket; TCP
     /// and UDP listeners are not affected by it.
-    pub(crate) fn apply(&self, generation: u64, frontends: Vec<TlsFrontend>) {
+    pub fn apply(&self, generation: u64, frontends: Vec<TlsFrontend>) {
         let mut st = self.state();
         if st.service.is_none() {
             if frontends.is_empty() {
@@ -217,7 +217,7 @@ impl TlsService {
     }
 
     /// The SNI tables and counters; `None` while TLS passthrough never had anything to do.
-    pub(crate) fn status(&self) -> Option<TlsStatus> {
+    pub fn status(&self) -> Option<TlsStatus> {
         let st = self.state();
         if st.service.is_none() && st.error.is_none() {
             return None;
@@ -246,7 +246,7 @@ impl TlsService {
     }
 
     /// The `blixt_tls_*` families, encoded (OpenMetrics text, ending in `# EOF`).
-    fn render_metrics(&self) -> String {
+    pub(crate) fn render_metrics(&self) -> String {
         use prometheus_client::metrics::counter::Counter;
         let mut registry = prometheus_client::registry::Registry::with_prefix("blixt");
         let st = self.state();
@@ -278,7 +278,7 @@ impl TlsService {
 
     /// Stops accepting, removes the sk_lookup steering and the local routes of the VIPs, and
     /// shuts the runtime down (open TLS connections end with the process).
-    fn shutdown(&self) {
+    pub fn shutdown(&self) {
         let mut st = self.state();
         let service = st.service.take();
         let runtime = st.runtime.take();
@@ -314,38 +314,4 @@ fn start_tls() -> Result<(tokio::runtime::Runtime, TlsPassthrough)> {
     };
     info!("TLS passthrough started (sk_lookup steering)");
     Ok((runtime, service))
-}
-
-/// Shuts TLS passthrough down when the command returns, also on an error.
-pub(crate) struct TlsGuard(pub(crate) Arc<TlsService>);
-
-impl Drop for TlsGuard {
-    fn drop(&mut self) {
-        self.0.shutdown();
-    }
-}
-
-/// The whole exposition: the agent's (dataplane counters and its own metrics) followed by
-/// TLS passthrough's, as one OpenMetrics document.
-fn render_metrics(rec: &Reconciler, agent: &AgentMetrics, tls: &TlsService) -> String {
-    let mut out = metrics::render(rec, agent);
-    if let Some(stripped) = out.strip_suffix("# EOF\n") {
-        out.truncate(stripped.len());
-    }
-    out.push_str(&tls.render_metrics());
-    out
-}
-
-/// `GET /metrics` and `GET /healthz` on `addr`: the agent's endpoint with the TLS passthrough
-/// families added.
-pub(crate) fn serve_metrics(
-    addr: SocketAddr,
-    rec: Arc<Mutex<Reconciler>>,
-    agent: Arc<AgentMetrics>,
-    tls: Arc<TlsService>,
-) -> std::io::Result<SocketAddr> {
-    metrics::serve_with(addr, move || match rec.lock() {
-        Ok(r) => render_metrics(&r, &agent, &tls),
-        Err(_) => String::from("# agent state unavailable\n"),
-    })
 }
