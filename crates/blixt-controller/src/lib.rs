@@ -9,6 +9,7 @@ pub mod delegation;
 pub mod index;
 pub mod leader;
 pub mod programmed;
+pub mod publish;
 pub mod reserved;
 pub mod status;
 

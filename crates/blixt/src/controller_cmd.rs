@@ -11,7 +11,6 @@ use anyhow::{bail, Context, Result};
 use blixt_controller::agents::TokenReviewVerifier;
 use blixt_controller::leader::LeaseConfig;
 use blixt_controller::ControllerOptions;
-use blixt_core::generation::Generation;
 use blixt_core::translator::{IpNet, TranslatorConfig, CONTROLLER_NAME};
 use blixt_stream::{
     AccessPolicy, Authenticator, BearerAuthenticator, CachingVerifier, FirstPresented, Keepalive,
@@ -252,54 +251,15 @@ pub fn run(args: ControllerArgs) -> Result<()> {
         if args.metrics_address != "none" {
             serve_metrics(&args.metrics_address, running.clone(), server.clone())?;
         }
-        // Only the leader serves snapshots: VIP owners are computed from the agents subscribed
-        // to one server, so agents split between replicas would each pick owners of their own.
-        // A standby answers UNAVAILABLE and agents retry until the Service sends them to the
-        // leader.
-        let leadership = running.leadership.clone();
-        let mut serving = false;
-        let sync = |p: &Generation, serving: &mut bool| {
-            let Some(s) = &server else { return };
-            if !leadership.is_leader() {
-                if *serving {
-                    s.withdraw();
-                    *serving = false;
-                    info!("not the leader: snapshot stream withdrawn");
-                }
-                return;
-            }
-            if *serving && s.current_generation() == Some(p.number()) {
-                return;
-            }
-            match s.publish_generation(p.clone()) {
-                Ok(()) => {
-                    if !*serving {
-                        info!(generation = p.number(), "leading: serving snapshots");
-                    }
-                    *serving = true;
-                }
-                Err(e) => tracing::warn!("publishing generation {}: {e}", p.number()),
-            }
-        };
-        sync(&running.snapshots.borrow_and_update().clone(), &mut serving);
-        let mut leadership_check = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                changed = running.snapshots.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    let p = running.snapshots.borrow_and_update().clone();
-                    sync(&p, &mut serving);
-                    println!("{{\"event\":\"snapshot\",\"generation\":{}}}", p.number());
-                }
-                _ = leadership_check.tick() => {
-                    let p = running.snapshots.borrow().clone();
-                    sync(&p, &mut serving);
-                }
-                _ = tokio::signal::ctrl_c() => break,
-            }
-        }
+        blixt_controller::publish::publish_while_leader(
+            &mut running,
+            server.as_ref(),
+            |g| println!("{{\"event\":\"snapshot\",\"generation\":{}}}", g.number()),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
+        .await;
         Ok(())
     })
 }
