@@ -36,6 +36,12 @@ pub struct NodeConfig {
     pub port_max: u16,
     pub tcp_syn_timeout_s: u32,
     pub tcp_established_timeout_s: u32,
+    /// How long a closed (FIN or RST) TCP flow keeps its entries, and so its source port for
+    /// its own client tuple. At least the backends' TIME_WAIT (60 s on Linux; netfilter keeps
+    /// TIME_WAIT 120 s): a port freed sooner goes to another client's connection while the
+    /// backend still holds the 4-tuple, and that connection's SYN carries a timestamp of
+    /// another clock (Linux offsets timestamps per connection), which PAWS refuses half the
+    /// time: the client waits for a SYN retransmission (docs/reliability.md, "Sustained load").
     pub tcp_closing_timeout_s: u32,
     pub udp_timeout_s: u32,
 }
@@ -49,7 +55,7 @@ impl Default for NodeConfig {
             port_max: 32767,
             tcp_syn_timeout_s: 60,
             tcp_established_timeout_s: 6 * 3600,
-            tcp_closing_timeout_s: 10,
+            tcp_closing_timeout_s: 120,
             udp_timeout_s: 60,
         }
     }

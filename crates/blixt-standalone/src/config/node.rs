@@ -107,7 +107,8 @@ pub struct Timeouts {
     /// A TCP flow that has seen a SYN but no reply.
     pub tcp_syn: Seconds,
     pub tcp_established: Seconds,
-    /// After a FIN or RST.
+    /// After a FIN or RST; at least the backends' TIME_WAIT (see
+    /// `blixt_agent::NodeConfig::tcp_closing_timeout_s`).
     pub tcp_closing: Seconds,
     pub udp: Seconds,
 }
@@ -118,7 +119,7 @@ impl Default for Timeouts {
         Timeouts {
             tcp_syn: Seconds(60),
             tcp_established: Seconds(6 * 3600),
-            tcp_closing: Seconds(10),
+            tcp_closing: Seconds(120),
             udp: Seconds(60),
         }
     }
