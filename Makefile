@@ -15,6 +15,7 @@ help:
 	@echo "make demo   - build and run the demo lab (root)"
 	@echo "make test   - install dependencies, lint, run every test (root)"
 	@echo "make bench  - run the benchmark harness (root); QUICK=1 for a short run"
+	@echo "make fuzz   - the dataplane fuzzer's long run, 10M packets (root; docs/reliability.md)"
 
 ## deps: Debian packages (clang for the BPF C programs, bpftool, iproute2) and a bpffs mount.
 deps:
@@ -57,6 +58,15 @@ lab: deps
 
 bench: deps k8s-bins
 	@QUICK=$(QUICK) bash bench/run.sh
+
+## fuzz: the dataplane fuzzer's long run (crates/blixt-agent/tests/fuzz.rs, docs/reliability.md):
+## FUZZ_PACKETS mutated packets per mode (XDP and TC; default 5M each, 10M in all), FUZZ_SEED the
+## PRNG seed (decimal); report in target/fuzz-report.txt. `make test` runs a quick 110k.
+FUZZ_PACKETS ?= 5000000
+.PHONY: fuzz
+fuzz: deps
+	@bash hack/require-root.sh "make fuzz"
+	BLIXT_FUZZ_PACKETS=$(FUZZ_PACKETS) BLIXT_FUZZ_SEED=$(FUZZ_SEED) $(CARGO) test -p blixt-agent --test fuzz -- --ignored fuzz_long --nocapture
 
 ## conformance: the upstream Gateway API conformance suite (v1.7.0; GATEWAY-TCP, -UDP, -TLS); report
 ## and summary in target/conformance/. Without KUBECONFIG (root): a cluster of the test harness
