@@ -1815,6 +1815,7 @@ impl Fuzzer {
                         && d.qdst.is_some_and(is_vip);
                 let by_quote =
                     matches!(d.class, Class::Malformed(QUOTED_L4_CUT | QUOTED_UDP_LENGTH))
+                        && seen != Seen::Sent
                         && (seen == Seen::Drop) == quoted_dst_decides
                         && (seen == Seen::Drop) != to_vip;
                 match seen {
