@@ -905,18 +905,36 @@ fn weights_zero_weight_and_reject_share() {
 }
 
 #[test]
-fn conntrack_full_falls_back_to_stateless_forwarding() {
-    // one SNAT port: the second flow to the backend finds no free source port
+fn no_free_source_port_refuses_the_flow() {
+    // one SNAT port: the second flow to the backend finds no free source port, and is refused
+    // rather than forwarded on the port the first flow owns
     with_fixture(&one_backend(), node(2000, 2000), |fx| {
         let (v, out) = fx.run(&syn_from(45000), fx.fx0);
         assert_eq!(v, XDP_REDIRECT);
         assert_eq!(ParsedPacket::parse(&out).unwrap().src_port(), Some(2000));
         let (v, out) = fx.run(&syn_from(45001), fx.fx0);
-        assert_eq!(v, XDP_REDIRECT, "still forwarded");
-        assert_eq!(dst_of(&out), IpAddr::from(be4(1)));
-        assert_eq!(fx.stat(shared::STAT_CT_INSERT_FAILED), 1);
+        assert_eq!(v, XDP_TX, "reset");
+        let p = ParsedPacket::parse(&out).unwrap();
+        assert_eq!(p.dst_ip(), Some(IpAddr::from(client4())));
+        assert!(p.tcp_flags().unwrap().contains(TcpFlags::RST));
+        assert_eq!(fx.stat(shared::STAT_SNAT_EXHAUSTED), 1);
         let key = FlowKey::new(client4().into(), 45001, vip4().into(), 80, 6);
-        assert!(fx.ct(&key).is_none(), "no state for the overflowing flow");
+        assert!(fx.ct(&key).is_none(), "no state for the refused flow");
+        // UDP is dropped
+        let udp = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .udp(45002, 53)
+            .payload(b"q")
+            .build();
+        let (v, _) = fx.run(&udp, fx.fx0);
+        assert_eq!(v, XDP_REDIRECT, "UDP has its own port space");
+        let udp2 = Packet::eth(CLIENT_MAC, FX0_MAC)
+            .ipv4(client4(), vip4())
+            .udp(45003, 53)
+            .payload(b"q")
+            .build();
+        assert_eq!(fx.run(&udp2, fx.fx0).0, XDP_DROP);
+        assert_eq!(fx.stat(shared::STAT_SNAT_EXHAUSTED), 2);
     });
 }
 
@@ -1187,8 +1205,6 @@ fn sweeper_expires_pairs_by_state_timeout() {
 
         let r = fx.rec.sweep(now + 5 * s).unwrap();
         assert_eq!((r.scanned, r.expired), (6, 0), "nothing idle long enough");
-        let r = fx.rec.sweep(now + 12 * s).unwrap();
-        assert_eq!(r.expired, 2, "the closing flow (10 s)");
         let syn_key = FlowKey::new(client4().into(), 50000, vip4().into(), 80, 6);
         assert!(fx.ct(&syn_key).is_some());
         let r = fx.rec.sweep(now + 62 * s).unwrap();
@@ -1196,6 +1212,10 @@ fn sweeper_expires_pairs_by_state_timeout() {
             r.expired, 4,
             "the SYN-only TCP flow (60 s) and the UDP flow (60 s)"
         );
+        assert!(fx.ct(&syn_key).is_none());
+        // a closing flow keeps its entries (and source port) past the backends' TIME_WAIT
+        let r = fx.rec.sweep(now + 122 * s).unwrap();
+        assert_eq!(r.expired, 2, "the closing flow (120 s)");
         assert_eq!(count(fx), 0);
     });
 }
@@ -1280,10 +1300,10 @@ fn a_closed_or_expired_flows_source_port_is_taken_over_when_all_are_in_use() {
         sorted.sort_unstable();
         assert_eq!(sorted, [2000, 2001, 2002, 2003], "each flow its own port");
 
-        // every port in use by a live flow: the fifth flow cannot be tracked
-        assert_eq!(fx.run(&syn_from(53010), fx.fx0).0, XDP_REDIRECT);
+        // every port in use by a live flow: the fifth flow is refused
+        assert_eq!(fx.run(&syn_from(53010), fx.fx0).0, XDP_TX);
         assert!(fx.ct(&key(53010)).is_none());
-        assert_eq!(fx.stat(shared::STAT_CT_INSERT_FAILED), 1);
+        assert_eq!(fx.stat(shared::STAT_SNAT_EXHAUSTED), 1);
         assert_eq!(fx.stat(shared::STAT_SNAT_PORT_REUSED), 0);
 
         // the first flow's backend closes (FIN): closing, but still within its last second
@@ -1294,7 +1314,7 @@ fn a_closed_or_expired_flows_source_port_is_taken_over_when_all_are_in_use() {
             .build();
         assert_eq!(fx.run(&fin, fx.fx1).0, XDP_REDIRECT);
         assert_eq!(fx.ct(&rkey(ports[0])).unwrap().state, CT_CLOSING);
-        assert_eq!(fx.run(&syn_from(53011), fx.fx0).0, XDP_REDIRECT);
+        assert_eq!(fx.run(&syn_from(53011), fx.fx0).0, XDP_TX);
         assert!(
             fx.ct(&key(53011)).is_none(),
             "a just-closed port is not reused"
@@ -1516,6 +1536,34 @@ fn malformed_packets_are_never_forwarded_and_create_no_state() {
                 tried += 1;
             }
         }
+        // an ICMP error with a quote cut inside its TCP header is judged by its own destination,
+        // not by the quoted packet's
+        let quoted_to_vip = Packet::ipv4(client4(), vip4())
+            .tcp(47003, 80)
+            .flags(TcpFlags::ACK)
+            .build();
+        let cut_quote = |dst: Ipv4Addr| {
+            let mut e = Packet::eth(CLIENT_MAC, FX0_MAC)
+                .ipv4(Ipv4Addr::new(192, 0, 2, 9), dst)
+                .icmp_dest_unreachable(1, &quoted_to_vip, 28)
+                .build();
+            // outer IP length: 20 + ICMP 8 + quoted IP 20 + 4 bytes of the quoted TCP header
+            put16(&mut e, 16, 52);
+            e
+        };
+        let (to_vip, to_node) = (cut_quote(vip4()), cut_quote(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(
+            fx.run(&to_vip, fx.fx0).0,
+            XDP_DROP,
+            "malformed error to a VIP"
+        );
+        let (v, out) = fx.run(&to_node, fx.fx0);
+        assert_eq!(
+            (v, &out),
+            (XDP_PASS, &to_node),
+            "malformed error to the node"
+        );
+        tried += 1;
         assert_eq!(fx.stat(shared::STAT_MALFORMED), tried);
         assert_eq!(
             fx.rec.dataplane().maps.conntrack.keys().count(),
@@ -1709,11 +1757,32 @@ fn invalid_neighbour_solicitations_are_not_answered() {
             .icmpv6(135, 0, [0; 4])
             .payload(&vip6().octets())
             .build();
+        let mut zero_option = vip6().octets().to_vec();
+        zero_option.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+        let zero_option = ns(&zero_option);
+        let dad_to_group = Packet::eth(CLIENT_MAC, [0x33, 0x33, 0xff, 0, 0, 0x10])
+            .ipv6(Ipv6Addr::UNSPECIFIED, "ff02::2:ff00:10".parse().unwrap())
+            .hop_limit(255)
+            .icmpv6(135, 0, [0; 4])
+            .payload(&vip6().octets())
+            .build();
+        let dad_with_source = Packet::eth(CLIENT_MAC, [0x33, 0x33, 0xff, 0, 0, 0x10])
+            .ipv6(Ipv6Addr::UNSPECIFIED, snm)
+            .hop_limit(255)
+            .icmpv6(135, 0, [0; 4])
+            .payload(&body)
+            .build();
         for (what, pkt) in [
             ("bad checksum", &bad_sum),
             ("truncated", &truncated),
             ("options not in 8-byte units", &odd_options),
             ("from :: not to a solicited-node address", &dad_to_vip),
+            ("an option of length 0", &zero_option),
+            (
+                "from :: to a group that is not solicited-node",
+                &dad_to_group,
+            ),
+            ("from :: with a source link-layer address", &dad_with_source),
         ] {
             let (v, out) = fx.run(pkt, fx.fx0);
             assert_eq!((v, &out), (XDP_PASS, pkt), "{what}");
@@ -1721,5 +1790,87 @@ fn invalid_neighbour_solicitations_are_not_answered() {
         assert_eq!(fx.stat(shared::STAT_NDP_REPLY), 0);
         // and the valid one still is
         assert_eq!(fx.run(&ns(&body), fx.fx0).0, XDP_TX);
+    });
+}
+
+/// Conntrack state follows the TCP handshake: a flow is ESTABLISHED (hours of idle timeout)
+/// only once the client acknowledged the backend's answer, so SYN floods whose SYN-ACKs are
+/// never acknowledged and floods of bare ACKs leave only NEW entries (the short timeout). A
+/// mid-stream segment (state lost) still recovers its flow once the backend answers.
+#[test]
+fn tcp_state_follows_the_handshake() {
+    with_fixture(&one_backend(), node(1024, 32767), |fx| {
+        let from_client = |sport: u16, flags: TcpFlags| {
+            Packet::eth(CLIENT_MAC, FX0_MAC)
+                .ipv4(client4(), vip4())
+                .tcp(sport, 80)
+                .flags(flags)
+                .build()
+        };
+        let from_backend = |port: u16, flags: TcpFlags| {
+            Packet::eth(backend_mac(1), FX1_MAC)
+                .ipv4(be4(1), snat4())
+                .tcp(8080, port)
+                .flags(flags)
+                .build()
+        };
+        let keys = |fx: &mut Fx, sport: u16, port: u16| {
+            let fwd = FlowKey::new(client4().into(), sport, vip4().into(), 80, 6);
+            let rev = FlowKey::new(be4(1).into(), 8080, snat4().into(), port, 6);
+            (fx.ct(&fwd).unwrap().state, fx.ct(&rev).unwrap().state)
+        };
+        let open = |fx: &mut Fx, sport: u16| {
+            let (v, out) = fx.run(&from_client(sport, TcpFlags::SYN), fx.fx0);
+            assert_eq!(v, XDP_REDIRECT);
+            ParsedPacket::parse(&out).unwrap().src_port().unwrap()
+        };
+        let new = shared::CT_NEW;
+
+        // the whole handshake
+        let p = open(fx, 48000);
+        fx.run(&from_backend(p, TcpFlags::SYN | TcpFlags::ACK), fx.fx1);
+        assert_eq!(
+            keys(fx, 48000, p),
+            (new, new),
+            "answered, not yet acknowledged"
+        );
+        fx.run(&from_client(48000, TcpFlags::ACK), fx.fx0);
+        assert_eq!(keys(fx, 48000, p).0, CT_ESTABLISHED, "client acknowledged");
+        fx.run(&from_backend(p, TcpFlags::ACK), fx.fx1);
+        assert_eq!(keys(fx, 48000, p), (CT_ESTABLISHED, CT_ESTABLISHED));
+
+        // a blind ACK after a SYN nobody answered establishes nothing
+        let p = open(fx, 48001);
+        fx.run(&from_client(48001, TcpFlags::ACK), fx.fx0);
+        assert_eq!(
+            keys(fx, 48001, p),
+            (new, new),
+            "SYN, then ACK without an answer"
+        );
+
+        // a SYN-ACK nobody acknowledges: still NEW on both sides
+        let p = open(fx, 48002);
+        fx.run(&from_backend(p, TcpFlags::SYN | TcpFlags::ACK), fx.fx1);
+        assert_eq!(keys(fx, 48002, p), (new, new), "SYN-ACK unacknowledged");
+
+        // a bare ACK without state: tracked as NEW, established once the backend answers
+        let (v, out) = fx.run(&from_client(48003, TcpFlags::ACK), fx.fx0);
+        assert_eq!(v, XDP_REDIRECT, "mid-stream segment forwarded");
+        let p = ParsedPacket::parse(&out).unwrap().src_port().unwrap();
+        assert_eq!(fx.stat(shared::STAT_CT_MISS_MIDSTREAM), 1);
+        assert_eq!(
+            keys(fx, 48003, p),
+            (new, new),
+            "one ACK establishes nothing"
+        );
+        fx.run(&from_client(48003, TcpFlags::ACK), fx.fx0);
+        assert_eq!(keys(fx, 48003, p), (new, new), "nor do more");
+        fx.run(&from_backend(p, TcpFlags::ACK), fx.fx1);
+        fx.run(&from_client(48003, TcpFlags::ACK), fx.fx0);
+        assert_eq!(
+            keys(fx, 48003, p),
+            (CT_ESTABLISHED, CT_ESTABLISHED),
+            "the backend answered: the flow is recovered"
+        );
     });
 }

@@ -1391,8 +1391,6 @@ struct Report {
     counters: BTreeMap<&'static str, u64>,
     violations: u64,
     examples: Vec<String>,
-    /// known findings: what -> (packets, first reproducer)
-    findings: BTreeMap<&'static str, (u64, String)>,
 }
 
 impl Report {
@@ -1409,10 +1407,6 @@ impl Report {
         }
         self.violations += o.violations;
         self.examples.extend(o.examples);
-        for (k, (n, ex)) in o.findings {
-            let e = self.findings.entry(k).or_insert((0, ex));
-            e.0 += n;
-        }
     }
 
     fn text(&self, title: &str) -> String {
@@ -1439,10 +1433,6 @@ impl Report {
         let _ = writeln!(s, "violations: {}", self.violations);
         for e in self.examples.iter().take(20) {
             let _ = writeln!(s, "  {e}");
-        }
-        let _ = writeln!(s, "known findings:");
-        for (k, (n, ex)) in &self.findings {
-            let _ = writeln!(s, "  {k}: {n} packets; e.g. {ex}");
         }
         s
     }
@@ -1519,15 +1509,6 @@ impl Fuzzer {
                 self.mode,
                 hex(pkt)
             ));
-        }
-    }
-
-    fn finding(&mut self, name: &'static str, pkt: &[u8]) {
-        let e = self.report.findings.entry(name).or_insert((0, hex(pkt)));
-        e.0 += 1;
-        // the smallest reproducer seen
-        if e.1.len() > 2 * pkt.len() {
-            e.1 = hex(pkt);
         }
     }
 
@@ -1805,29 +1786,9 @@ impl Fuzzer {
                 } else {
                     shared::STAT_MALFORMED
                 };
-                // KNOWN FINDING (docs/reliability.md): an ICMP error whose quoted IP header is
-                // whole but whose quoted L4 header is cut by the IP length, or quotes a UDP
-                // length below 8, is dropped or passed by the quoted packet's destination
-                // instead of the error's own (a malformed error to a VIP passes uncounted; one
-                // to elsewhere that quotes a packet to a VIP is dropped)
-                let quoted_dst_decides =
-                    matches!(d.class, Class::Malformed(QUOTED_L4_CUT | QUOTED_UDP_LENGTH))
-                        && d.qdst.is_some_and(is_vip);
-                let by_quote =
-                    matches!(d.class, Class::Malformed(QUOTED_L4_CUT | QUOTED_UDP_LENGTH))
-                        && seen != Seen::Sent
-                        && (seen == Seen::Drop) == quoted_dst_decides
-                        && (seen == Seen::Drop) != to_vip;
+                // a malformed ICMP error is judged by its own destination, never the quoted
+                // packet's (once a finding of this fuzzer, fixed in parse.h)
                 match seen {
-                    _ if by_quote => {
-                        if seen == Seen::Drop {
-                            self.pred[stat as usize] += 1;
-                        }
-                        self.finding(
-                            "malformed ICMP error steered by the quoted destination, not its own",
-                            pkt,
-                        );
-                    }
                     Seen::Drop if to_vip => self.pred[stat as usize] += 1,
                     Seen::Pass if !to_vip || d.class == Class::ShortIcmp => {}
                     _ => bad(
@@ -1860,6 +1821,7 @@ impl Fuzzer {
                 let (want, finding) = self.ns_answer(pkt, &d, side);
                 match (want, seen) {
                     (None, Seen::Pass) => {}
+                    // RFC 4861 7.1.1 says to discard it: left to the stack
                     (Some(_), Seen::Pass) if finding.is_some() => {}
                     (Some(want), Seen::Sent) => {
                         let mut got = out.clone();
@@ -1875,13 +1837,12 @@ impl Fuzzer {
                                 self,
                                 format!("NA {} ({sums:?}), expected {}", hex(&out), hex(&want)),
                             );
+                        } else if let Some(f) = finding {
+                            // answered although RFC 4861 7.1.1 says to discard it (once a
+                            // finding of this fuzzer, fixed in announce.h)
+                            bad(self, format!("{f}: {}", hex(&out)));
                         } else {
                             self.pred[shared::STAT_NDP_REPLY as usize] += 1;
-                            if let Some(f) = finding {
-                                // KNOWN FINDING (see docs/reliability.md): answered although
-                                // RFC 4861 7.1.1 says to discard it
-                                self.finding(f, pkt);
-                            }
                         }
                     }
                     (want, _) => bad(

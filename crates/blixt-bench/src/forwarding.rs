@@ -17,8 +17,9 @@
 //!
 //! Established TCP: the lb sees only the client's direction (the backends are sinks), so no
 //! system ever sees a SYN-ACK. State is made by a warm-up of the same ACK stream before the
-//! rounds: Blixt creates mid-stream flows as established (`ct_miss_midstream`), conntrack picks
-//! them up as ESTABLISHED (`nf_conntrack_tcp_loose`, on by default). A SYN first would not do:
+//! rounds: Blixt tracks mid-stream flows (`ct_miss_midstream`; NEW until a backend answers,
+//! forwarded the same), conntrack picks them up as ESTABLISHED (`nf_conntrack_tcp_loose`, on by
+//! default). A SYN first would not do:
 //! conntrack treats a client ACK after a SYN without a SYN-ACK as invalid and never NATs it.
 
 pub mod gen;
@@ -367,7 +368,7 @@ fn new_flows_finding(sys: System, s: &Samples) -> String {
     );
     if sys.is_blixt() {
         f += &format!(
-            "; ct_insert_failed in the measured rounds: {}",
+            "; ct_insert_failed + snat_exhausted in the measured rounds: {}",
             s.ct_insert_failed
         );
         if s.ct_insert_failed * 100 > created {
@@ -616,7 +617,7 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
           legacy xtables backend works on this kernel. All rules live only in the lb \
           namespace. **Established TCP**: the backends are sinks and never answer, so no \
           system sees a SYN-ACK; state comes from an untimed warm-up of the same ACK stream \
-          (Blixt creates mid-stream flows as established, counted as `ct_miss_midstream`; \
+          (Blixt tracks mid-stream flows, counted as `ct_miss_midstream`, as NEW until a backend answers and forwards them the same; \
           conntrack picks them up as ESTABLISHED with `nf_conntrack_tcp_loose`, the default). \
           A SYN first would not work for conntrack: a client ACK after a SYN without a SYN-ACK \
           is invalid and never NATed. **New flows**: UDP, every packet a new source \
@@ -633,7 +634,7 @@ pub fn section(r: &Results, plots: &PlotDir<'_>) -> Result<Option<Section>> {
           kernel's `nf_conntrack_max`. The counters below show the flows each round created \
           (Blixt's `new_flows`, the peers' DNAT rule hits: conntrack sends only a connection's \
           first packet through the nat chains) against the packets forwarded, and Blixt's \
-          `ct_insert_failed` in the measured rounds (flows that found no free port or entry).\n\n";
+          `ct_insert_failed` and `snat_exhausted` in the measured rounds (flows that found no entry, or no free port and were refused).\n\n";
     let sizes = |k: &str| {
         r.sizes
             .get(&format!("forwarding.{k}"))

@@ -447,8 +447,9 @@ fn with_valid_checksums(pkt: &[u8]) -> Vec<u8> {
     p
 }
 
-/// Runs a SYN / ACK / SYN-ACK exchange through the real program so that both directions of
-/// the flow are established; returns (backend address, SNAT port, backend index).
+/// Runs a handshake (SYN, SYN-ACK, ACK) and the backend's first ACK through the real program so
+/// that both directions of the flow are established; returns (backend address, SNAT port,
+/// backend index).
 fn establish(env: &mut Env, v6: bool, sport: u16) -> Result<(std::net::IpAddr, u16, u8)> {
     let (syn, ack) = if v6 {
         let b = |flags| {
@@ -477,11 +478,14 @@ fn establish(env: &mut Env, v6: bool, sport: u16) -> Result<(std::net::IpAddr, u
     let be = parsed.dst_ip().context("SYN output has no IP")?;
     let port = parsed.src_port().context("SYN output has no port")?;
     let idx = backend_index(be)?;
-    let (v, _) = env.call(Target::Lb, &ack, env.client_if)?;
-    ensure!(v == XDP_REDIRECT, "ACK: {}", verdict_name(v));
     let synack = reply_packet(be, port, idx, TcpFlags::SYN | TcpFlags::ACK, &[]);
     let (v, _) = env.call(Target::Lb, &synack, env.backend_if)?;
     ensure!(v == XDP_REDIRECT, "SYN-ACK: {}", verdict_name(v));
+    let (v, _) = env.call(Target::Lb, &ack, env.client_if)?;
+    ensure!(v == XDP_REDIRECT, "ACK: {}", verdict_name(v));
+    let backend_ack = reply_packet(be, port, idx, TcpFlags::ACK, &[]);
+    let (v, _) = env.call(Target::Lb, &backend_ack, env.backend_if)?;
+    ensure!(v == XDP_REDIRECT, "the backend's ACK: {}", verdict_name(v));
     Ok((be, port, idx))
 }
 

@@ -120,8 +120,10 @@ static __always_inline int new_flow(void *ctx, const int hook, struct pkt *p, st
 	if (!snat)
 		return XDP_DROP;
 	__u64 now = bpf_ktime_get_coarse_ns();
+	/* a TCP segment without SYN and without state (lost on this node, or a flow another
+	 * node served): tracked as NEW, established once the backend answers (conntrack.h) */
 	int midstream = p->key.proto == IPPROTO_TCP && !(p->tcp_flags & TCPF_SYN);
-	__u8 state = midstream ? BLIXT_CT_ESTABLISHED : BLIXT_CT_NEW;
+	__u8 state = BLIXT_CT_NEW;
 
 	struct new_flow_scratch *sc = bpf_map_lookup_elem(&blixt_scratch, &zero);
 	if (!sc)
@@ -139,6 +141,10 @@ static __always_inline int new_flow(void *ctx, const int hook, struct pkt *p, st
 	/* the source port; the reply direction is tracked once it is found */
 	__u16 port;
 	int tracked = snat_port(cfg, hash, be_id, now, &sc->rev, &sc->rkey, &sc->okey, &port);
+	/* no free source port towards this backend: refused, never forwarded on a port another
+	 * live flow owns (its backend would take this client's packets for that flow's) */
+	if (!tracked)
+		return reject(ctx, hook, p, fe, BLIXT_STAT_SNAT_EXHAUSTED);
 	fwd->nsport = port;
 
 	/* the backend's next hop, when this CPU looked it up for this generation within a second */

@@ -8,7 +8,10 @@
  * serve an address:port no bind() could express (see docs/tls-passthrough.md).
  *
  * sk_lookup only runs for packets routed as local, so the VIP needs a route of type local
- * (`ip route add local VIP/32 dev lo`); the loader installs it.
+ * (`ip route add local VIP/32 dev lo`); the loader installs it. That route would also deliver
+ * the VIP to every socket of the node bound to a wildcard address (sshd, the metrics port, a
+ * DNS server): so a packet to a TLS VIP (tls_vips) that is not for one of its listeners is
+ * refused here, whatever the protocol (TCP gets a reset, UDP a port unreachable), and counted.
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -23,6 +26,14 @@ struct {
 	__type(key, struct tls_listener_key);
 	__type(value, __u32); /* a socket fd on update; 4 bytes, as aya's SockHash expects */
 } tls_listeners SEC(".maps");
+
+/* Addresses delivered locally for TLS passthrough: nothing but their listeners answers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TLS_MAX_LISTENERS);
+	__type(key, struct tls_vip_key);
+	__type(value, __u32);
+} tls_vips SEC(".maps");
 
 /* Per-CPU counters, indexed by enum tls_steer_stat. */
 struct {
@@ -47,8 +58,6 @@ int tls_sk_lookup(struct bpf_sk_lookup *ctx)
 	struct bpf_sock *sk;
 	long err;
 
-	if (ctx->protocol != IPPROTO_TCP)
-		return SK_PASS;
 	key.family = ctx->family;
 	key.port = ctx->local_port;
 	if (ctx->family == TLS_AF_INET) {
@@ -62,9 +71,17 @@ int tls_sk_lookup(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 	}
 
-	sk = bpf_map_lookup_elem(&tls_listeners, &key);
-	if (!sk)
-		return SK_PASS; /* not a TLS frontend: the regular lookup decides */
+	sk = ctx->protocol == IPPROTO_TCP ? bpf_map_lookup_elem(&tls_listeners, &key) : 0;
+	if (!sk) {
+		struct tls_vip_key vk = {};
+		vk.family = key.family;
+		__builtin_memcpy(vk.addr, key.addr, sizeof(vk.addr));
+		if (!bpf_map_lookup_elem(&tls_vips, &vk))
+			return SK_PASS; /* not a TLS VIP: the regular lookup decides */
+		/* a TLS VIP, but not one of its listeners: no socket of the node answers */
+		count(TLS_STAT_REFUSED);
+		return SK_DROP;
+	}
 
 	/*
 	 * Flags 0: do not replace a socket an earlier program assigned. A failure (socket not

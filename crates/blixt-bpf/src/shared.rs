@@ -40,6 +40,7 @@ pub const STAT_NAMES: &[&str] = &[
     "malformed",
     "icmp_misdirected",
     "stray_rst",
+    "snat_exhausted",
 ];
 
 pub const STAT_REJECT_NO_BACKEND: u32 = 0;
@@ -60,7 +61,8 @@ pub const STAT_SNAT_PORT_REUSED: u32 = 14;
 pub const STAT_MALFORMED: u32 = 15;
 pub const STAT_ICMP_MISDIRECTED: u32 = 16;
 pub const STAT_STRAY_RST: u32 = 17;
-pub const STAT_MAX: u32 = 18;
+pub const STAT_SNAT_EXHAUSTED: u32 = 18;
+pub const STAT_MAX: u32 = 19;
 
 /// `magic` of the metadata XDP leaves for the TC companion (BLIXT_META_MAGIC).
 pub const META_MAGIC: u32 = 0xb1c7_a11d;

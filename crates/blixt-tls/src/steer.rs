@@ -11,6 +11,11 @@
 //! 177`), added here and removed on [`SkLookupSteering::unsteer`] and on drop. The `proto`
 //! tag marks the routes as Blixt's: those a killed process left behind are flushed when the
 //! steering attaches again. Why this and not the XDP/TC path is in docs/tls-passthrough.md.
+//!
+//! The local route would also hand the VIP to every socket of the node bound to a wildcard
+//! address (sshd, the metrics port): so every VIP held here is in the program's `tls_vips`
+//! map too, and a packet to it that is not for one of its listeners is refused (TCP reset, UDP
+//! port unreachable; counted as `refused`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -19,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
-use aya::maps::{MapData, PerCpuArray, SockHash};
+use aya::maps::{HashMap, MapData, PerCpuArray, SockHash};
 use aya::programs::SkLookup;
 use aya::Ebpf;
 use tracing::{debug, warn};
@@ -32,6 +37,9 @@ static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tls_s
 /// network byte order. An array of u32 is already `Pod`, so no unsafe impl is needed.
 pub type ListenerKey = [u32; 6];
 
+/// Mirrors `struct tls_vip_key` (tls.h): family, address words in network byte order.
+pub type VipKey = [u32; 5];
+
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 /// Route protocol of the local routes added here (`proto` in `ip route`): not one of the
@@ -39,6 +47,7 @@ const AF_INET6: u32 = 10;
 pub const ROUTE_PROTO: &str = "177";
 const STAT_STEERED: u32 = 0;
 const STAT_ASSIGN_FAILED: u32 = 1;
+const STAT_REFUSED: u32 = 2;
 
 /// Errors of loading, attaching and programming the steering.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +84,12 @@ pub fn listener_key(vip: SocketAddr) -> ListenerKey {
     }
 }
 
+/// The key of `ip` in `tls_vips`.
+pub fn vip_key(ip: IpAddr) -> VipKey {
+    let k = listener_key(SocketAddr::new(ip, 0));
+    [k[0], k[2], k[3], k[4], k[5]]
+}
+
 /// Counters of the sk_lookup program, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SteerStats {
@@ -82,6 +97,8 @@ pub struct SteerStats {
     pub steered: u64,
     /// Socket found but the assignment was refused (socket closing, family mismatch).
     pub assign_failed: u64,
+    /// Packets to a TLS VIP that were not for one of its listeners, refused.
+    pub refused: u64,
 }
 
 /// The loaded and attached sk_lookup program with its socket map.
@@ -89,8 +106,11 @@ pub struct SkLookupSteering {
     // Keeps the program and its link: dropping it detaches the program.
     ebpf: Ebpf,
     listeners: SockHash<MapData, ListenerKey>,
+    /// VIPs whose other ports and protocols are refused.
+    vips: HashMap<MapData, VipKey, u32>,
     manage_local_routes: bool,
-    /// VIPs with a local route we added, with the number of steered ports using them.
+    /// VIPs held, with the number of steered ports (or draining connections) using them: each
+    /// is in `vips`, and has a local route we added when we manage them.
     local_routes: BTreeMap<IpAddr, usize>,
     steered: BTreeSet<SocketAddr>,
 }
@@ -138,9 +158,15 @@ impl SkLookupSteering {
                 .ok_or(SteerError::Missing("map tls_listeners"))?,
         )
         .map_err(SteerError::Map)?;
+        let vips = HashMap::try_from(
+            ebpf.take_map("tls_vips")
+                .ok_or(SteerError::Missing("map tls_vips"))?,
+        )
+        .map_err(SteerError::Map)?;
         Ok(SkLookupSteering {
             ebpf,
             listeners,
+            vips,
             manage_local_routes,
             local_routes: BTreeMap::new(),
             steered: BTreeSet::new(),
@@ -151,12 +177,18 @@ impl SkLookupSteering {
     /// same family). Replaces an earlier socket for the same VIP:port.
     pub fn steer(&mut self, vip: SocketAddr, listener: &impl AsRawFd) -> Result<(), SteerError> {
         let vip = normalize(vip);
-        if self.manage_local_routes && !self.steered.contains(&vip) {
-            let users = self.local_routes.entry(vip.ip()).or_insert(0);
-            if *users == 0 {
-                local_route("replace", vip.ip())?;
+        if !self.steered.contains(&vip) {
+            let users = self.local_routes.get(&vip.ip()).copied().unwrap_or(0);
+            if users == 0 {
+                // refused on other ports before it is delivered locally at all
+                self.vips
+                    .insert(vip_key(vip.ip()), 1, 0)
+                    .map_err(SteerError::Map)?;
+                if self.manage_local_routes {
+                    local_route("replace", vip.ip())?;
+                }
             }
-            *users += 1;
+            self.local_routes.insert(vip.ip(), users + 1);
         }
         self.listeners
             .insert(listener_key(vip), listener.as_raw_fd(), 0)
@@ -199,15 +231,17 @@ impl SkLookupSteering {
     /// is deleted with the last one.
     pub fn release_route(&mut self, ip: IpAddr) -> Result<(), SteerError> {
         let ip = normalize(SocketAddr::new(ip, 0)).ip();
-        if !self.manage_local_routes {
-            return Ok(());
-        }
         if let Some(users) = self.local_routes.get_mut(&ip) {
             *users -= 1;
             if *users == 0 {
                 self.local_routes.remove(&ip);
-                local_route("del", ip)?;
-                debug!(%ip, "tls steering: local route removed");
+                if self.manage_local_routes {
+                    local_route("del", ip)?;
+                    debug!(%ip, "tls steering: local route removed");
+                }
+                if let Err(e) = self.vips.remove(&vip_key(ip)) {
+                    debug!(%ip, error = %e, "tls steering: no tls_vips entry to remove");
+                }
             }
         }
         Ok(())
@@ -231,13 +265,18 @@ impl SkLookupSteering {
         Ok(SteerStats {
             steered: sum(STAT_STEERED)?,
             assign_failed: sum(STAT_ASSIGN_FAILED)?,
+            refused: sum(STAT_REFUSED)?,
         })
     }
 }
 
 impl Drop for SkLookupSteering {
     fn drop(&mut self) {
-        for ip in std::mem::take(&mut self.local_routes).into_keys() {
+        let held = std::mem::take(&mut self.local_routes);
+        if !self.manage_local_routes {
+            return;
+        }
+        for ip in held.into_keys() {
             if let Err(e) = local_route("del", ip) {
                 warn!(error = %e, "tls steering: removing a local route");
             }
@@ -326,5 +365,9 @@ mod tests {
             listener_key("10.99.100.1:443".parse().unwrap())
         );
         assert_eq!(std::mem::size_of::<ListenerKey>(), 24);
+        let v = vip_key("fd99:100::1".parse().unwrap());
+        assert_eq!(v[0], 10);
+        assert_eq!(&v[1..], &k6[2..]);
+        assert_eq!(std::mem::size_of::<VipKey>(), 20);
     }
 }

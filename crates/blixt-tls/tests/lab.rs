@@ -395,3 +395,76 @@ fn sk_lookup_needs_a_local_route_for_the_vip() {
     drop(proxy);
     drop(backend);
 }
+
+/// The local route that brings a TLS VIP to the proxy must not bring it to the node's other
+/// sockets: host services bound to a wildcard address (here TCP on 2222 and 9464, UDP on 5353,
+/// standing for sshd, the metrics port and a DNS server) are not reachable on the VIP, while its
+/// listener is. A port scan of the VIP then finds exactly the listener.
+#[test]
+fn only_the_listeners_answer_on_a_tls_vip() {
+    require_root();
+    let _one = LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let lab = Lab::build(LabSpec::with_backends(1)).expect("lab");
+    let backend = TlsBackend::start(&lab, 0).expect("TLS backend");
+    let certs = vec![backend.cert.clone()];
+    let vip = SocketAddr::new(lab.vip4(3).into(), TLS_PORT);
+    // the node's own services, on every address
+    let (host_tcp, host_udp) = lab.lb.run_in(|| {
+        let tcp: Vec<std::net::TcpListener> = [2222u16, 9464]
+            .iter()
+            .map(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).expect("host listener"))
+            .collect();
+        let udp = std::net::UdpSocket::bind(("0.0.0.0", 5353)).expect("host UDP socket");
+        (tcp, udp)
+    });
+    let proxy = LbProxy::start(&lab, true);
+    proxy.apply(vec![TlsFrontend {
+        name: "default/gw/tls".into(),
+        vip: vip.ip(),
+        port: vip.port(),
+        routes: vec![route("a.example.com", vec![be(&lab, 0, 1)])],
+    }]);
+
+    let (got, _) = lab
+        .client
+        .ns
+        .run_in(|| connect(vip, Some("a.example.com"), &certs))
+        .expect("the listener answers");
+    assert_eq!(got, 0);
+
+    // every TCP port of the VIP from 1 to 10000 (the host's own among them): only the listener
+    // connects, the others are reset at once
+    let open: Vec<u16> = lab.client.ns.run_in(|| {
+        (1..=10_000u16)
+            .filter(|&p| {
+                std::net::TcpStream::connect_timeout(
+                    &SocketAddr::new(vip.ip(), p),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+            })
+            .collect()
+    });
+    assert_eq!(open, vec![TLS_PORT], "TCP ports answering on the VIP");
+    // UDP to the host's socket on the VIP gets no answer, and never reaches it
+    lab.client.ns.run_in(|| {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        s.send_to(b"ping", SocketAddr::new(vip.ip(), 5353)).unwrap();
+    });
+    host_udp
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        host_udp.recv_from(&mut buf).is_err(),
+        "a datagram to the VIP reached the node's wildcard socket"
+    );
+    let refused = proxy.stats().1.expect("sk_lookup").refused;
+    assert!(refused >= 10_000, "refused lookups counted: {refused}");
+    eprintln!("ports answering on the TLS VIP other than its listener: 0 of 9999 TCP, 0 of 1 UDP; refused {refused}");
+    drop(host_tcp);
+    drop(proxy);
+    drop(backend);
+}

@@ -28,7 +28,7 @@ use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use blixt_agent::{NodeConfig, Reconciler};
 use blixt_bpf::live::BENCH_SINK_OBJ;
-use blixt_bpf::shared::{FlowKey, STAT_CT_INSERT_FAILED};
+use blixt_bpf::shared::{FlowKey, STAT_CT_INSERT_FAILED, STAT_SNAT_EXHAUSTED};
 use blixt_bpf::{AttachMode, Dataplane, DataplaneOptions};
 use blixt_core::snapshot::{
     Backend, BackendAddr, BackendState, Frontend, FrontendKey, Protocol, Snapshot,
@@ -420,13 +420,14 @@ pub struct FlowCounters {
 }
 
 impl FlowCounters {
-    /// Blixt's `ct_insert_failed`: new flows that found no free conntrack entry or SNAT port
-    /// and were forwarded statelessly (0 for the others).
+    /// Blixt's new flows left without state: `ct_insert_failed` (no conntrack entry could be
+    /// made: forwarded statelessly) plus `snat_exhausted` (no free SNAT port: refused); 0 for
+    /// the others.
     pub fn ct_insert_failed(&self) -> u64 {
-        self.stats
-            .get(STAT_CT_INSERT_FAILED as usize)
-            .copied()
-            .unwrap_or(0)
+        [STAT_CT_INSERT_FAILED, STAT_SNAT_EXHAUSTED]
+            .iter()
+            .map(|&i| self.stats.get(i as usize).copied().unwrap_or(0))
+            .sum()
     }
 
     /// Counter differences `self - earlier`.

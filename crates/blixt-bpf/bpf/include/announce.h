@@ -119,6 +119,31 @@ static __always_inline int icmp6_checksum_ok(struct ipv6hdr *ip6, __u8 *msg, __u
 	return csum_fold(sum) == 0;
 }
 
+/* ff02::1:ffXX:XXXX */
+static __always_inline int is_solicited_node(const __u32 *a)
+{
+	return a[0] == bpf_htonl(0xff020000) && a[1] == 0 && a[2] == bpf_htonl(1) &&
+	       (a[3] & bpf_htonl(0xff000000)) == bpf_htonl(0xff000000);
+}
+
+/* RFC 4861 7.1.1 on the options of a solicitation of `len` bytes (a multiple of 8): every
+ * option longer than zero, and none giving a source link-layer address when from ::. */
+static __always_inline int ns_options_ok(__u8 *ns, __u32 len, int unspecified, void *data_end)
+{
+	__u32 off = 24;
+	for (int i = 0; i < (NS_MAX_LEN - 24) / 8; i++) {
+		if (off >= len)
+			return 1;
+		__u8 *opt = ns + (off & 0x7f);
+		if ((void *)(opt + 2) > data_end)
+			return 0;
+		if (!opt[1] || (unspecified && opt[0] == 1))
+			return 0;
+		off += opt[1] * 8;
+	}
+	return off >= len;
+}
+
 static __always_inline int answer_ns(void *ctx, const int hook, struct pkt *p)
 {
 	void *data = ctx_data(ctx, hook);
@@ -142,11 +167,12 @@ static __always_inline int answer_ns(void *ctx, const int hook, struct pkt *p)
 	if (ns_len < 24 || ns_len > NS_MAX_LEN || ns_len % 8)
 		return XDP_PASS;
 	const __u32 *src = (const __u32 *)&ip6->saddr;
-	if (!(src[0] | src[1] | src[2] | src[3]) &&
-	    (ip6->daddr.in6_u.u6_addr8[0] != 0xff || ip6->daddr.in6_u.u6_addr8[1] != 0x02 ||
-	     ip6->daddr.in6_u.u6_addr8[11] != 0x01 || ip6->daddr.in6_u.u6_addr8[12] != 0xff))
+	int unspecified = !(src[0] | src[1] | src[2] | src[3]);
+	if (unspecified && !is_solicited_node((const __u32 *)&ip6->daddr))
 		return XDP_PASS;
 	if (!icmp6_checksum_ok(ip6, ns, ns_len, data_end))
+		return XDP_PASS;
+	if (!ns_options_ok(ns, ns_len, unspecified, data_end))
 		return XDP_PASS;
 	__u8 target[16];
 	__builtin_memcpy(target, ns + 8, 16);

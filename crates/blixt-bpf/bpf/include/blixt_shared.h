@@ -59,6 +59,7 @@ enum blixt_stat {
 	BLIXT_STAT_ICMP_MISDIRECTED,      /* ICMP error about a tracked flow not sent to the quoted
 					     packet's source: passed untranslated */
 	BLIXT_STAT_STRAY_RST,             /* TCP reset to a VIP without a flow: dropped */
+	BLIXT_STAT_SNAT_EXHAUSTED,        /* no free source port towards the backend: refused */
 	BLIXT_STAT_MAX,
 };
 

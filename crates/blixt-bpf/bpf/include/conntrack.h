@@ -129,21 +129,50 @@ static __always_inline int ct_reopened(const struct blixt_ct_entry *ct, const st
 }
 
 /*
- * Moves the entry's state on for this packet (NEW -> ESTABLISHED on the reply or the client's
- * ACK, CLOSING on FIN or RST; never back) and refreshes it at most once a second, when its
- * cached next hop is due for a new FIB lookup too (routes and neighbours may have changed).
+ * The backend answered the flow of reply entry `rev`: marks its forward entry, once, so that
+ * the client's ACK may establish it (one lookup per flow, on the backend's first packet).
+ */
+static __always_inline void ct_mark_answered(struct blixt_ct_entry *rev, struct pkt *p)
+{
+	if (rev->flags & BLIXT_CT_F_SEEN_REPLY)
+		return;
+	rev->flags |= BLIXT_CT_F_SEEN_REPLY;
+	struct blixt_flow_key k = {};
+	ct_peer_key(&k, rev, p->key.proto, p->family);
+	struct blixt_ct_entry *fwd = bpf_map_lookup_elem(&blixt_conntrack, &k);
+	if (fwd && !(fwd->flags & BLIXT_CT_F_SEEN_REPLY))
+		fwd->flags |= BLIXT_CT_F_SEEN_REPLY;
+}
+
+/*
+ * Moves the entry's state on for this packet, never back, following the TCP handshake: a flow
+ * is ESTABLISHED (hours of idle timeout) only once both sides took part, so neither a SYN flood
+ * whose SYN-ACKs are never acknowledged nor a flood of bare ACKs holds entries past the short
+ * NEW timeout.
+ *   reply entry, TCP:   the SYN-ACK (or any first answer) marks the flow answered; a segment
+ *                       with ACK and without SYN (the backend past its handshake) establishes;
+ *   forward entry, TCP: the client's ACK establishes once the flow was answered;
+ *   either, TCP:        FIN or RST: CLOSING;
+ *   UDP:                any reply establishes.
+ * Refreshes the entry at most once a second, when its cached next hop is due for a new FIB
+ * lookup too (routes and neighbours may have changed).
  */
 static __always_inline void ct_refresh(struct blixt_ct_entry *ct, struct pkt *p, __u64 now)
 {
 	__u8 flags = p->tcp_flags;
 	__u8 state = ct->state;
+	int ack_only = (flags & (TCPF_SYN | TCPF_ACK)) == TCPF_ACK;
 
 	if (p->key.proto == IPPROTO_TCP) {
-		if (flags & (TCPF_FIN | TCPF_RST))
+		if (flags & (TCPF_FIN | TCPF_RST)) {
 			state = BLIXT_CT_CLOSING;
-		else if (state == BLIXT_CT_NEW &&
-			 (ct->dir == BLIXT_CT_DIR_REPLY || (flags & (TCPF_SYN | TCPF_ACK)) == TCPF_ACK))
+		} else if (state == BLIXT_CT_NEW && ct->dir == BLIXT_CT_DIR_REPLY) {
+			ct_mark_answered(ct, p);
+			if (ack_only)
+				state = BLIXT_CT_ESTABLISHED;
+		} else if (state == BLIXT_CT_NEW && ack_only && (ct->flags & BLIXT_CT_F_SEEN_REPLY)) {
 			state = BLIXT_CT_ESTABLISHED;
+		}
 	} else if (state == BLIXT_CT_NEW && ct->dir == BLIXT_CT_DIR_REPLY) {
 		state = BLIXT_CT_ESTABLISHED;
 	}

@@ -186,6 +186,7 @@ static __always_inline int parse_l4_ports(void *data, void *data_end, struct pkt
 static __always_inline int parse_inner(void *data, void *data_end, struct pkt *p, __u32 off)
 {
 	__u32 end = p->l3_end;
+	__builtin_memcpy(p->outer_dst, p->key.dst, 16);
 	__u32 hdr = p->family == BLIXT_FAMILY_V4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
 	if (off + hdr > end)
 		return PARSE_MALFORMED;
@@ -193,7 +194,6 @@ static __always_inline int parse_inner(void *data, void *data_end, struct pkt *p
 		return PARSE_PASS;
 	off &= 0x3ff;
 	p->inner_l3_off = off;
-	__builtin_memcpy(p->outer_dst, p->key.dst, 16);
 	if (p->family == BLIXT_FAMILY_V4) {
 		struct iphdr *ih = data + off;
 		if ((void *)(ih + 1) > data_end)
@@ -214,6 +214,17 @@ static __always_inline int parse_inner(void *data, void *data_end, struct pkt *p
 	__builtin_memcpy(p->key.dst, &ih6->daddr, 16);
 	p->inner_l4_off = off + sizeof(struct ipv6hdr);
 	return parse_l4_ports(data, data_end, p, p->inner_l4_off, end, ih6->nexthdr, 0);
+}
+
+/*
+ * The verdict of an ICMP error from parse_inner()'s: a malformed error is judged by its own
+ * destination (is it a VIP?), not by the quoted packet's, so that destination goes back in key.
+ */
+static __always_inline enum parse_result icmp_error_result(struct pkt *p, int inner)
+{
+	if (inner == PARSE_MALFORMED)
+		__builtin_memcpy(p->key.dst, p->outer_dst, 16);
+	return inner ? inner : PARSE_ICMP_ERR;
 }
 
 static __always_inline int is_icmp4_error(__u8 type)
@@ -310,8 +321,7 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 		if ((void *)(ic + 1) > data_end || !is_icmp4_error(ic->type))
 			return PARSE_PASS;
 		p->icmp_v6 = 0;
-		int inner = parse_inner(data, data_end, p, off + sizeof(*ic));
-		return inner ? inner : PARSE_ICMP_ERR;
+		return icmp_error_result(p, parse_inner(data, data_end, p, off + sizeof(*ic)));
 	}
 	if (l4proto == IPPROTO_ICMPV6 && p->family == BLIXT_FAMILY_V6) {
 		struct icmp6hdr *ic6 = data + (off & 0x3ff);
@@ -324,8 +334,7 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 		if (!is_icmp6_error(ic6->icmp6_type))
 			return PARSE_PASS;
 		p->icmp_v6 = 1;
-		int inner = parse_inner(data, data_end, p, off + sizeof(*ic6));
-		return inner ? inner : PARSE_ICMP_ERR;
+		return icmp_error_result(p, parse_inner(data, data_end, p, off + sizeof(*ic6)));
 	}
 	int l4 = parse_l4_ports(data, data_end, p, off, p->l3_end, l4proto, 1);
 	return l4 ? l4 : PARSE_OK;

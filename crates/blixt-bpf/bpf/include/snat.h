@@ -62,8 +62,8 @@ static __always_inline int port_reusable(const struct blixt_config *cfg,
  * into conntrack under `rkey` (the reply key, complete but for its destination port) with the
  * port chosen. Probing starts at a port derived from the flow's hash and backend, so that
  * the first try usually succeeds and is predictable (the fixtures recompute it). Returns 1 with
- * the port (network order) in `*port` when the reply entry is in, else 0 with the first port,
- * for stateless forwarding. `okey` is scratch (port_reusable()).
+ * the port (network order) in `*port` when the reply entry is in, else 0: no port could be
+ * had, and the flow is refused. `okey` is scratch (port_reusable()).
  */
 static __always_inline int snat_port(const struct blixt_config *cfg, __u32 hash, __u32 be_id,
 				     __u64 now, const struct blixt_ct_entry *rev,

@@ -28,11 +28,21 @@ struct tls_listener_key {
 	__u32 addr[4];
 };
 
+/*
+ * Key of tls_vips: an address delivered locally for TLS passthrough (family, address words as
+ * in tls_listener_key). Five u32, no padding.
+ */
+struct tls_vip_key {
+	__u32 family;
+	__u32 addr[4];
+};
+
 /* Slots of the per-CPU tls_steer_stats array. */
 enum tls_steer_stat {
 	TLS_STAT_STEERED = 0,       /* connection assigned to a proxy socket */
 	TLS_STAT_ASSIGN_FAILED = 1, /* socket found but bpf_sk_assign refused it */
-	TLS_STAT_MAX = 2,
+	TLS_STAT_REFUSED = 2,       /* to a TLS VIP but no listener of it: refused */
+	TLS_STAT_MAX = 3,
 };
 
 #endif /* BLIXT_TLS_H */
