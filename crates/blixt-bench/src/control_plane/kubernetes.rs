@@ -248,6 +248,7 @@ impl Populated {
             .arg(self.cluster.kubeconfig_path())
             .args(["--namespace", "default", "--identity", "bench"])
             .args(["--grpc-address", "none", "--metrics-address", "none"])
+            .args(["--static-address-range", super::manifests::STATIC_RANGE])
             .env("RUST_LOG", "error")
             .envs(env.iter().map(|(k, v)| (k, v)));
         let started = Instant::now();
@@ -384,6 +385,7 @@ impl Populated {
             .arg(self.cluster.kubeconfig_path())
             .args(["--namespace", "default", "--identity", "bench-changes"])
             .args(["--grpc-address", &grpc, "--metrics-address", "none"])
+            .args(["--static-address-range", super::manifests::STATIC_RANGE])
             .args([
                 "--agent-user",
                 "system:serviceaccount:default:blixt-bench-agent",

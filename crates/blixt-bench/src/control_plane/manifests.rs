@@ -96,7 +96,7 @@ impl Layout {
     fn node(&self) -> String {
         format!(
             "apiVersion: blixt.dev/v1alpha1\nkind: NodeConfig\nmetadata:\n  name: bench\nspec:\n  \
-             snatV4: {SNAT}\n  staticAddressRanges: [10.250.0.0/16]\n  maps:\n    maxFrontends: {}\n    maxBackends: {}\n    \
+             snatV4: {SNAT}\n  staticAddressRanges: [{STATIC_RANGE}]\n  maps:\n    maxFrontends: {}\n    maxBackends: {}\n    \
              conntrackEntries: 1024\n  pinDir: {}\n  metricsAddress: null\n  statusSocket: null\n",
             self.max_frontends(),
             self.max_backends(),
@@ -172,6 +172,11 @@ impl Layout {
         s
     }
 }
+
+/// Where the Gateways' static addresses lie: allowed explicitly (the address policy keeps static
+/// addresses to the class's pool otherwise), in the NodeConfig and as the controller's
+/// `--static-address-range`.
+pub const STATIC_RANGE: &str = "10.250.0.0/16";
 
 /// Address of Gateway `g`: 10.250.0.1 onwards.
 fn gateway_vip(g: usize) -> Ipv4Addr {
