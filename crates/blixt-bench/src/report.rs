@@ -1153,11 +1153,13 @@ fn tc_finding(r: &Results) -> Option<String> {
     if let (Some(csum), Some(own)) = (diff(profile::CAT_CSUM), diff(profile::CAT_SELF)) {
         s += &format!(
             " By the profiles, about {} ns of the difference is `bpf_l4_csum_replace`: at TC the \
-             rewrite updates the L4 checksum through that helper, twice per packet (the \
-             addresses as a pseudo-header change, then the ports), so that a checksum left for \
-             offload (`CHECKSUM_PARTIAL`) stays right; XDP folds both into one update in its \
-             own instructions. About {} ns more is spent in the program's own instructions, \
-             and {} ns in everything else together (map lookups, clock, redirect).",
+             rewrite reads the packet's checksum state (`skb->ip_summed`, through the kfunc \
+             `bpf_cast_to_kern_ctx` where the kernel has it) and updates the L4 checksum in \
+             place as XDP does when the field holds the full checksum, as in a test run; only \
+             a checksum left for offload (`CHECKSUM_PARTIAL`) or a `CHECKSUM_COMPLETE` packet \
+             goes through that helper, twice (the addresses as a pseudo-header change, then the \
+             ports). About {} ns more is spent in the program's own instructions, and {} ns in \
+             everything else together (map lookups, clock, redirect).",
             ns(csum),
             ns(own),
             ns(tc - xdp - csum - own)
