@@ -21,44 +21,16 @@ use blixt_core::snapshot::{
 };
 use blixt_lab::netns::NetNs;
 
+#[path = "common/addressing.rs"]
+mod addressing;
+use addressing::*;
+
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
-const FX0_MAC: [u8; 6] = [2, 0, 0, 0, 0xa, 0];
-const FX1_MAC: [u8; 6] = [2, 0, 0, 0, 0xb, 0];
 const RING: u32 = 1021; // small prime: fixtures stay fast
-
-fn backend_mac(i: u8) -> [u8; 6] {
-    [2, 0, 0, 0, 1, i]
-}
-
-fn client4() -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, 0, 2)
-}
-fn client6() -> Ipv6Addr {
-    "fd00::2".parse().unwrap()
-}
-fn vip4() -> Ipv4Addr {
-    Ipv4Addr::new(10, 200, 0, 10)
-}
-fn vip6() -> Ipv6Addr {
-    "fd00:200::10".parse().unwrap()
-}
-fn snat4() -> Ipv4Addr {
-    Ipv4Addr::new(10, 1, 0, 254)
-}
-fn snat6() -> Ipv6Addr {
-    "fd01::fe".parse().unwrap()
-}
-fn be4(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 1, 0, i)
-}
-fn be6(i: u8) -> Ipv6Addr {
-    format!("fd01::{i}").parse().unwrap()
-}
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.

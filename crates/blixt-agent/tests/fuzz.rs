@@ -26,6 +26,10 @@ use blixt_core::snapshot::{
 };
 use blixt_lab::netns::NetNs;
 
+#[path = "common/addressing.rs"]
+mod addressing;
+use addressing::*;
+
 /// Packets per mode in `make test`'s run (two modes: 100k in all).
 const QUICK_PACKETS: u64 = 55_000;
 /// Packets per mode of `make fuzz` unless BLIXT_FUZZ_PACKETS says otherwise.
@@ -33,41 +37,10 @@ const LONG_PACKETS: u64 = 5_000_000;
 /// Mutants of one seed between two state resets and counter checks.
 const BATCH: u64 = 1_000;
 
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
-const FX0_MAC: [u8; 6] = [2, 0, 0, 0, 0xa, 0];
-const FX1_MAC: [u8; 6] = [2, 0, 0, 0, 0xb, 0];
 const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 9, 9];
 const PORT_MIN: u16 = 1024;
 const PORT_MAX: u16 = 65535;
 const BACKEND_PORT: u16 = 8080;
-
-fn backend_mac(i: u8) -> [u8; 6] {
-    [2, 0, 0, 0, 1, i]
-}
-fn client4() -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, 0, 2)
-}
-fn client6() -> Ipv6Addr {
-    "fd00::2".parse().unwrap()
-}
-fn vip4() -> Ipv4Addr {
-    Ipv4Addr::new(10, 200, 0, 10)
-}
-fn vip6() -> Ipv6Addr {
-    "fd00:200::10".parse().unwrap()
-}
-fn snat4() -> Ipv4Addr {
-    Ipv4Addr::new(10, 1, 0, 254)
-}
-fn snat6() -> Ipv6Addr {
-    "fd01::fe".parse().unwrap()
-}
-fn be4(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 1, 0, i)
-}
-fn be6(i: u8) -> Ipv6Addr {
-    format!("fd01::{i}").parse().unwrap()
-}
 
 // ---------------------------------------------------------------------------------------------
 // The model: what the snapshot says, in the oracle's own terms.
